@@ -1,0 +1,99 @@
+"""`orpheus-tts`: the command line.
+
+    orpheus-tts say "TEXT" -o out.wav [--voice tara] [--model demo|DIR] [--snac demo|DIR]
+
+Common flags: `--config FILE` (YAML) and `--set section.key=value` (repeatable) override the
+configuration; `--model`/`--snac` are shorthands for `model.path`/`codec.path`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+
+from orpheus_tts.config import ConfigError, ServerConfig, load_config, parse_set_flags
+from orpheus_tts.requests import RequestError
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file (default: config/default.yaml)")
+    parser.add_argument("--model", help="Orpheus model: 'demo' or a Hugging Face checkpoint directory")
+    parser.add_argument("--snac", help="SNAC 24 kHz codec: 'demo' or a directory (config.json + pytorch_model.bin)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:N (default: auto)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config value, e.g. --set scheduler.max_batch_size=8")
+
+
+def build_config(args: argparse.Namespace) -> ServerConfig:
+    overrides = parse_set_flags(args.set)
+    for flag, key in (("model", "model.path"), ("snac", "codec.path"), ("device", "model.device")):
+        if getattr(args, flag, None):
+            overrides[key] = getattr(args, flag)
+    if getattr(args, "device", None):
+        overrides["codec.device"] = args.device
+    return load_config(args.config, overrides)
+
+
+async def _say_in_process(config: ServerConfig, args: argparse.Namespace) -> tuple[bytes, float | None, float | None]:
+    from orpheus_tts.audio import to_pcm16
+    from orpheus_tts.engine.engine import Engine
+    from orpheus_tts.engine.session import AudioChunk, Outcome
+
+    engine = Engine.from_config(config).start()
+    try:
+        request = engine.make_request(args.text, voice=args.voice or config.default_voice, seed=args.seed)
+        pcm = bytearray()
+        async for event in engine.synthesize(request):
+            if isinstance(event, AudioChunk):
+                pcm += to_pcm16(event.samples)
+            elif event.outcome is not Outcome.OK:
+                raise RuntimeError(f"synthesis {event.outcome.value}: {event.error}")
+            else:
+                metrics = event.metrics
+        return bytes(pcm), metrics.ttfb_s, metrics.real_time_factor
+    finally:
+        engine.stop()
+
+
+def cmd_say(args: argparse.Namespace) -> int:
+    from orpheus_tts.audio import write_wav
+    from orpheus_tts.orpheus import SAMPLE_RATE_HZ
+
+    config = build_config(args)
+    started = time.monotonic()
+    pcm, ttfb_s, rtf = asyncio.run(_say_in_process(config, args))
+    write_wav(args.output, pcm)
+    seconds = len(pcm) / 2 / SAMPLE_RATE_HZ
+    ttfb = f"{ttfb_s * 1000:.0f} ms" if ttfb_s is not None else "n/a"
+    print(f"wrote {args.output}: {seconds:.2f} s of audio; TTFB {ttfb}; real-time factor "
+          f"{rtf:.2f}; total {time.monotonic() - started:.1f} s" if rtf else f"wrote {args.output}: no audio")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="orpheus-tts", description="Orpheus TTS streaming server and tools")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    say = sub.add_parser("say", help="synthesize TEXT into a 24 kHz mono 16-bit WAV file")
+    say.add_argument("text")
+    say.add_argument("-o", "--output", required=True, help="output .wav path")
+    say.add_argument("--voice", help="one of tara, leah, jess, leo, dan, mia, zac, zoe")
+    say.add_argument("--seed", type=int, help="sampling seed, for reproducible output")
+    _add_config_flags(say)
+    say.set_defaults(func=cmd_say)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        return args.func(args)
+    except (ConfigError, RequestError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

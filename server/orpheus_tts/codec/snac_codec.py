@@ -1,0 +1,94 @@
+"""SNAC 24 kHz decoding of many sessions' frame windows in one batched call.
+
+`SnacCodec.decode` takes frames as a [B, n, 7] tensor of SNAC codes (the Orpheus frame layout,
+see `orpheus.FRAME_LAYOUT`) and returns [B, n * 2048] float samples in [-1, 1]. The decoder is
+fully convolutional, so equal-length windows of different sessions decode together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+from snac import SNAC
+from snac.layers import NoiseBlock
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from orpheus_tts import orpheus
+
+DEMO = "demo"
+
+# The published 24 kHz config; the demo keeps its rates and strides but a small decoder so the
+# CPU demo and tests stay quick (the real decoder_dim is 1024).
+SNAC_24KHZ = dict(
+    sampling_rate=24_000, encoder_dim=48, encoder_rates=[2, 4, 8, 8], decoder_dim=1024,
+    decoder_rates=[8, 8, 4, 2], attn_window_size=None, codebook_size=4096, codebook_dim=8,
+    vq_strides=[4, 2, 1], noise=True, depthwise=True,
+)
+DEMO_DECODER_DIM = 64
+
+# Frame position -> flat index into [level0 (1), level1 (2), level2 (4)] of one frame.
+_LEVEL_OFFSETS = (0, 1, 3)
+_FRAME_TO_FLAT = [_LEVEL_OFFSETS[level] + index for level, index in orpheus.FRAME_LAYOUT]
+
+
+class SnacCodec:
+    def __init__(self, model: SNAC, device: torch.device, noise: bool, seed: int):
+        if not noise:
+            for name, module in list(model.named_modules()):
+                if isinstance(module, NoiseBlock):
+                    parent, _, child = name.rpartition(".")
+                    setattr(model.get_submodule(parent), child, nn.Identity())
+        model.encoder = None  # only the decoder and the codebooks are used
+        # Fold weight norm into plain weights once, instead of recomputing it every decode.
+        for module in model.modules():
+            if parametrize.is_parametrized(module, "weight"):
+                parametrize.remove_parametrizations(module, "weight")
+        self.model = model.to(device).eval()
+        self.device = device
+        self.noise = noise
+        self._seed = seed
+        self._calls = 0
+        self._frame_to_flat = torch.tensor(_FRAME_TO_FLAT, device=device)
+
+    @classmethod
+    def load(cls, path: str, device: torch.device, noise: bool = True, seed: int = 0) -> "SnacCodec":
+        if path == DEMO:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = SNAC(**{**SNAC_24KHZ, "decoder_dim": DEMO_DECODER_DIM})
+        else:
+            directory = Path(path)
+            for name in ("config.json", "pytorch_model.bin"):
+                if not (directory / name).exists():
+                    raise FileNotFoundError(f"{directory}: SNAC checkpoint lacks {name}")
+            model = SNAC.from_config(str(directory / "config.json"))
+            state = torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        if model.sampling_rate != orpheus.SAMPLE_RATE_HZ or int(model.hop_length) * 4 != orpheus.SAMPLES_PER_FRAME:
+            raise ValueError(f"{path}: not a 24 kHz SNAC with hop 512 (Orpheus needs that one)")
+        return cls(model, device, noise, seed)
+
+    def frames_to_codes(self, frames: Tensor) -> list[Tensor]:
+        """[B, n, 7] frame codes -> SNAC's three code levels [B, n], [B, 2n], [B, 4n]."""
+        b, n, _ = frames.shape
+        flat = torch.empty_like(frames)
+        flat[:, :, self._frame_to_flat] = frames
+        return [flat[:, :, 0:1].reshape(b, n), flat[:, :, 1:3].reshape(b, 2 * n), flat[:, :, 3:7].reshape(b, 4 * n)]
+
+    @torch.inference_mode()
+    def decode(self, frames: Tensor) -> Tensor:
+        """[B, n, 7] codes -> [B, n * 2048] float32 samples."""
+        codes = self.frames_to_codes(frames.to(self.device))
+        # The decoder's noise draws from the global generator: a private, counted seed keeps
+        # decodes reproducible for a given sequence of calls and leaves everyone else's RNG alone.
+        rng = torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []) \
+            if self.noise else contextlib.nullcontext()
+        with rng:
+            if self.noise:
+                torch.manual_seed(self._seed + self._calls)
+            self._calls += 1
+            audio = self.model.decode(codes)
+        return audio[:, 0, :].float()

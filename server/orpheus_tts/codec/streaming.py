@@ -1,0 +1,103 @@
+"""Streaming: turn one stream of audio tokens into audio chunks, every frame exactly once.
+
+Each chunk decodes a window of frames: up to `context_frames` already-emitted frames on the
+left (decoded again, not emitted again) so the join is smooth, the new frames, and
+`lookahead_frames` not-yet-emitted frames on the right so the last emitted frame has context.
+The first chunk skips the lookahead (time to first audio matters more there) and the last one
+emits everything, the tail included. Windows of equal length from many sessions are decoded in
+one batched SNAC call (`decode_windows`).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from orpheus_tts import orpheus
+from orpheus_tts.codec.snac_codec import SnacCodec
+
+
+@dataclass(frozen=True)
+class Window:
+    """Frames [start, end) are decoded; the samples of frames [emit_from, emit_to) are emitted."""
+
+    start: int
+    end: int
+    emit_from: int
+    emit_to: int
+
+
+class FrameAccumulator:
+    """Collects one stream's audio tokens into SNAC frames and plans what to decode next."""
+
+    def __init__(self, context_frames: int, lookahead_frames: int):
+        self.context_frames = context_frames
+        self.lookahead_frames = lookahead_frames
+        self.frames: list[list[int]] = []
+        self._partial: list[int] = []
+        self.audio_tokens = 0  # valid audio tokens accepted
+        self.invalid_tokens = 0  # ids not valid at their frame position (unconstrained decoding only)
+        self.emitted_frames = 0
+
+    @property
+    def frame_position(self) -> int:
+        """Position (0..6) of the next audio token within its frame."""
+        return len(self._partial)
+
+    def push(self, token_id: int) -> bool:
+        """Accept one generated id; False (and skipped) if it is not a valid audio token here."""
+        code = orpheus.token_to_code(token_id, len(self._partial))
+        if code is None:
+            self.invalid_tokens += 1
+            return False
+        self._partial.append(code)
+        self.audio_tokens += 1
+        if len(self._partial) == orpheus.TOKENS_PER_FRAME:
+            self.frames.append(self._partial)
+            self._partial = []
+        return True
+
+    def next_window(self, final: bool) -> Window | None:
+        """The window to decode now, or None if nothing new can be emitted yet."""
+        n = len(self.frames)
+        if final or self.emitted_frames == 0:
+            emit_to = n
+        else:
+            emit_to = n - self.lookahead_frames
+        if emit_to <= self.emitted_frames:
+            return None
+        start = max(0, self.emitted_frames - self.context_frames)
+        end = min(n, emit_to + self.lookahead_frames)
+        return Window(start, end, self.emitted_frames, emit_to)
+
+    def window_codes(self, window: Window) -> list[list[int]]:
+        return self.frames[window.start : window.end]
+
+    def mark_emitted(self, window: Window) -> None:
+        assert window.emit_from == self.emitted_frames, "frames must be emitted in order, once"
+        self.emitted_frames = window.emit_to
+
+    @property
+    def pending_frames(self) -> int:
+        return len(self.frames) - self.emitted_frames
+
+
+def decode_windows(codec: SnacCodec, jobs: list[tuple[FrameAccumulator, Window]]) -> list[np.ndarray]:
+    """Decode every job's window, batching windows of equal length; returns emitted samples per job."""
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for i, (_, window) in enumerate(jobs):
+        by_length[window.end - window.start].append(i)
+    out: list[np.ndarray | None] = [None] * len(jobs)
+    spf = orpheus.SAMPLES_PER_FRAME
+    for indices in by_length.values():
+        codes = torch.tensor([jobs[i][0].window_codes(jobs[i][1]) for i in indices], dtype=torch.int64)
+        audio = codec.decode(codes).cpu().numpy()
+        for row, i in enumerate(indices):
+            acc, window = jobs[i]
+            lo, hi = (window.emit_from - window.start) * spf, (window.emit_to - window.start) * spf
+            out[i] = audio[row, lo:hi]
+            acc.mark_emitted(window)
+    return out  # type: ignore[return-value]

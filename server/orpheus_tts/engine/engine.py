@@ -1,0 +1,351 @@
+"""The engine: one thread that owns the model and loops, and an asyncio-facing front.
+
+Each loop iteration ends cancelled and timed-out sessions, admits queued ones into free
+slots, prefills new prompts (a bounded number of tokens), decodes one token for up to
+`max_batch_size` sessions in one batched forward, and decodes the audio frames that are due
+for every session in batched SNAC calls. Results travel to the caller's event loop through
+`call_soon_threadsafe`; nothing on the asyncio side ever touches a tensor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable
+
+import torch
+from tokenizers import Tokenizer
+
+from orpheus_tts import orpheus
+from orpheus_tts.codec.snac_codec import SnacCodec
+from orpheus_tts.codec.streaming import decode_windows
+from orpheus_tts.config import ServerConfig
+from orpheus_tts.engine.kv_cache import KVCache
+from orpheus_tts.engine.observer import EngineObserver
+from orpheus_tts.engine.runner import ModelRunner
+from orpheus_tts.engine.sampler import Sampler
+from orpheus_tts.engine.scheduler import Scheduler
+from orpheus_tts.engine.session import AudioChunk, Outcome, Piece, Session, SessionEnd, SessionState
+from orpheus_tts.engine.stream import SpeechStream
+from orpheus_tts.model.loader import load_model
+from orpheus_tts.model.tokenizer import load_tokenizer
+from orpheus_tts.requests import RequestError, SpeechRequest
+from orpheus_tts.text import split_for_speech
+
+log = logging.getLogger("orpheus_tts.engine")
+
+_IDLE_WAIT_S = 0.05  # how often an idle loop still checks pending timeouts
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}") from None
+
+
+@dataclass
+class EngineStats:
+    """The seed's stats: scheduler totals, cache use, tokens and batches."""
+
+    total_sessions: int
+    completed_sessions: int
+    rejected_sessions: int
+    active_sessions: int
+    pending_sessions: int
+    max_concurrent: int
+    used_slots: int
+    free_slots: int
+    total_tokens: int
+    total_batches: int
+
+
+class Engine:
+    def __init__(self, config: ServerConfig, model, tokenizer: Tokenizer, codec: SnacCodec,
+                 observer: EngineObserver | None = None):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.codec = codec
+        self.observer = observer or EngineObserver()
+        sched = config.scheduler
+        cache_dtype = model.output.weight.dtype if config.model.kv_cache_dtype == "auto" \
+            else resolve_dtype(config.model.kv_cache_dtype, model.output.weight.device)
+        args = model.args
+        self.kv_cache = KVCache(args.n_layers, sched.max_concurrent_sessions, args.n_kv_heads,
+                                sched.max_context_tokens, args.head_dim, cache_dtype, model.output.weight.device)
+        self.sampler = Sampler(model, sched.max_concurrent_sessions, constrained=config.sampling.constrained)
+        self.runner = ModelRunner(model, self.kv_cache, self.sampler)
+        self.scheduler = Scheduler(sched, self.kv_cache.allocator)
+        self._wake = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._step = 0
+        self.ready = False
+
+    @classmethod
+    def from_config(cls, config: ServerConfig, observer: EngineObserver | None = None) -> "Engine":
+        device = resolve_device(config.model.device)
+        dtype = resolve_dtype(config.model.dtype, device)
+        model = load_model(config.model.path, device, dtype, config.scheduler.max_context_tokens, config.model.seed)
+        codec = SnacCodec.load(config.codec.path, resolve_device(config.codec.device),
+                               noise=config.codec.noise, seed=config.codec.seed)
+        return cls(config, model, load_tokenizer(config.model.path), codec, observer)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> "Engine":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="orpheus-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stop = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.ready = False
+
+    def warm_up(self, timeout_s: float = 600.0) -> None:
+        """Run one short request end to end (first kernels, allocator), then mark the engine ready."""
+        done = threading.Event()
+        request = self.make_request("Warming up.", voice=self.config.default_voice)
+        session = self.submit(request, lambda event: done.set() if isinstance(event, SessionEnd) else None)
+        if not done.wait(timeout_s):
+            session.cancel()
+            raise TimeoutError("engine warm-up did not finish")
+        self.ready = True
+
+    # -- requests -------------------------------------------------------------------------
+    def make_request(self, text: str, **fields) -> SpeechRequest:
+        """Validate a request against this server's limits and sampling defaults."""
+        fields.setdefault("voice", self.config.default_voice)
+        return SpeechRequest.create(text, defaults=self.config.sampling,
+                                    max_text_chars=self.config.active_profile.max_text_chars, **fields)
+
+    def make_pieces(self, voice: str, text: str) -> list[Piece]:
+        """Split text into pieces whose prompt plus speech budget fit one KV slot."""
+        max_context = self.config.scheduler.max_context_tokens
+        max_chars = orpheus.max_chars_for_tokens(max_context)
+        while True:
+            pieces = []
+            for chunk in split_for_speech(text, max_chars):
+                prompt = orpheus.prompt_ids(self.tokenizer.encode(orpheus.prompt_text(voice, chunk)).ids)
+                budget = orpheus.audio_token_budget(chunk)
+                if len(prompt) + budget > max_context:
+                    break
+                pieces.append(Piece(chunk, prompt, budget))
+            else:
+                return pieces
+            if max_chars <= 8:
+                raise RequestError("text", f"cannot fit any speech in max_context_tokens={max_context}")
+            max_chars //= 2
+
+    def submit(self, request: SpeechRequest, emit: Callable[[AudioChunk | SessionEnd], None],
+               streaming_text: bool = False) -> Session:
+        """Queue a validated request; raises QueueFullError when the admission queue is full."""
+        seed = request.seed if request.seed is not None else secrets.randbits(32)
+        session = Session(request=request, seed=seed, emit=emit)
+        if streaming_text:
+            session.open_text()
+        pieces = self.make_pieces(request.voice, request.text) if request.text.strip() else []
+        session.add_pieces(pieces, close=not streaming_text)
+        self.scheduler.submit(session)
+        self.wake()
+        return session
+
+    def add_text(self, session: Session, texts: list[str], close: bool) -> None:
+        pieces = [p for text in texts for p in self.make_pieces(session.request.voice, text)]
+        session.add_pieces(pieces, close)
+        self.wake()
+
+    def wake(self) -> None:
+        with self._wake:
+            self._wake.notify()
+
+    def open_stream(self, request: SpeechRequest, streaming_text: bool = False) -> SpeechStream:
+        """Start a request and get its events on the running event loop (see SpeechStream)."""
+        return SpeechStream(self, request, asyncio.get_running_loop(), streaming_text)
+
+    async def synthesize(self, request: SpeechRequest) -> AsyncIterator[AudioChunk | SessionEnd]:
+        """Audio chunks as they are ready, then one SessionEnd. Leaving early cancels the session."""
+        stream = self.open_stream(request)
+        async for event in stream.events():
+            yield event
+
+    def stats(self) -> EngineStats:
+        c = self.scheduler.counters
+        alloc = self.kv_cache.allocator
+        return EngineStats(
+            total_sessions=c.total_sessions, completed_sessions=c.completed_sessions,
+            rejected_sessions=c.rejected_sessions, active_sessions=len(self.scheduler.active),
+            pending_sessions=self.scheduler.pending_count, max_concurrent=alloc.n_slots,
+            used_slots=alloc.used_count, free_slots=alloc.free_count,
+            total_tokens=c.total_tokens, total_batches=c.total_batches,
+        )
+
+    # -- the loop (engine thread) ---------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                if self._stop:
+                    break
+            try:
+                worked = self.step()
+            except Exception:  # a bug in the loop itself: fail everyone rather than hang them
+                log.exception("engine step failed; ending all sessions")
+                for session in list(self.scheduler.active):
+                    self._finish(session, Outcome.ERROR, "internal engine error")
+                worked = True
+            if not worked:
+                with self._wake:
+                    if not self._stop:
+                        self._wake.wait(_IDLE_WAIT_S)
+        for session in list(self.scheduler.active) + self.scheduler.drain_pending(lambda s: True):
+            self._finish(session, Outcome.ERROR, "server shutting down")
+
+    def step(self) -> bool:
+        """One iteration; returns False when there was nothing to do."""
+        self._end_cancelled_and_expired()
+        for session in self.scheduler.admit():
+            if session.cancelled:
+                self._finish(session, Outcome.CANCELLED)
+            elif session.metrics.queue_s is None:
+                session.metrics.queue_s = time.monotonic() - session.created
+        self._advance_text()
+        prefill = self.scheduler.pick_prefill()
+        decode = self.scheduler.pick_decode(self._step)
+        if not prefill and not decode:
+            self.observer.on_idle(self.stats())
+            return False
+        started = time.perf_counter()
+        ended: list[Session] = []
+        if prefill:
+            self.scheduler.counters.total_prefills += 1
+            ended += self._run(self.runner.prefill, prefill)
+        if decode:
+            ended += self._run(self.runner.decode, decode)
+        self._flush([s for s in prefill + decode if s.state is SessionState.DECODING], ended)
+        self._step += 1
+        self.observer.on_step(time.perf_counter() - started, len(decode), len(prefill), self.stats())
+        return True
+
+    def _run(self, fn, sessions: list[Session]) -> list[Session]:
+        """Run one batched forward; on failure end only the sessions that were in it."""
+        try:
+            tokens = fn(sessions)
+        except Exception as exc:
+            log.exception("batched forward failed for %d sessions", len(sessions))
+            for session in sessions:
+                self._finish(session, Outcome.ERROR, f"inference failed: {exc}")
+            return []
+        ended = []
+        max_context = self.config.scheduler.max_context_tokens
+        for session, token in zip(sessions, tokens):
+            session.state = SessionState.DECODING
+            session.metrics.tokens += 1
+            session.piece_tokens += 1
+            self.scheduler.counters.total_tokens += 1
+            if token != orpheus.END_OF_SPEECH:
+                if session.accumulator.push(token):
+                    session.tokens_since_flush += 1
+                else:
+                    session.metrics.invalid_tokens += 1
+            session.next_input = token
+            if session.piece_done(token, max_context):
+                ended.append(session)
+        return ended
+
+    def _flush(self, sessions: list[Session], ended: list[Session]) -> None:
+        """Decode and send the audio that is due, batched across sessions."""
+        sched = self.config.scheduler
+        ended_ids = {s.id for s in ended}
+        jobs = []
+        for session in sessions:
+            final = session.id in ended_ids
+            threshold = sched.flush_first_n_tokens if session.in_ttfb_priority else sched.flush_every_n_tokens
+            if final or session.tokens_since_flush >= threshold:
+                window = session.accumulator.next_window(final)
+                if window is not None:
+                    jobs.append((session, window))
+        if jobs:
+            try:
+                audio = decode_windows(self.codec, [(s.accumulator, w) for s, w in jobs])
+            except Exception as exc:
+                log.exception("SNAC decode failed for %d sessions", len(jobs))
+                for session, _ in jobs:
+                    self._finish(session, Outcome.ERROR, f"audio decoding failed: {exc}")
+                return
+            now = time.monotonic()
+            for (session, window), samples in zip(jobs, audio):
+                if session.state is SessionState.FINISHED:
+                    continue
+                session.tokens_since_flush = 0
+                first = session.frames_emitted
+                frames = window.emit_to - window.emit_from
+                session.frames_emitted += frames
+                if session.metrics.ttfb_s is None:
+                    session.metrics.ttfb_s = now - session.created
+                    self.observer.on_first_audio(session.metrics.ttfb_s)
+                self._emit(session, AudioChunk(samples, first, frames, session.piece_index))
+        for session in ended:
+            if session.state is not SessionState.FINISHED:
+                session.state = SessionState.WAITING_TEXT
+        self._advance_text()
+
+    def _advance_text(self) -> None:
+        """Sessions between pieces start their next one, or finish once their text is complete."""
+        codec = self.config.codec
+        for session in list(self.scheduler.active):
+            if session.state is SessionState.WAITING_TEXT:
+                closed = session.take_incoming()
+                if not session.start_next_piece(codec.context_frames, codec.lookahead_frames) and closed:
+                    self._finish(session, Outcome.OK)
+
+    def _end_cancelled_and_expired(self) -> None:
+        timeout = self.config.scheduler.session_timeout_s
+        now = time.monotonic()
+
+        def expired(s: Session) -> bool:
+            return now - s.created > timeout
+
+        for session in self.scheduler.drain_pending(lambda s: s.cancelled or expired(s)):
+            self._finish(session, Outcome.CANCELLED if session.cancelled else Outcome.TIMEOUT,
+                         None if session.cancelled else f"not started within session_timeout_s={timeout}")
+        for session in list(self.scheduler.active):
+            if session.cancelled:
+                self._finish(session, Outcome.CANCELLED)
+            elif expired(session):
+                self._finish(session, Outcome.TIMEOUT, f"exceeded session_timeout_s={timeout}")
+
+    def _emit(self, session: Session, event: AudioChunk | SessionEnd) -> None:
+        try:
+            session.emit(event)
+        except Exception:  # the receiver is gone (closed event loop): stop spending work on it
+            log.warning("session %d: receiver gone, cancelling", session.id)
+            session.cancel()
+
+    def _finish(self, session: Session, outcome: Outcome, error: str | None = None) -> None:
+        if session.state is SessionState.FINISHED:
+            return
+        self.scheduler.release(session)
+        m = session.metrics
+        m.elapsed_s = time.monotonic() - session.created
+        m.frames = session.frames_emitted
+        m.audio_s = m.frames * orpheus.FRAME_SECONDS
+        m.pieces = session.piece_index + 1
+        self.observer.on_session_end(outcome, m)
+        self._emit(session, SessionEnd(outcome, m, error))

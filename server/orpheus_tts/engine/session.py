@@ -1,0 +1,159 @@
+"""One request's state inside the engine, from admission to its last audio sample.
+
+A session speaks a sequence of text pieces (one for a short request, several for long text or
+text that streams in). Each piece is its own Orpheus prompt in the session's KV slot; the audio
+of all pieces forms one stream. Only the engine thread mutates a session, except `cancel`,
+`add_text` and `close_text`, which other threads call and which only touch locked fields.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from orpheus_tts import orpheus
+from orpheus_tts.codec.streaming import FrameAccumulator
+from orpheus_tts.requests import SpeechRequest
+
+_ids = itertools.count(1)
+
+
+class SessionState(enum.Enum):
+    PENDING = "pending"  # in the admission queue, no slot yet
+    WAITING_TEXT = "waiting_text"  # holds a slot, has no piece to speak until more text arrives
+    PREFILL = "prefill"  # its current piece's prompt must be prefilled
+    DECODING = "decoding"  # generating audio tokens
+    FINISHED = "finished"
+
+
+class Outcome(enum.Enum):
+    OK = "ok"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+
+
+@dataclass
+class Piece:
+    text: str
+    prompt: list[int]  # token ids, Orpheus prompt included
+    budget: int  # most audio tokens this piece may take
+
+
+@dataclass
+class SessionMetrics:
+    """What a finished request reports (all times in seconds since the request arrived)."""
+
+    ttfb_s: float | None = None
+    tokens: int = 0  # generated ids, end-of-speech included
+    frames: int = 0
+    audio_s: float = 0.0
+    elapsed_s: float = 0.0
+    pieces: int = 0
+    invalid_tokens: int = 0
+    queue_s: float | None = None
+
+    @property
+    def real_time_factor(self) -> float | None:
+        """Audio seconds produced per wall-clock second (>= 1 plays without stalls)."""
+        return self.audio_s / self.elapsed_s if self.elapsed_s > 0 else None
+
+
+@dataclass
+class AudioChunk:
+    samples: np.ndarray  # float32 mono 24 kHz in [-1, 1]
+    first_frame: int  # index of its first frame within the whole stream
+    frames: int
+    piece: int  # which text piece it belongs to
+
+
+@dataclass
+class SessionEnd:
+    outcome: Outcome
+    metrics: SessionMetrics
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class Session:
+    request: SpeechRequest
+    seed: int
+    emit: Callable[[AudioChunk | SessionEnd], None]  # called from the engine thread
+    id: int = field(default_factory=lambda: next(_ids))
+    created: float = field(default_factory=time.monotonic)
+    state: SessionState = SessionState.PENDING
+    slot: int | None = None
+    pieces: deque[Piece] = field(default_factory=deque)
+    piece: Piece | None = None
+    piece_index: int = -1
+    accumulator: FrameAccumulator | None = None
+    context_len: int = 0  # tokens in the KV slot for the current piece
+    next_input: int | None = None  # the id to feed at the next decode step
+    piece_tokens: int = 0  # ids generated for the current piece
+    last_step: int = -1  # the step it was last decoded in (for round-robin)
+    tokens_since_flush: int = 0
+    frames_emitted: int = 0
+    metrics: SessionMetrics = field(default_factory=SessionMetrics)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _incoming: list[Piece] = field(default_factory=list)
+    _text_closed: bool = True
+    _cancelled: bool = False
+
+    # -- called from any thread -------------------------------------------------------
+    def cancel(self) -> None:
+        self._cancelled = True
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def add_pieces(self, pieces: list[Piece], close: bool) -> None:
+        with self._lock:
+            self._incoming.extend(pieces)
+            self._text_closed = close
+
+    def open_text(self) -> None:
+        """Mark the text as still arriving: the session waits for pieces instead of ending."""
+        with self._lock:
+            self._text_closed = False
+
+    # -- engine thread only -------------------------------------------------------------
+    def take_incoming(self) -> bool:
+        """Move newly arrived pieces into the queue; True if the text is complete."""
+        with self._lock:
+            self.pieces.extend(self._incoming)
+            self._incoming.clear()
+            return self._text_closed
+
+    def start_next_piece(self, context_frames: int, lookahead_frames: int) -> bool:
+        """Begin the next queued piece (fresh prompt in the same slot); False if none is queued."""
+        if not self.pieces:
+            return False
+        self.piece = self.pieces.popleft()
+        self.piece_index += 1
+        self.accumulator = FrameAccumulator(context_frames, lookahead_frames)
+        self.context_len = 0
+        self.piece_tokens = 0
+        self.tokens_since_flush = 0
+        self.next_input = None
+        self.state = SessionState.PREFILL
+        return True
+
+    @property
+    def in_ttfb_priority(self) -> bool:
+        return self.metrics.ttfb_s is None
+
+    def piece_done(self, token: int, max_context: int) -> bool:
+        """True once the current piece must stop: end-of-speech, its budget, or the slot is full."""
+        return (
+            token == orpheus.END_OF_SPEECH
+            or self.accumulator.audio_tokens >= self.piece.budget
+            or self.context_len >= max_context  # the next id would not fit in the slot
+        )

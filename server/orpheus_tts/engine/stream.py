@@ -1,0 +1,59 @@
+"""The asyncio side of one session: events on the caller's loop, text in pieces, cancellation.
+
+The engine thread hands events over with `call_soon_threadsafe`; the queue is unbounded
+because the engine never waits on a slow reader (its audio is small next to its cost), and
+a reader that goes away cancels the session instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, AsyncIterator
+
+from orpheus_tts.engine.session import AudioChunk, SessionEnd
+from orpheus_tts.requests import RequestError, SpeechRequest
+from orpheus_tts.text import SentenceBuffer
+
+if TYPE_CHECKING:
+    from orpheus_tts.engine.engine import Engine
+
+
+class SpeechStream:
+    """One request in flight. With `streaming_text`, text arrives through `add_text`."""
+
+    def __init__(self, engine: "Engine", request: SpeechRequest, loop: asyncio.AbstractEventLoop,
+                 streaming_text: bool = False):
+        self._engine = engine
+        self._queue: asyncio.Queue[AudioChunk | SessionEnd] = asyncio.Queue()
+        self._buffer = SentenceBuffer(max_chars=engine.config.active_profile.max_text_chars)
+        self._chars = len(request.text)
+        self._closed = not streaming_text
+        self.session = engine.submit(request, lambda event: loop.call_soon_threadsafe(self._queue.put_nowait, event),
+                                     streaming_text=streaming_text)
+
+    def add_text(self, text: str, final: bool = False) -> None:
+        """Feed more text; whole sentences are spoken as soon as they are complete."""
+        if self._closed:
+            raise RequestError("text", "the text was already ended")
+        self._chars += len(text)
+        limit = self._engine.config.active_profile.max_text_chars
+        if self._chars > limit:
+            raise RequestError("text", f"streamed text reached {self._chars} characters; the limit is {limit}")
+        self._closed = final
+        self._engine.add_text(self.session, self._buffer.add(text, final), close=final)
+
+    def cancel(self) -> None:
+        self.session.cancel()
+        self._engine.wake()
+
+    async def events(self) -> AsyncIterator[AudioChunk | SessionEnd]:
+        """Audio chunks in order, then exactly one SessionEnd; leaving early cancels the session."""
+        ended = False
+        try:
+            while not ended:
+                event = await self._queue.get()
+                ended = isinstance(event, SessionEnd)
+                yield event
+        finally:
+            if not ended:
+                self.cancel()

@@ -1,0 +1,90 @@
+"""Speech requests and their validation: the engine never sees a bad request.
+
+Every check names the offending field, so the gRPC and HTTP layers can turn a `RequestError`
+straight into INVALID_ARGUMENT / HTTP 400 with a useful message.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from orpheus_tts import orpheus
+from orpheus_tts.config import SamplingConfig
+
+AUDIO_FORMATS = ("pcm", "wav")  # PCM s16le mono 24 kHz, or the same with a WAV header
+
+TEMPERATURE_RANGE = (0.0, 2.0)  # 0 means greedy
+TOP_P_RANGE = (0.0, 1.0)  # exclusive of 0
+REPETITION_PENALTY_RANGE = (1.0, 2.0)
+SEED_RANGE = (0, 2**32 - 1)
+
+
+class RequestError(ValueError):
+    """A request is invalid; `field` names the offending field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class SpeechRequest:
+    """A validated request. Build it with `SpeechRequest.create`, which checks every field."""
+
+    text: str
+    voice: str
+    temperature: float
+    top_p: float
+    repetition_penalty: float
+    seed: int | None
+    format: str
+
+    @classmethod
+    def create(
+        cls,
+        text: str,
+        *,
+        defaults: SamplingConfig,
+        max_text_chars: int,
+        voice: str = "tara",
+        temperature: float | None = None,
+        top_p: float | None = None,
+        repetition_penalty: float | None = None,
+        seed: int | None = None,
+        format: str = "pcm",
+        allow_empty_text: bool = False,
+    ) -> "SpeechRequest":
+        if not isinstance(text, str):
+            raise RequestError("text", "must be a string")
+        if not allow_empty_text and not text.strip():
+            raise RequestError("text", "is empty")
+        if len(text) > max_text_chars:
+            raise RequestError("text", f"is {len(text)} characters; the limit is {max_text_chars}")
+        if voice not in orpheus.VOICES:
+            raise RequestError("voice", f"unknown voice {voice!r}; available: {', '.join(orpheus.VOICES)}")
+        temperature = _in_range("temperature", defaults.temperature if temperature is None else temperature,
+                                *TEMPERATURE_RANGE)
+        top_p = _in_range("top_p", defaults.top_p if top_p is None else top_p, *TOP_P_RANGE)
+        if top_p == 0:
+            raise RequestError("top_p", "must be greater than 0")
+        repetition_penalty = _in_range(
+            "repetition_penalty",
+            defaults.repetition_penalty if repetition_penalty is None else repetition_penalty,
+            *REPETITION_PENALTY_RANGE,
+        )
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                                 or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]):
+            raise RequestError("seed", f"must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}]")
+        if format not in AUDIO_FORMATS:
+            raise RequestError("format", f"unknown format {format!r}; supported: {', '.join(AUDIO_FORMATS)}")
+        return cls(text, voice, float(temperature), float(top_p), float(repetition_penalty), seed, format)
+
+
+def _in_range(field: str, value: object, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RequestError(field, f"must be a number, got {value!r}")
+    if not lo <= value <= hi:
+        raise RequestError(field, f"{value} is out of range [{lo}, {hi}]")
+    return float(value)
