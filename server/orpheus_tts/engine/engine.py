@@ -152,7 +152,7 @@ class Engine:
                 return pieces
             if max_chars <= 8:
                 raise RequestError("text", f"cannot fit any speech in max_context_tokens={max_context}")
-            max_chars //= 2
+            max_chars = int(max_chars * 0.8)  # the prompt did not fit beside the budget: smaller pieces
 
     def submit(self, request: SpeechRequest, emit: Callable[[AudioChunk | SessionEnd], None],
                streaming_text: bool = False) -> Session:

@@ -154,6 +154,6 @@ class Session:
         """True once the current piece must stop: end-of-speech, its budget, or the slot is full."""
         return (
             token == orpheus.END_OF_SPEECH
-            or self.accumulator.audio_tokens >= self.piece.budget
+            or self.piece_tokens >= self.piece.budget
             or self.context_len >= max_context  # the next id would not fit in the slot
         )

@@ -1,0 +1,192 @@
+"""The engine end to end on CPU with the demo model: concurrency, slots, cancellation, limits."""
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from orpheus_tts import orpheus
+from orpheus_tts.engine.engine import Engine
+from orpheus_tts.engine.scheduler import QueueFullError
+from orpheus_tts.engine.session import AudioChunk, Outcome, SessionEnd
+from orpheus_tts.requests import RequestError
+
+from conftest import small_config
+
+
+def make_engine(**overrides) -> Engine:
+    return Engine.from_config(small_config(**overrides)).start()
+
+
+@pytest.fixture
+def engine():
+    eng = make_engine(**{"scheduler.max_concurrent_sessions": 16, "scheduler.max_batch_size": 16})
+    yield eng
+    eng.stop()
+
+
+async def collect(engine, request):
+    chunks, end = [], None
+    async for event in engine.synthesize(request):
+        if isinstance(event, AudioChunk):
+            chunks.append(event)
+        else:
+            end = event
+    return chunks, end
+
+
+async def wait_until(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
+async def test_one_request_streams_whole_frames_and_reports_metrics(engine):
+    chunks, end = await collect(engine, engine.make_request("Hello there.", seed=1))
+    assert end.outcome is Outcome.OK
+    samples = sum(len(c.samples) for c in chunks)
+    assert samples > 0 and samples % orpheus.SAMPLES_PER_FRAME == 0
+    assert end.metrics.frames * orpheus.SAMPLES_PER_FRAME == samples
+    assert chunks[0].frames == 1  # the first chunk goes out after one frame
+    assert [c.first_frame for c in chunks] == list(np.cumsum([0] + [c.frames for c in chunks[:-1]]))
+    assert end.metrics.ttfb_s is not None and end.metrics.tokens >= end.metrics.frames * 7
+    assert end.metrics.audio_s == pytest.approx(end.metrics.frames * orpheus.FRAME_SECONDS)
+
+
+async def test_sixteen_concurrent_sessions_all_finish_and_free_every_slot(engine):
+    texts = [f"Session number {i} says hello." for i in range(16)]
+    results = await asyncio.gather(*(collect(engine, engine.make_request(t, seed=i)) for i, t in enumerate(texts)))
+    for chunks, end in results:
+        assert end.outcome is Outcome.OK
+        assert sum(len(c.samples) for c in chunks) == end.metrics.frames * orpheus.SAMPLES_PER_FRAME > 0
+    stats = engine.stats()
+    assert stats.free_slots == 16 and stats.used_slots == 0 and stats.active_sessions == 0
+    assert stats.completed_sessions == 16 and stats.pending_sessions == 0
+    # Batching happened: far fewer decode steps than tokens.
+    assert stats.total_batches < stats.total_tokens / 4
+
+
+async def test_cancelled_session_frees_its_slot_within_one_step(engine):
+    stream = engine.open_stream(engine.make_request("A long sentence to be cut short by the client.", seed=2))
+    events = stream.events()
+    first = await events.__anext__()
+    assert isinstance(first, AudioChunk)
+    assert engine.stats().used_slots == 1
+    batches_at_cancel = engine.stats().total_batches
+    await events.aclose()  # the client goes away
+    await wait_until(lambda: engine.stats().used_slots == 0)
+    assert engine.stats().total_batches - batches_at_cancel <= 1
+
+
+async def test_cancelled_session_reports_cancelled(engine):
+    stream = engine.open_stream(engine.make_request("Cancel me please.", seed=3))
+    stream.cancel()
+    events = [e async for e in stream.events()]
+    assert isinstance(events[-1], SessionEnd) and events[-1].outcome is Outcome.CANCELLED
+
+
+async def test_same_seed_gives_the_same_audio(engine):
+    a, _ = await collect(engine, engine.make_request("Repeat after me.", seed=9))
+    b, _ = await collect(engine, engine.make_request("Repeat after me.", seed=9))
+    np.testing.assert_array_equal(np.concatenate([c.samples for c in a]), np.concatenate([c.samples for c in b]))
+
+
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        ({"text": "   "}, "text"),
+        ({"text": ""}, "text"),
+        ({"text": "x" * 5001}, "text"),
+        ({"voice": "bob"}, "voice"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"repetition_penalty": 0.9}, "repetition_penalty"),
+        ({"seed": -1}, "seed"),
+        ({"format": "ogg-vorbis"}, "format"),
+    ],
+)
+async def test_bad_request_is_refused_before_taking_a_slot(engine, fields, field):
+    fields = {"text": "Fine text.", **fields}
+    text = fields.pop("text")
+    with pytest.raises(RequestError) as err:
+        engine.make_request(text, **fields)
+    assert err.value.field == field
+    assert engine.stats().total_sessions == 0 and engine.stats().used_slots == 0
+
+
+async def test_full_admission_queue_refuses_new_requests_and_serves_the_rest():
+    eng = make_engine(**{"scheduler.max_concurrent_sessions": 1, "scheduler.max_pending_sessions": 1})
+    try:
+        first = eng.open_stream(eng.make_request("First in the pool.", seed=1))
+        await wait_until(lambda: eng.stats().used_slots == 1)
+        second = eng.open_stream(eng.make_request("Second waits in the queue.", seed=2))
+        with pytest.raises(QueueFullError):
+            eng.open_stream(eng.make_request("Third is refused.", seed=3))
+        assert eng.stats().rejected_sessions == 1
+        for stream in (first, second):
+            events = [e async for e in stream.events()]
+            assert events[-1].outcome is Outcome.OK
+    finally:
+        eng.stop()
+
+
+async def test_session_past_its_timeout_ends_and_frees_its_slot():
+    eng = make_engine(**{"scheduler.session_timeout_s": 0.3})
+    try:
+        request = eng.make_request("This text takes longer than the timeout to speak. " * 4, seed=5)
+        other = eng.make_request("Short.", seed=6)
+        (_, slow_end), (_, fast_end) = await asyncio.gather(collect(eng, request), collect(eng, other))
+        assert slow_end.outcome is Outcome.TIMEOUT and "session_timeout_s" in slow_end.error
+        assert fast_end.outcome in (Outcome.OK, Outcome.TIMEOUT)
+        assert eng.stats().used_slots == 0
+    finally:
+        eng.stop()
+
+
+async def test_long_text_is_spoken_piece_by_piece_in_one_stream():
+    eng = make_engine(**{"scheduler.max_context_tokens": 512})
+    try:
+        sentences = [f"Sentence {i} is here." for i in range(6)]
+        pieces = eng.make_pieces("tara", " ".join(sentences))
+        assert [p.text for p in pieces] == sentences
+        assert all(len(p.prompt) + p.budget <= 512 for p in pieces)
+        chunks, end = await collect(eng, eng.make_request(" ".join(sentences), seed=4))
+        assert end.outcome is Outcome.OK and end.metrics.pieces == len(pieces)
+        assert sorted({c.piece for c in chunks}) == list(range(len(pieces)))
+        assert sum(len(c.samples) for c in chunks) == end.metrics.frames * orpheus.SAMPLES_PER_FRAME
+    finally:
+        eng.stop()
+
+
+async def test_streamed_text_is_spoken_before_it_is_complete(engine):
+    stream = engine.open_stream(engine.make_request("", allow_empty_text=True, seed=7), streaming_text=True)
+    stream.add_text("The first sentence is ready. ")
+    events = stream.events()
+    first = await asyncio.wait_for(events.__anext__(), timeout=30)
+    assert isinstance(first, AudioChunk) and first.piece == 0
+    stream.add_text("And here is the last one", final=True)
+    rest = [e async for e in events]
+    assert rest[-1].outcome is Outcome.OK and rest[-1].metrics.pieces == 2
+
+
+async def test_unconstrained_sampling_still_streams_only_valid_frames():
+    eng = make_engine(**{"sampling.constrained": False})
+    try:
+        chunks, end = await collect(eng, eng.make_request("Free sampling.", seed=8))
+        assert end.outcome is Outcome.OK
+        # Random weights put most mass on text ids: those are skipped and counted, never decoded.
+        assert end.metrics.invalid_tokens > 0
+        assert sum(len(c.samples) for c in chunks) == end.metrics.frames * orpheus.SAMPLES_PER_FRAME
+    finally:
+        eng.stop()
+
+
+async def test_stopping_the_engine_ends_sessions_in_flight(engine):
+    stream = engine.open_stream(engine.make_request("Interrupted by shutdown.", seed=1))
+    await asyncio.to_thread(engine.stop)
+    events = [e async for e in stream.events()]
+    assert events[-1].outcome in (Outcome.OK, Outcome.ERROR)
