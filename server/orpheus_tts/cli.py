@@ -1,6 +1,7 @@
 """`orpheus-tts`: the command line.
 
-    orpheus-tts say "TEXT" -o out.wav [--voice tara] [--model demo|DIR] [--snac demo|DIR]
+    orpheus-tts serve [--grpc-port 50051] [--metrics-port 9090] [--host 0.0.0.0] [--model demo|DIR] [--snac demo|DIR]
+    orpheus-tts say "TEXT" -o out.wav [--voice tara] [--server HOST:PORT | --model demo|DIR --snac demo|DIR]
 
 Common flags: `--config FILE` (YAML) and `--set section.key=value` (repeatable) override the
 configuration; `--model`/`--snac` are shorthands for `model.path`/`codec.path`.
@@ -15,6 +16,7 @@ import sys
 import time
 
 from orpheus_tts.config import ConfigError, ServerConfig, load_config, parse_set_flags
+from orpheus_tts.orpheus import SAMPLE_RATE_HZ
 from orpheus_tts.requests import RequestError
 
 
@@ -58,18 +60,55 @@ async def _say_in_process(config: ServerConfig, args: argparse.Namespace) -> tup
         engine.stop()
 
 
+def _say_remote(args: argparse.Namespace) -> tuple[bytes, float | None, float | None]:
+    """Stream from a running server; TTFB and real-time factor as this client sees them."""
+    import grpc
+
+    from orpheus_tts.api.gen import tts_pb2, tts_pb2_grpc
+
+    request = tts_pb2.SynthesizeRequest(text=args.text, voice=args.voice or "",
+                                        encoding=tts_pb2.AUDIO_ENCODING_PCM_S16LE)
+    if args.seed is not None:
+        request.seed = args.seed
+    pcm, ttfb_s, last_audio = bytearray(), None, None
+    with grpc.insecure_channel(args.server) as channel:
+        started = time.monotonic()
+        for response in tts_pb2_grpc.TextToSpeechStub(channel).Synthesize(request, timeout=args.timeout):
+            if response.HasField("audio"):
+                last_audio = time.monotonic()
+                ttfb_s = last_audio - started if ttfb_s is None else ttfb_s
+                pcm += response.audio.data
+    if last_audio is None:
+        return bytes(pcm), None, None
+    return bytes(pcm), ttfb_s, len(pcm) / 2 / SAMPLE_RATE_HZ / (last_audio - started)
+
+
 def cmd_say(args: argparse.Namespace) -> int:
     from orpheus_tts.audio import write_wav
-    from orpheus_tts.orpheus import SAMPLE_RATE_HZ
 
-    config = build_config(args)
     started = time.monotonic()
-    pcm, ttfb_s, rtf = asyncio.run(_say_in_process(config, args))
+    if args.server:
+        import grpc
+
+        try:
+            pcm, ttfb_s, rtf = _say_remote(args)
+        except grpc.RpcError as exc:
+            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    else:
+        pcm, ttfb_s, rtf = asyncio.run(_say_in_process(build_config(args), args))
     write_wav(args.output, pcm)
     seconds = len(pcm) / 2 / SAMPLE_RATE_HZ
     ttfb = f"{ttfb_s * 1000:.0f} ms" if ttfb_s is not None else "n/a"
     print(f"wrote {args.output}: {seconds:.2f} s of audio; TTFB {ttfb}; real-time factor "
           f"{rtf:.2f}; total {time.monotonic() - started:.1f} s" if rtf else f"wrote {args.output}: no audio")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from orpheus_tts.api.server import serve
+
+    asyncio.run(serve(build_config(args), args.host, args.grpc_port, args.metrics_port, args.grace_s))
     return 0
 
 
@@ -83,8 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     say.add_argument("-o", "--output", required=True, help="output .wav path")
     say.add_argument("--voice", help="one of tara, leah, jess, leo, dan, mia, zac, zoe")
     say.add_argument("--seed", type=int, help="sampling seed, for reproducible output")
+    say.add_argument("--server", metavar="HOST:PORT", help="stream from a running server instead of in-process")
+    say.add_argument("--timeout", type=float, default=300.0, help="with --server: seconds before giving up")
     _add_config_flags(say)
     say.set_defaults(func=cmd_say)
+
+    serve = sub.add_parser("serve", help="run the gRPC server (health, reflection) and the /metrics endpoint")
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")
+    serve.add_argument("--grpc-port", type=int, default=50051, help="gRPC port (default: 50051; 0 picks one)")
+    serve.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port (default: 9090)")
+    serve.add_argument("--grace-s", type=float, default=10.0, help="seconds in-flight streams get on shutdown")
+    _add_config_flags(serve)
+    serve.set_defaults(func=cmd_serve)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")

@@ -91,7 +91,6 @@ class Engine:
         self._wake = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
-        self._step = 0
         self.ready = False
 
     @classmethod
@@ -227,7 +226,7 @@ class Engine:
                 session.metrics.queue_s = time.monotonic() - session.created
         self._advance_text()
         prefill = self.scheduler.pick_prefill()
-        decode = self.scheduler.pick_decode(self._step)
+        decode = self.scheduler.pick_decode()
         if not prefill and not decode:
             self.observer.on_idle(self.stats())
             return False
@@ -239,7 +238,6 @@ class Engine:
         if decode:
             ended += self._run(self.runner.decode, decode)
         self._flush([s for s in prefill + decode if s.state is SessionState.DECODING], ended)
-        self._step += 1
         self.observer.on_step(time.perf_counter() - started, len(decode), len(prefill), self.stats())
         return True
 

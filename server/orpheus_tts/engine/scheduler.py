@@ -44,6 +44,7 @@ class Scheduler:
         self.pending: deque[Session] = deque()
         self.active: list[Session] = []
         self.counters = SchedulerCounters()
+        self._serial = 0  # increases with every pick: least recently served goes first, ties impossible
         self._lock = threading.Lock()  # guards `pending`: submit runs on other threads
 
     # -- any thread --------------------------------------------------------------------
@@ -108,17 +109,18 @@ class Scheduler:
                     break
         return chosen
 
-    def pick_decode(self, step: int) -> list[Session]:
+    def pick_decode(self) -> list[Session]:
         """Up to `max_batch_size` decoding sessions: TTFB priority first, then least recently run."""
         ready = [s for s in self.active if s.state is SessionState.DECODING]
         limit = self.config.ttfb_priority_tokens
 
         def order(session: Session):
             priority = session.in_ttfb_priority and session.metrics.tokens < limit
-            return (not priority, session.last_step, session.id)
+            return (not priority, session.last_served, session.id)
 
         batch = sorted(ready, key=order)[: self.config.max_batch_size]
         for session in batch:
-            session.last_step = step
+            session.last_served = self._serial
+            self._serial += 1
         self.counters.total_batches += 1 if batch else 0
         return batch

@@ -97,7 +97,7 @@ class Session:
     context_len: int = 0  # tokens in the KV slot for the current piece
     next_input: int | None = None  # the id to feed at the next decode step
     piece_tokens: int = 0  # ids generated for the current piece
-    last_step: int = -1  # the step it was last decoded in (for round-robin)
+    last_served: int = -1  # when it was last picked for a decode step (for round-robin)
     tokens_since_flush: int = 0
     frames_emitted: int = 0
     metrics: SessionMetrics = field(default_factory=SessionMetrics)

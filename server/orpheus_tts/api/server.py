@@ -1,0 +1,117 @@
+"""One serving process: the gRPC server (with health and reflection), `/metrics`, and the engine.
+
+Start-up is in two steps so that probes work from the first second: `start` binds the ports
+and answers health checks with NOT_SERVING, `load` loads and warms up the model off the event
+loop and then switches health to SERVING. The engine bridge and the gRPC server share the
+event loop that `start` runs on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from orpheus_tts.api.gen import tts_pb2_grpc
+from orpheus_tts.api.servicer import SERVICE_NAME, TextToSpeechServicer
+from orpheus_tts.config import ServerConfig
+from orpheus_tts.engine.engine import Engine
+from orpheus_tts.metrics import MetricsEndpoint, ServerMetrics
+
+log = logging.getLogger("orpheus_tts.server")
+
+HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+DEFAULT_GRACE_S = 10.0  # in-flight streams get this long to finish on shutdown
+
+
+class OrpheusServer:
+    def __init__(self, config: ServerConfig, host: str = "0.0.0.0", grpc_port: int = 50051,
+                 metrics_port: int | None = 9090):
+        """Port 0 picks a free port (see `grpc_port`/`metrics_port` after `start`); metrics_port None: no /metrics."""
+        self.config = config
+        self.host = host
+        self.grpc_port = grpc_port
+        self.metrics_port = metrics_port
+        self.metrics = ServerMetrics()
+        self.servicer = TextToSpeechServicer(self.metrics)
+        self.health = health.aio.HealthServicer()
+        self.engine: Engine | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._metrics_endpoint: MetricsEndpoint | None = None
+
+    async def start(self) -> None:
+        """Bind and serve; health says NOT_SERVING until `load` has warmed up the model."""
+        server = grpc.aio.server()
+        tts_pb2_grpc.add_TextToSpeechServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.grpc_port = server.add_insecure_port(f"{_grpc_host(self.host)}:{self.grpc_port}")
+        await server.start()
+        self._grpc = server
+        if self.metrics_port is not None:
+            self._metrics_endpoint = self.metrics.serve(self.metrics_port, self.host)
+            self.metrics_port = self._metrics_endpoint.port
+        log.info("serving gRPC on %s:%d (NOT_SERVING until warm), metrics on %s", self.host, self.grpc_port,
+                 f"http://{self.host}:{self.metrics_port}/metrics" if self._metrics_endpoint else "nothing")
+
+    async def load(self) -> None:
+        """Load the model and codec, warm them up, then report SERVING."""
+        engine = await asyncio.to_thread(Engine.from_config, self.config, self.metrics)
+        self.engine = engine.start()
+        await asyncio.to_thread(engine.warm_up)
+        self.servicer.engine = engine
+        self.metrics.ready.set(1)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        stats = engine.stats()
+        log.info("ready: %d session slots, batches of up to %d", stats.max_concurrent,
+                 self.config.scheduler.max_batch_size)
+
+    async def stop(self, grace_s: float = DEFAULT_GRACE_S) -> None:
+        """NOT_SERVING at once, let in-flight streams finish for `grace_s`, then stop everything."""
+        await self.health.enter_graceful_shutdown()
+        self.metrics.ready.set(0)
+        if self._grpc is not None:
+            await self._grpc.stop(grace_s)
+            self._grpc = None
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.stop)
+            self.engine = self.servicer.engine = None
+        if self._metrics_endpoint is not None:
+            self._metrics_endpoint.close()
+            self._metrics_endpoint = None
+
+    async def _set_health(self, status) -> None:
+        for service in ("", SERVICE_NAME):  # "" is the whole server, as Kubernetes' gRPC probe asks
+            await self.health.set(service, status)
+
+
+def _grpc_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+async def serve(config: ServerConfig, host: str, grpc_port: int, metrics_port: int | None,
+                grace_s: float = DEFAULT_GRACE_S) -> None:
+    """Run until SIGINT or SIGTERM, then shut down gracefully."""
+    server = OrpheusServer(config, host, grpc_port, metrics_port)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    await server.start()
+    try:
+        loading = asyncio.create_task(server.load())
+        stopped = asyncio.create_task(stopping.wait())
+        await asyncio.wait((loading, stopped), return_when=asyncio.FIRST_COMPLETED)
+        if loading.done():
+            loading.result()  # a model that cannot load ends the process
+            await stopped
+        else:
+            loading.cancel()
+        log.info("shutting down (grace %.0f s)", grace_s)
+    finally:
+        await server.stop(grace_s)

@@ -1,0 +1,225 @@
+"""The `orpheus.tts.v1.TextToSpeech` service: RPCs in, engine streams out, status codes that mean what they say.
+
+Every RPC runs inside a `RequestRecord`, which turns our exceptions into gRPC status codes,
+counts the outcome, and writes one log line when the request ends:
+
+    INVALID_ARGUMENT    a field is invalid; the message starts with the field's name
+    RESOURCE_EXHAUSTED  the admission queue is full (trailing metadata `retry-after`, seconds)
+    UNAVAILABLE         the model is still loading
+    DEADLINE_EXCEEDED   the session ran past `scheduler.session_timeout_s`
+    CANCELLED           the client went away (its session is ended at the engine's next step)
+    INTERNAL            the engine failed
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import AsyncIterator
+
+import grpc
+
+from orpheus_tts import orpheus
+from orpheus_tts.api import messages
+from orpheus_tts.api.gen import tts_pb2, tts_pb2_grpc
+from orpheus_tts.engine.engine import Engine
+from orpheus_tts.engine.scheduler import QueueFullError
+from orpheus_tts.engine.session import AudioChunk, Outcome, SessionMetrics
+from orpheus_tts.engine.stream import SpeechStream
+from orpheus_tts.metrics import ServerMetrics
+from orpheus_tts.requests import RequestError, SpeechRequest
+
+log = logging.getLogger("orpheus_tts.api")
+
+SERVICE_NAME = tts_pb2.DESCRIPTOR.services_by_name["TextToSpeech"].full_name
+REQUEST_ID_KEY = "x-request-id"  # a client may send its own; the server echoes it in trailing metadata
+
+_OUTCOME_STATUS = {
+    Outcome.TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Outcome.CANCELLED: grpc.StatusCode.CANCELLED,
+    Outcome.ERROR: grpc.StatusCode.INTERNAL,
+}
+
+
+class RpcFailure(Exception):
+    """End the RPC with `code`."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, metadata: tuple = ()):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.metadata = metadata
+
+
+class RequestRecord:
+    """One request's id, outcome and log line; maps exceptions raised inside it to statuses."""
+
+    def __init__(self, method: str, context: grpc.aio.ServicerContext, metrics: ServerMetrics,
+                 log_level: int = logging.INFO):
+        self.method = method
+        self.log_level = log_level
+        self.context = context
+        self.metrics = metrics
+        sent = dict(context.invocation_metadata() or ()).get(REQUEST_ID_KEY, "")
+        self.id = sent[:64] if sent.isprintable() and sent else uuid.uuid4().hex[:16]
+        self.voice = "-"
+        self.chars = 0
+        self.session: SessionMetrics | None = None
+        self.started = time.monotonic()
+
+    async def __aenter__(self) -> "RequestRecord":
+        self.context.set_trailing_metadata(((REQUEST_ID_KEY, self.id),))
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> bool:
+        failure = self._failure(exc)
+        if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):  # the client went away
+            remaining = self.context.time_remaining()
+            self._done("deadline_exceeded" if remaining is not None and remaining <= 0 else "cancelled")
+            return False
+        if failure is None:
+            self._done("ok")
+            return False
+        self._done(failure.code.name.lower(), failure.message)
+        await self.context.abort(failure.code, failure.message,
+                                 trailing_metadata=((REQUEST_ID_KEY, self.id), *failure.metadata))
+        return False  # abort raised
+
+    def _failure(self, exc: BaseException | None) -> RpcFailure | None:
+        if exc is None or isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+            return None
+        if isinstance(exc, RpcFailure):
+            return exc
+        if isinstance(exc, RequestError):
+            return RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if isinstance(exc, QueueFullError):
+            return RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc),
+                              (("retry-after", f"{max(1, round(exc.retry_after_s))}"),))
+        log.error("request %s failed", self.id, exc_info=exc)
+        return RpcFailure(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+
+    def _done(self, outcome: str, detail: str | None = None) -> None:
+        self.metrics.request_done(self.method, outcome)
+        m = self.session
+        fields = {
+            "id": self.id, "method": self.method, "voice": self.voice, "chars": self.chars, "outcome": outcome,
+            "ttfb_ms": _fmt(m and m.ttfb_s and m.ttfb_s * 1000, ".0f"),
+            "audio_s": _fmt(m and m.audio_s, ".2f"),
+            "rtf": _fmt(m and m.real_time_factor, ".2f"),
+            "tokens": m.tokens if m else "-",
+            "elapsed_s": f"{time.monotonic() - self.started:.3f}",
+        }
+        if detail:
+            fields["detail"] = detail
+        log.log(self.log_level, "request " + " ".join(f"{k}={_quote(v)}" for k, v in fields.items()))
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None or value is False else format(value, spec)
+
+
+def _quote(value) -> str:
+    text = str(value)
+    return f'"{text}"'.replace("\n", " ") if (" " in text or not text or '"' in text) else text
+
+
+class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
+    def __init__(self, metrics: ServerMetrics):
+        self.metrics = metrics
+        self.engine: Engine | None = None  # set by the server once the model is warmed up
+
+    async def Synthesize(self, request: tts_pb2.SynthesizeRequest, context) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
+        async with RequestRecord("Synthesize", context, self.metrics) as record:
+            engine = self._ready_engine()
+            record.voice, record.chars = request.voice or engine.config.default_voice, len(request.text)
+            speech = messages.speech_request(engine, request, request.text)
+            stream = engine.open_stream(speech)
+            try:
+                async for response in self._respond(stream, speech, record, tts_pb2.SynthesizeResponse):
+                    yield response
+            finally:
+                stream.cancel()  # a no-op for a finished session
+
+    async def StreamingSynthesize(self, request_iterator, context) -> AsyncIterator[tts_pb2.StreamingSynthesizeResponse]:
+        async with RequestRecord("StreamingSynthesize", context, self.metrics) as record:
+            engine = self._ready_engine()
+            requests = aiter(request_iterator)
+            first = await anext(requests, None)
+            config = first.config if first is not None and first.HasField("config") else \
+                tts_pb2.StreamingSynthesisConfig()
+            record.voice = config.voice or engine.config.default_voice
+            speech = messages.speech_request(engine, config, "", allow_empty_text=True)
+            stream = engine.open_stream(speech, streaming_text=True)
+            text = messages.StreamedText(stream)
+            reader = asyncio.create_task(self._read_text(first, requests, text, stream, record))
+            try:
+                async for response in self._respond(stream, speech, record, tts_pb2.StreamingSynthesizeResponse):
+                    yield response
+            except RpcFailure:
+                if reader.done() and not reader.cancelled() and reader.exception():
+                    raise reader.exception() from None  # why the session was cancelled
+                raise
+            finally:
+                reader.cancel()
+                stream.cancel()
+                if reader.done() and not reader.cancelled():
+                    reader.exception()  # retrieved: a bad piece after the audio ended changes nothing
+
+    async def ListVoices(self, request, context) -> tts_pb2.ListVoicesResponse:
+        async with RequestRecord("ListVoices", context, self.metrics, logging.DEBUG):
+            default = self.engine.config.default_voice if self.engine else orpheus.VOICES[0]
+            return tts_pb2.ListVoicesResponse(voices=[tts_pb2.Voice(name=v) for v in orpheus.VOICES],
+                                              default_voice=default, emotion_tags=orpheus.EMOTION_TAGS)
+
+    async def GetStats(self, request, context) -> tts_pb2.GetStatsResponse:
+        async with RequestRecord("GetStats", context, self.metrics, logging.DEBUG):
+            if self.engine is None:
+                return tts_pb2.GetStatsResponse(ready=False)
+            s = self.engine.stats()
+            return tts_pb2.GetStatsResponse(
+                ready=self.engine.ready, total_sessions=s.total_sessions, completed_sessions=s.completed_sessions,
+                rejected_sessions=s.rejected_sessions, active_sessions=s.active_sessions,
+                pending_sessions=s.pending_sessions, max_concurrent_sessions=s.max_concurrent,
+                used_slots=s.used_slots, free_slots=s.free_slots, total_tokens=s.total_tokens,
+                total_batches=s.total_batches,
+            )
+
+    # -- helpers --------------------------------------------------------------------------
+    def _ready_engine(self) -> Engine:
+        if self.engine is None or not self.engine.ready:
+            raise RpcFailure(grpc.StatusCode.UNAVAILABLE, "the model is still loading; retry shortly")
+        return self.engine
+
+    async def _respond(self, stream: SpeechStream, speech: SpeechRequest, record: RequestRecord, response_type):
+        """The format, the audio as the engine makes it, then the metrics (or an RpcFailure)."""
+        encoder = messages.AudioEncoder(speech)
+        yield response_type(format=messages.audio_format(speech, record.id))
+        async for event in stream.events():
+            if isinstance(event, AudioChunk):
+                yield response_type(audio=encoder.encode(event))
+                continue
+            record.session = event.metrics
+            if event.outcome is not Outcome.OK:
+                raise RpcFailure(_OUTCOME_STATUS[event.outcome], event.error or f"session {event.outcome.value}")
+            yield response_type(metrics=messages.synthesis_metrics(record.id, event.metrics))
+
+    @staticmethod
+    async def _read_text(first, requests, text: messages.StreamedText, stream: SpeechStream,
+                         record: RequestRecord) -> None:
+        """Feed the client's text to the stream; on a bad piece, cancel the session and keep the error."""
+        try:
+            pending = [first] if first is not None and first.HasField("input") else []
+            for request in pending:
+                record.chars += len(request.input.text or request.input.text_utf8)
+                text.add(request.input)
+            async for request in requests:
+                if request.HasField("config"):
+                    raise RequestError("config", "only the first request may carry config")
+                record.chars += len(request.input.text or request.input.text_utf8)
+                text.add(request.input)
+            text.end()
+        except RequestError:
+            stream.cancel()
+            raise

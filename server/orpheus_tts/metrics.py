@@ -1,0 +1,115 @@
+"""Prometheus metrics: the engine's hooks and the API's request outcomes, under one prefix.
+
+These feed the autoscaler and the alerts (TTFB p95, active sessions, free slots). Each server
+has its own registry, so several servers (tests) can live in one process. The engine calls
+the `EngineObserver` hooks on its thread; prometheus-client is thread-safe.
+"""
+
+from __future__ import annotations
+
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+
+from orpheus_tts.engine.observer import EngineObserver
+
+PREFIX = "orpheus_tts"
+
+# Fine steps where the conversational (100 ms) and longform (300 ms) targets lie.
+TTFB_BUCKETS_S = (0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2, 0.225, 0.25, 0.275, 0.3,
+                  0.35, 0.4, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0)
+# A batch must finish within 12.19 ms for real-time playback, hence the steps around it.
+STEP_BUCKETS_S = (0.002, 0.004, 0.006, 0.008, 0.01, 0.0122, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+QUEUE_BUCKETS_S = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class ServerMetrics(EngineObserver):
+    """Every metric the server exports; pass it to `Engine.from_config(..., observer=)`."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.ttfb = Histogram(f"{PREFIX}_ttfb_seconds", "Time from a request's arrival to its first audio.",
+                              buckets=TTFB_BUCKETS_S, registry=r)
+        self.queue_time = Histogram(f"{PREFIX}_queue_seconds", "Time requests waited for a session slot.",
+                                    buckets=QUEUE_BUCKETS_S, registry=r)
+        self.active_sessions = Gauge(f"{PREFIX}_active_sessions", "Sessions holding a KV-cache slot.", registry=r)
+        self.pending_sessions = Gauge(f"{PREFIX}_pending_sessions", "Sessions waiting in the admission queue.",
+                                      registry=r)
+        self.free_slots = Gauge(f"{PREFIX}_free_slots", "KV-cache slots free for new sessions.", registry=r)
+        self.max_sessions = Gauge(f"{PREFIX}_max_concurrent_sessions", "Session slots this server has.",
+                                  registry=r)
+        self.ready = Gauge(f"{PREFIX}_ready", "1 once the model is loaded and warmed up.", registry=r)
+        self.tokens = Counter(f"{PREFIX}_generated_tokens", "Tokens the model generated.", registry=r)
+        self.audio = Counter(f"{PREFIX}_audio_seconds", "Seconds of audio produced.", registry=r)
+        self.steps = Counter(f"{PREFIX}_engine_steps", "Engine steps that did work.", registry=r)
+        self.step_time = Histogram(f"{PREFIX}_step_seconds", "Wall time of one engine step (prefill + decode + audio).",
+                                   buckets=STEP_BUCKETS_S, registry=r)
+        self.batch_size = Histogram(f"{PREFIX}_batch_size", "Sessions decoded together in one step.",
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.requests = Counter(f"{PREFIX}_requests", "Requests by API method and outcome.",
+                                ["method", "outcome"], registry=r)
+        self.sessions = Counter(f"{PREFIX}_sessions", "Engine sessions ended, by outcome.", ["outcome"], registry=r)
+        self._tokens_seen = 0
+        self._lock = threading.Lock()
+
+    # -- engine hooks (engine thread) ---------------------------------------------------
+    def on_step(self, seconds: float, decode_batch: int, prefill_batch: int, stats) -> None:
+        self.steps.inc()
+        self.step_time.observe(seconds)
+        if decode_batch:
+            self.batch_size.observe(decode_batch)
+        self._update(stats)
+
+    def on_idle(self, stats) -> None:
+        self._update(stats)
+
+    def on_first_audio(self, ttfb_s: float) -> None:
+        self.ttfb.observe(ttfb_s)
+
+    def on_session_end(self, outcome, metrics) -> None:
+        self.sessions.labels(outcome.value).inc()
+        self.audio.inc(metrics.audio_s)
+        if metrics.queue_s is not None:
+            self.queue_time.observe(metrics.queue_s)
+
+    def _update(self, stats) -> None:
+        self.active_sessions.set(stats.active_sessions)
+        self.pending_sessions.set(stats.pending_sessions)
+        self.free_slots.set(stats.free_slots)
+        self.max_sessions.set(stats.max_concurrent)
+        with self._lock:  # counters only go up: add what the engine generated since last time
+            new, self._tokens_seen = stats.total_tokens - self._tokens_seen, stats.total_tokens
+        if new > 0:
+            self.tokens.inc(new)
+
+    # -- API side -----------------------------------------------------------------------
+    def request_done(self, method: str, outcome: str) -> None:
+        """One API request ended: `ok`, `invalid_argument`, `resource_exhausted`, `cancelled`..."""
+        self.requests.labels(method, outcome).inc()
+
+    def exposition(self) -> bytes:
+        """The text format, as `/metrics` serves it."""
+        return generate_latest(self.registry)
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> "MetricsEndpoint":
+        """Serve `/metrics` over HTTP on a daemon thread (port 0 picks a free one)."""
+        httpd, thread = start_http_server(port, addr=host, registry=self.registry)
+        return MetricsEndpoint(httpd, thread)
+
+
+class MetricsEndpoint:
+    def __init__(self, httpd: WSGIServer, thread: threading.Thread):
+        self._httpd = httpd
+        self._thread = thread
+
+    @property
+    def port(self) -> int:
+        return self._httpd.server_port
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)

@@ -1,0 +1,89 @@
+"""Batch selection: new sessions first until their first audio, then nobody starves."""
+
+from collections import Counter
+
+from orpheus_tts.config import SamplingConfig, SchedulerConfig
+from orpheus_tts.engine.kv_cache import SlotAllocator
+from orpheus_tts.engine.scheduler import Scheduler
+from orpheus_tts.engine.session import Piece, Session, SessionState
+from orpheus_tts.requests import SpeechRequest
+
+
+def _session() -> Session:
+    request = SpeechRequest.create("Hi.", defaults=SamplingConfig(), max_text_chars=100)
+    return Session(request=request, seed=0, emit=lambda event: None)
+
+
+def _scheduler(n_slots=8, batch=3, **kw):
+    return Scheduler(SchedulerConfig(max_concurrent_sessions=n_slots, max_batch_size=batch, **kw),
+                     SlotAllocator(n_slots))
+
+
+def _running(scheduler, n, first_audio=True):
+    sessions = [_session() for _ in range(n)]
+    for s in sessions:
+        scheduler.submit(s)
+    scheduler.admit()
+    for s in sessions:
+        s.state = SessionState.DECODING
+        if first_audio:
+            s.metrics.ttfb_s = 0.1
+    return sessions
+
+
+def test_round_robin_gives_every_session_equal_turns():
+    scheduler = _scheduler(batch=3)
+    sessions = _running(scheduler, 7)
+    turns = Counter()
+    for step in range(70):
+        for s in scheduler.pick_decode():
+            turns[s.id] += 1
+    assert set(turns) == {s.id for s in sessions}
+    assert max(turns.values()) - min(turns.values()) <= 1
+
+
+def test_new_session_goes_first_until_its_first_audio():
+    scheduler = _scheduler(batch=2, ttfb_priority_tokens=20)
+    old = _running(scheduler, 4)
+    for step in range(5):
+        scheduler.pick_decode()
+    (new,) = _running(scheduler, 1, first_audio=False)
+    for step in range(5, 10):
+        assert new in scheduler.pick_decode()
+    new.metrics.ttfb_s = 0.05  # its first audio is out: back to round-robin
+    picks = [scheduler.pick_decode() for step in range(10, 13)]
+    assert sum(new in batch for batch in picks) < 3 and all(len(b) == 2 for b in picks)
+    assert old  # the others kept their turns meanwhile
+
+
+def test_priority_ends_after_ttfb_priority_tokens_even_without_audio():
+    scheduler = _scheduler(batch=1, ttfb_priority_tokens=5)
+    (old,) = _running(scheduler, 1)
+    (new,) = _running(scheduler, 1, first_audio=False)
+    new.metrics.tokens = 5
+    first, second = scheduler.pick_decode(), scheduler.pick_decode()
+    assert {first[0].id, second[0].id} == {old.id, new.id}
+
+
+def test_prefill_is_bounded_by_the_prompt_token_budget():
+    scheduler = _scheduler(batch=8, max_prefill_tokens=40)
+    sessions = _running(scheduler, 4)
+    for s in sessions:
+        s.state = SessionState.WAITING_TEXT
+        s.take_incoming()
+    for s in sessions:
+        s.add_pieces([Piece("x", [1] * 15, 70)], close=True)
+        s.take_incoming()
+        s.start_next_piece(2, 1)
+    chosen = scheduler.pick_prefill()
+    assert len(chosen) == 2  # 15 + 15 fits in 40, a third would not
+
+
+def test_finished_session_frees_its_slot_for_the_next_one():
+    scheduler = _scheduler(n_slots=1, batch=1, max_pending_sessions=4)
+    first, second = _session(), _session()
+    scheduler.submit(first)
+    scheduler.submit(second)
+    assert scheduler.admit() == [first]
+    scheduler.release(first)
+    assert scheduler.admit() == [second] and second.slot == 0
