@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install run test clean
+.PHONY: install run proto test clean
 
 install: $(STAMP)
 
@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The gRPC server on :50051 (health, reflection) and Prometheus /metrics on :9090.
 run: $(STAMP)
-	$(BIN)/orpheus-tts say "Hello there, how are you today?" -o hello.wav $(ARGS)
+	$(BIN)/orpheus-tts serve $(ARGS)
+
+# Regenerate the gRPC code in server/orpheus_tts/api/gen/ from protos/ (commit the result).
+proto: $(STAMP)
+	$(BIN)/python -m orpheus_tts.api.protogen
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
