@@ -52,8 +52,7 @@ class ServerMetrics(EngineObserver):
         self.requests = Counter(f"{PREFIX}_requests", "Requests by API method and outcome.",
                                 ["method", "outcome"], registry=r)
         self.sessions = Counter(f"{PREFIX}_sessions", "Engine sessions ended, by outcome.", ["outcome"], registry=r)
-        self._tokens_seen = 0
-        self._lock = threading.Lock()
+        self._tokens_seen = 0  # the engine's total at the last hook (hooks all run on the engine thread)
 
     # -- engine hooks (engine thread) ---------------------------------------------------
     def on_step(self, seconds: float, decode_batch: int, prefill_batch: int, stats) -> None:
@@ -80,8 +79,7 @@ class ServerMetrics(EngineObserver):
         self.pending_sessions.set(stats.pending_sessions)
         self.free_slots.set(stats.free_slots)
         self.max_sessions.set(stats.max_concurrent)
-        with self._lock:  # counters only go up: add what the engine generated since last time
-            new, self._tokens_seen = stats.total_tokens - self._tokens_seen, stats.total_tokens
+        new, self._tokens_seen = stats.total_tokens - self._tokens_seen, stats.total_tokens
         if new > 0:
             self.tokens.inc(new)
 

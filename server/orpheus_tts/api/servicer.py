@@ -74,11 +74,11 @@ class RequestRecord:
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> bool:
-        failure = self._failure(exc)
         if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):  # the client went away
             remaining = self.context.time_remaining()
             self._done("deadline_exceeded" if remaining is not None and remaining <= 0 else "cancelled")
             return False
+        failure = self._failure(exc)
         if failure is None:
             self._done("ok")
             return False
@@ -88,7 +88,7 @@ class RequestRecord:
         return False  # abort raised
 
     def _failure(self, exc: BaseException | None) -> RpcFailure | None:
-        if exc is None or isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        if exc is None:
             return None
         if isinstance(exc, RpcFailure):
             return exc
@@ -102,27 +102,23 @@ class RequestRecord:
 
     def _done(self, outcome: str, detail: str | None = None) -> None:
         self.metrics.request_done(self.method, outcome)
-        m = self.session
+        m = self.session or SessionMetrics()
         fields = {
             "id": self.id, "method": self.method, "voice": self.voice, "chars": self.chars, "outcome": outcome,
-            "ttfb_ms": _fmt(m and m.ttfb_s and m.ttfb_s * 1000, ".0f"),
-            "audio_s": _fmt(m and m.audio_s, ".2f"),
-            "rtf": _fmt(m and m.real_time_factor, ".2f"),
-            "tokens": m.tokens if m else "-",
+            "ttfb_ms": "-" if m.ttfb_s is None else f"{m.ttfb_s * 1000:.0f}",
+            "audio_s": f"{m.audio_s:.2f}",
+            "rtf": "-" if m.real_time_factor is None else f"{m.real_time_factor:.2f}",
+            "tokens": m.tokens,
             "elapsed_s": f"{time.monotonic() - self.started:.3f}",
         }
         if detail:
             fields["detail"] = detail
-        log.log(self.log_level, "request " + " ".join(f"{k}={_quote(v)}" for k, v in fields.items()))
+        log.log(self.log_level, "request " + " ".join(f"{k}={_logfmt(v)}" for k, v in fields.items()))
 
 
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None or value is False else format(value, spec)
-
-
-def _quote(value) -> str:
-    text = str(value)
-    return f'"{text}"'.replace("\n", " ") if (" " in text or not text or '"' in text) else text
+def _logfmt(value) -> str:
+    text = str(value).replace("\n", " ")
+    return '"' + text.replace('"', "'") + '"' if not text or " " in text or '"' in text or "=" in text else text
 
 
 class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
