@@ -24,3 +24,93 @@ def small_config(**overrides):
     }
     base.update(overrides)
     return load_config(overrides=base, environ={})
+
+
+# -- gRPC server fixtures (tests/test_grpc_*.py, tests/test_metrics.py) ----------------------
+
+class RunningServer:
+    """A real OrpheusServer on a loopback port, on its own event loop in a background thread.
+
+    Tests talk to it with real gRPC clients on their own loops (or from subprocesses).
+    """
+
+    def __init__(self, config, load: bool = True):
+        import asyncio
+        import threading
+
+        from orpheus_tts.api.server import OrpheusServer
+
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="test-grpc-server", daemon=True)
+        self._thread.start()
+        self.server = OrpheusServer(config, host="127.0.0.1", grpc_port=0, metrics_port=0)
+        self.run(self.server.start())
+        if load:
+            self.load()
+
+    def run(self, coro, timeout: float = 120.0):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def load(self) -> None:
+        self.run(self.server.load())
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.metrics_port}/metrics"
+
+    def close(self) -> None:
+        self.run(self.server.stop(grace_s=0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+
+def grpc_server_config(**overrides):
+    """Small and quick: 16 slots, short contexts, texts of at most 200 characters."""
+    base = {
+        "scheduler.max_concurrent_sessions": 16,
+        "scheduler.max_batch_size": 16,
+        "scheduler.max_context_tokens": 512,
+        "tuning.longform.max_text_chars": 200,
+    }
+    base.update(overrides)
+    return small_config(**base)
+
+
+@pytest.fixture(scope="session")
+def grpc_server():
+    """One warmed-up server shared by the gRPC tests; each test leaves every slot free."""
+    server = RunningServer(grpc_server_config())
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def start_grpc_server():
+    """Start servers with their own configuration (`load=False`: ports bound, model not loaded)."""
+    started = []
+
+    def start(load: bool = True, **overrides) -> RunningServer:
+        started.append(RunningServer(grpc_server_config(**overrides), load=load))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.close()
+
+
+@pytest.fixture
+async def tts(grpc_server):
+    """A grpc.aio stub of the shared server's TextToSpeech service."""
+    import grpc
+
+    from orpheus_tts.api.gen import tts_pb2_grpc
+
+    async with grpc.aio.insecure_channel(grpc_server.address) as channel:
+        yield tts_pb2_grpc.TextToSpeechStub(channel)
