@@ -73,7 +73,7 @@ def test_cached_decode_steps_match_transformers_at_different_positions(checkpoin
         for _ in range(5):
             new = torch.randint(0, 512, (2,), generator=rng)
             starts = torch.tensor([len(s) for s in sequences])
-            batch = ours.make_batch(slots, starts, torch.ones(2, dtype=torch.long), 1)
+            batch = ours.make_decode_batch(slots, starts)
             got = ours.logits(ours(new[:, None], batch, cache))[:, 0]
             for row in range(2):
                 sequences[row].append(int(new[row]))

@@ -36,6 +36,8 @@ class ModelConfig:
     dtype: str = "auto"  # auto (fp32 on CPU, bf16 on GPU) | float32 | bfloat16 | float16
     kv_cache_dtype: str = "auto"  # auto (the model dtype on CPU, bf16 on GPU) | float16 | bfloat16 | float32
     seed: int = 0  # seeds the demo weights
+    quantization: str = "auto"  # auto (FP8 weights where the GPU has FP8) | fp8 | none
+    cuda_graphs: bool = True  # capture decode steps as CUDA graphs (GPU only)
 
 
 @dataclass
@@ -126,6 +128,8 @@ class ServerConfig:
                 raise ConfigError(f"scheduler.{name} must be a multiple of 7 (one audio frame), got {getattr(s, name)}")
         if self.codec.context_frames < 0 or self.codec.lookahead_frames < 0:
             raise ConfigError("codec.context_frames and codec.lookahead_frames must be >= 0")
+        if self.model.quantization not in ("auto", "fp8", "none"):
+            raise ConfigError(f"model.quantization must be auto, fp8 or none, got {self.model.quantization!r}")
         if self.profile not in self.tuning:
             raise ConfigError(f"profile {self.profile!r} is not one of {sorted(self.tuning)}")
         return self

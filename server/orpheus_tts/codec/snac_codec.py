@@ -19,6 +19,7 @@ from torch.nn.utils import parametrize
 from orpheus_tts import orpheus
 
 DEMO = "demo"
+RANDOM = "random"  # the real 24 kHz architecture with random weights (benchmarks without weights)
 
 # The published 24 kHz config; the demo keeps its rates and strides but a small decoder so the
 # CPU demo and tests stay quick (the real decoder_dim is 1024).
@@ -55,10 +56,10 @@ class SnacCodec:
 
     @classmethod
     def load(cls, path: str, device: torch.device, noise: bool = True, seed: int = 0) -> "SnacCodec":
-        if path == DEMO:
+        if path in (DEMO, RANDOM):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                model = SNAC(**{**SNAC_24KHZ, "decoder_dim": DEMO_DECODER_DIM})
+                model = SNAC(**{**SNAC_24KHZ, "decoder_dim": DEMO_DECODER_DIM if path == DEMO else 1024})
         else:
             directory = Path(path)
             for name in ("config.json", "pytorch_model.bin"):

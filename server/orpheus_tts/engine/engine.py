@@ -31,6 +31,7 @@ from orpheus_tts.engine.sampler import Sampler
 from orpheus_tts.engine.scheduler import Scheduler
 from orpheus_tts.engine.session import AudioChunk, Outcome, Piece, Session, SessionEnd, SessionState
 from orpheus_tts.engine.stream import SpeechStream
+from orpheus_tts.model.fp8 import fp8_supported, quantize_to_fp8
 from orpheus_tts.model.loader import load_model
 from orpheus_tts.model.tokenizer import load_tokenizer
 from orpheus_tts.requests import RequestError, SpeechRequest
@@ -85,8 +86,8 @@ class Engine:
         args = model.args
         self.kv_cache = KVCache(args.n_layers, sched.max_concurrent_sessions, args.n_kv_heads,
                                 sched.max_context_tokens, args.head_dim, cache_dtype, model.output.weight.device)
-        self.sampler = Sampler(model, sched.max_concurrent_sessions, constrained=config.sampling.constrained)
-        self.runner = ModelRunner(model, self.kv_cache, self.sampler)
+        self.sampler = Sampler(model, sched.max_concurrent_sessions + 1, constrained=config.sampling.constrained)
+        self.runner = ModelRunner(model, self.kv_cache, self.sampler, sched.max_batch_size, config.model.cuda_graphs)
         self.scheduler = Scheduler(sched, self.kv_cache.allocator)
         self._wake = threading.Condition()
         self._stop = False
@@ -98,6 +99,11 @@ class Engine:
         device = resolve_device(config.model.device)
         dtype = resolve_dtype(config.model.dtype, device)
         model = load_model(config.model.path, device, dtype, config.scheduler.max_context_tokens, config.model.seed)
+        quantization = config.model.quantization
+        if quantization == "fp8" and not fp8_supported(device):
+            raise ValueError(f"model.quantization=fp8 needs a GPU with FP8 (sm_89 or newer); {device} has none")
+        if quantization == "fp8" or (quantization == "auto" and fp8_supported(device)):
+            log.info("FP8 weights (%s scales)", quantize_to_fp8(model))
         codec = SnacCodec.load(config.codec.path, resolve_device(config.codec.device),
                                noise=config.codec.noise, seed=config.codec.seed)
         return cls(config, model, load_tokenizer(config.model.path), codec, observer)

@@ -51,11 +51,16 @@ class SlotAllocator:
 
 
 class KVCache:
-    """Per layer, K and V of shape [n_slots, n_kv_heads, max_context_tokens, head_dim]."""
+    """Per layer, K and V of shape [n_slots + 1, n_kv_heads, max_context_tokens, head_dim].
+
+    The extra slot (`scratch_slot`) belongs to no session: padding rows of a fixed-size
+    batch (CUDA graphs) write there.
+    """
 
     def __init__(self, n_layers: int, n_slots: int, n_kv_heads: int, max_tokens: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device | str):
-        shape = (n_slots, n_kv_heads, max_tokens, head_dim)
+        shape = (n_slots + 1, n_kv_heads, max_tokens, head_dim)
+        self.scratch_slot = n_slots
         self.layers: list[tuple[Tensor, Tensor]] = [
             (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
             for _ in range(n_layers)

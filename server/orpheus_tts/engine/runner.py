@@ -6,9 +6,11 @@ it turns a list of sessions into the step's input tensors and returns one new id
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from orpheus_tts import orpheus
+from orpheus_tts.engine.cuda_graphs import DecodeGraphs
 from orpheus_tts.engine.kv_cache import KVCache
 from orpheus_tts.engine.sampler import Sampler, SamplingBatch
 from orpheus_tts.engine.session import Session
@@ -16,11 +18,16 @@ from orpheus_tts.model.llama import Transformer
 
 
 class ModelRunner:
-    def __init__(self, model: Transformer, kv_cache: KVCache, sampler: Sampler):
+    def __init__(self, model: Transformer, kv_cache: KVCache, sampler: Sampler, max_batch: int,
+                 cuda_graphs: bool):
         self.model = model
         self.kv_cache = kv_cache
         self.sampler = sampler
         self.device = model.output.weight.device
+        self.graphs: DecodeGraphs | None = None
+        if cuda_graphs and self.device.type == "cuda":
+            self.graphs = DecodeGraphs(model, kv_cache, sampler, max_batch, kv_cache.scratch_slot)
+            self.graphs.capture()
 
     def _tensor(self, values, dtype=torch.int64) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype, device=self.device)
@@ -57,14 +64,30 @@ class ModelRunner:
             session.context_len = len(prompt)
         return self.sampler.sample(last, self._sampling_batch(sessions)).tolist()
 
+    def decode_inputs(self, sessions: list[Session]) -> tuple[np.ndarray, np.ndarray]:
+        """The step's inputs as two host arrays (ints [6, B], floats [3, B]; see cuda_graphs)."""
+        ints = np.array([[s.next_input, s.slot, s.context_len, s.seed, s.metrics.tokens,
+                          s.accumulator.frame_position] for s in sessions], dtype=np.int64).T
+        floats = np.array([[s.request.temperature, s.request.top_p, s.request.repetition_penalty]
+                           for s in sessions], dtype=np.float32).T
+        return ints, floats
+
     @torch.inference_mode()
     def decode(self, sessions: list[Session]) -> list[int]:
         """Feed each session its last id at its own position and sample the next one."""
-        tokens = self._tensor([[s.next_input] for s in sessions])
-        slots = self._tensor([s.slot for s in sessions])
-        starts = self._tensor([s.context_len for s in sessions])
-        batch = self.model.make_batch(slots, starts, torch.ones_like(starts), 1)
-        hidden = self.model(tokens, batch, self.kv_cache)[:, 0]
+        ints, floats = self.decode_inputs(sessions)
+        if self.graphs is not None:
+            tokens = self.graphs.run(ints, floats)
+        else:
+            tokens = self._decode_eager(torch.from_numpy(ints).to(self.device), torch.from_numpy(floats).to(self.device))
         for session in sessions:
             session.context_len += 1
-        return self.sampler.sample(hidden, self._sampling_batch(sessions)).tolist()
+        return tokens.tolist()
+
+    def _decode_eager(self, ints: torch.Tensor, floats: torch.Tensor) -> torch.Tensor:
+        tokens, slots, positions, seed, counter, frame_position = ints
+        batch = self.model.make_decode_batch(slots, positions)
+        hidden = self.model(tokens[:, None], batch, self.kv_cache)[:, 0]
+        sampling = SamplingBatch(slots=slots, temperature=floats[0], top_p=floats[1], repetition_penalty=floats[2],
+                                 seed=seed, counter=counter, frame_position=frame_position)
+        return self.sampler.sample(hidden, sampling)

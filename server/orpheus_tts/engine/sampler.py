@@ -70,22 +70,26 @@ class Sampler:
         self.seen[slots, tokens] = True
 
     def candidates(self, hidden: Tensor, batch: SamplingBatch) -> tuple[Tensor, Tensor]:
-        """(ids [B, C], raw logits [B, C]) of the ids each row may produce."""
+        """(ids [B, C], raw logits [B, C]) of the ids each row may produce.
+
+        Constrained: the head rows of all 7 frame positions (28,672 of 156,940) in one matmul,
+        then each row keeps its position's 4096. With 7 or more sessions in a batch every
+        position is present anyway, so this reads no more weights than grouping rows by
+        position would, and it has static shapes (CUDA graphs) with no host sync.
+        """
         if not self.constrained:
             ids = torch.arange(self.vocab_size, device=hidden.device).expand(hidden.shape[0], -1)
             return ids, self.model.logits(hidden)
-        n = orpheus.CODEBOOK_SIZE
+        n, base = orpheus.CODEBOOK_SIZE, orpheus.AUDIO_TOKEN_BASE
         pos = batch.frame_position
-        audio_ids = orpheus.AUDIO_TOKEN_BASE + n * pos[:, None] + self._audio_offsets[None, :]
-        logits = torch.empty(hidden.shape[0], n + 1, device=hidden.device, dtype=torch.float32)
-        for p in torch.unique(pos).tolist():
-            rows = (pos == p).nonzero().squeeze(1)
-            start = orpheus.AUDIO_TOKEN_BASE + n * p
-            logits[rows, :n] = self.model.logits_for_rows(hidden[rows], slice(start, start + n))
+        every_position = self.model.logits_for_rows(hidden, slice(base, base + orpheus.AUDIO_VOCAB_SIZE))
+        audio = every_position.view(-1, orpheus.TOKENS_PER_FRAME, n).gather(
+            1, pos[:, None, None].expand(-1, 1, n)).squeeze(1)
         eos = self.model.logits_for_rows(hidden, slice(orpheus.END_OF_SPEECH, orpheus.END_OF_SPEECH + 1))
-        logits[:, n:] = torch.where(pos[:, None] == 0, eos, torch.full_like(eos, float("-inf")))
+        eos = torch.where(pos[:, None] == 0, eos, torch.full_like(eos, float("-inf")))
+        audio_ids = base + n * pos[:, None] + self._audio_offsets[None, :]
         eos_ids = torch.full_like(pos, orpheus.END_OF_SPEECH)[:, None]
-        return torch.cat([audio_ids, eos_ids], dim=1), logits
+        return torch.cat([audio_ids, eos_ids], dim=1), torch.cat([audio, eos], dim=1)
 
     def adjusted_logits(self, ids: Tensor, logits: Tensor, batch: SamplingBatch) -> Tensor:
         """Repetition penalty (Hugging Face's rule) and temperature applied."""

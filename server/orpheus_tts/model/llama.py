@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from orpheus_tts import orpheus
+from orpheus_tts.model.attention import decode_attention
 
 
 @dataclass
@@ -152,9 +153,11 @@ class Attention(nn.Module):
         slots, pos = batch.write_slots, batch.write_positions
         k_cache[slots, :, pos] = k.transpose(1, 2).reshape(-1, self.n_kv_heads, self.head_dim).to(k_cache.dtype)
         v_cache[slots, :, pos] = v.transpose(1, 2).reshape(-1, self.n_kv_heads, self.head_dim).to(v_cache.dtype)
+        if batch.decode_lengths is not None:
+            out = decode_attention(q[:, :, 0], k_cache, v_cache, batch.slots, batch.decode_lengths)
+            return self.wo(out.reshape(bsz, 1, q_size))
         keys = k_cache[batch.slots, :, : batch.kv_len].to(q.dtype)
         values = v_cache[batch.slots, :, : batch.kv_len].to(q.dtype)
-
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=batch.mask, enable_gqa=True)
         return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, q_size))
 
@@ -188,6 +191,8 @@ class AttentionBatch:
     """Where each row of a batch lives in the KV cache, built once per step by the runner.
 
     Row b holds `lengths[b]` real tokens (right-padded to L) at positions `starts[b] + i`.
+    A decode batch (L = 1) carries `decode_lengths` instead of a mask: attention then reads
+    exactly each row's length, with no host synchronisation (so it can be a CUDA graph).
     """
 
     slots: Tensor  # [B] KV slot of each row
@@ -195,8 +200,9 @@ class AttentionBatch:
     sin: Tensor
     write_slots: Tensor  # [B * L] slot of every token position
     write_positions: Tensor  # [B * L] cache position of every token
-    mask: Tensor  # [B, 1, L, kv_len] True where a query may attend
-    kv_len: int  # keys read per row: the longest real length in the batch
+    mask: Tensor | None = None  # [B, 1, L, kv_len] True where a query may attend
+    kv_len: int = 0  # keys read per row: the longest real length in the batch
+    decode_lengths: Tensor | None = None  # [B] keys per row, the new one included (decode only)
 
 
 class Transformer(nn.Module):
@@ -232,6 +238,18 @@ class Transformer(nn.Module):
             write_positions=positions.reshape(-1),
             mask=mask.unsqueeze(1),
             kv_len=kv_len,
+        )
+
+    def make_decode_batch(self, slots: Tensor, positions: Tensor) -> AttentionBatch:
+        """One new token per row at `positions` (the row's length so far); no host sync."""
+        cos_sin = self.rope[positions]  # [B, D/2, 2]
+        return AttentionBatch(
+            slots=slots,
+            cos=cos_sin[:, None, None, :, 0],
+            sin=cos_sin[:, None, None, :, 1],
+            write_slots=slots,
+            write_positions=positions,
+            decode_lengths=positions + 1,
         )
 
     def forward(self, tokens: Tensor, batch: AttentionBatch, kv_cache) -> Tensor:

@@ -17,6 +17,7 @@ from safetensors import safe_open
 from orpheus_tts.model.llama import ModelArgs, Transformer, rope_table
 
 DEMO = "demo"
+RANDOM_PREFIX = "random:"  # random:<named config>, e.g. random:orpheus-3b for benchmarks without weights
 
 
 class CheckpointError(ValueError):
@@ -71,19 +72,22 @@ def convert_hf_state_dict(hf: dict[str, torch.Tensor], args: ModelArgs) -> dict[
 
 
 def load_model(path: str, device: torch.device, dtype: torch.dtype, max_positions: int, seed: int = 0) -> Transformer:
-    """Build the model on `device` in `dtype`: `demo` (random, from `seed`) or a checkpoint dir."""
-    if path == DEMO:
-        args = ModelArgs.from_name("demo")
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        try:
-            model = Transformer(args, max_positions)
+    """Build the model on `device` in `dtype`: `demo` or `random:<config>` (random weights from
+    `seed`) or a Hugging Face checkpoint directory."""
+    if path == DEMO or path.startswith(RANDOM_PREFIX):
+        args = ModelArgs.from_name("demo" if path == DEMO else path[len(RANDOM_PREFIX):])
+        with torch.device(device):
+            model = Transformer(args, max_positions).to(dtype)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        with torch.no_grad():
             for module in model.modules():
                 if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-                    torch.nn.init.normal_(module.weight, std=0.02)
-        finally:
-            torch.random.set_rng_state(generator_state)
-        return model.to(device=device, dtype=dtype).eval()
+                    module.weight.normal_(0.0, 0.02, generator=generator)
+            for name, param in model.named_parameters():
+                if name.endswith("norm.weight"):
+                    param.fill_(1.0)
+        model.register_buffer("rope", rope_table(args, max_positions).to(device), persistent=False)
+        return model.eval()
 
     directory = Path(path)
     config_file = directory / "config.json"

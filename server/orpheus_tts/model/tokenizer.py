@@ -31,7 +31,7 @@ def demo_tokenizer() -> Tokenizer:
 
 
 def load_tokenizer(model_path: str) -> Tokenizer:
-    if model_path == "demo":
+    if model_path == "demo" or model_path.startswith("random:"):
         return demo_tokenizer()
     file = Path(model_path) / "tokenizer.json"
     if not file.exists():

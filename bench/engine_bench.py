@@ -1,0 +1,398 @@
+"""Engine benchmark: checks, then times the Orpheus-3B decode step, SNAC and in-engine TTFB.
+
+    python bench/engine_bench.py --model random:orpheus-3b --out bench/results/h100
+
+Runs on one GPU in one call (random weights, no download). In order: copy bandwidth;
+correctness checks (Triton decode attention vs SDPA, CUDA graph replay vs eager, FP8 logits
+vs bf16, fp16 SNAC vs fp32); the decode step swept over batch sizes and context lengths in
+bf16 and FP8 (step time, tokens/s, bytes moved, bandwidth use); SNAC decode time per batch;
+the `transformers` baseline; in-engine TTFB and real-time share at rising concurrency.
+Everything lands in one JSON (device, torch version, git commit, command) plus PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
+
+from orpheus_tts import orpheus  # noqa: E402
+from orpheus_tts.codec.snac_codec import SnacCodec  # noqa: E402
+from orpheus_tts.config import load_config  # noqa: E402
+from orpheus_tts.engine.cuda_graphs import DecodeGraphs  # noqa: E402
+from orpheus_tts.engine.kv_cache import KVCache  # noqa: E402
+from orpheus_tts.engine.sampler import Sampler  # noqa: E402
+from orpheus_tts.model.attention import decode_attention, decode_attention_reference  # noqa: E402
+from orpheus_tts.model.fp8 import quantize_to_fp8  # noqa: E402
+from orpheus_tts.model.loader import load_model  # noqa: E402
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def cuda_time_ms(fn, iters=30, warmup=5) -> float:
+    """Median of per-iteration device times (events)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return float(np.median(times))
+
+
+def copy_bandwidth() -> float:
+    """Bytes read + written per second by a large device-to-device copy."""
+    src = torch.randn(1 << 30, device="cuda", dtype=torch.float32)  # 4 GiB
+    dst = torch.empty_like(src)
+    ms = cuda_time_ms(lambda: dst.copy_(src), iters=10)
+    bw = 2 * src.nbytes / (ms / 1e3)
+    del src, dst
+    torch.cuda.empty_cache()
+    return bw
+
+
+def rel_err(a, b) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def check_attention(results):
+    torch.manual_seed(0)
+    k = torch.randn(9, 8, 1024, 128, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    q = torch.randn(6, 24, 128, device="cuda", dtype=torch.bfloat16)
+    slots = torch.tensor([3, 0, 8, 5, 1, 7], device="cuda")
+    lengths = torch.tensor([1, 17, 256, 257, 700, 1024], device="cuda")
+    got = decode_attention(q, k, v, slots, lengths)
+    ref = decode_attention_reference(q.double(), k.double(), v.double(), slots, lengths)
+    results["checks"]["triton_attention_rel_err_vs_fp64"] = rel_err(got, ref)
+
+
+def measure_weight_bytes(model) -> int:
+    total = 0
+    for block in model.layers:
+        for mod in (block.attention.wqkv, block.attention.wo, block.feed_forward.w13, block.feed_forward.w2):
+            total += mod.weight_fp8.nbytes if hasattr(mod, "weight_fp8") else mod.weight.nbytes
+        total += block.attention_norm.weight.nbytes + block.ffn_norm.weight.nbytes
+    head_rows = orpheus.AUDIO_VOCAB_SIZE + 1
+    return total + head_rows * model.args.dim * model.output.weight.element_size()
+
+
+def step_sweep(model, label, batches, contexts, copy_bw, results, max_tokens):
+    """Time graph replays of the decode step at every (batch, context)."""
+    args = model.args
+    n_slots = max(batches)
+    cache = KVCache(args.n_layers, n_slots, args.n_kv_heads, max_tokens, args.head_dim, torch.bfloat16, "cuda")
+    for kc, vc in cache.layers:
+        kc.normal_()
+        vc.normal_()
+    sampler = Sampler(model, n_slots + 1)
+    graphs = DecodeGraphs(model, cache, sampler, n_slots, cache.scratch_slot)
+    t0 = time.time()
+    graphs.capture()
+    results["graph_capture_s"][label] = time.time() - t0
+    weight_bytes = measure_weight_bytes(model)
+    rng = np.random.default_rng(0)
+    rows = []
+    for ctx in contexts:
+        for b in batches:
+            ints = np.zeros((6, b), dtype=np.int64)
+            ints[0] = orpheus.AUDIO_TOKEN_BASE + rng.integers(0, 4096, b)
+            ints[1] = np.arange(b)
+            ints[2] = ctx - 1
+            ints[3] = rng.integers(0, 2**31, b)
+            ints[5] = np.arange(b) % 7
+            floats = np.array([[0.6] * b, [0.8] * b, [1.1] * b], dtype=np.float32)
+            bucket = graphs.bucket_for(b)
+            graphs.run(ints, floats)
+            replay_ms = cuda_time_ms(lambda: graphs._graphs[bucket].replay())  # noqa: SLF001
+            # Whole step as the engine sees it: host staging, copies, replay, token readback.
+            for _ in range(3):
+                graphs.run(ints, floats).tolist()
+            t = time.perf_counter()
+            n = 20
+            for _ in range(n):
+                graphs.run(ints, floats).tolist()
+            host_ms = (time.perf_counter() - t) / n * 1e3
+            kv_bytes = b * ctx * args.kv_bytes_per_token
+            moved = weight_bytes + kv_bytes
+            row = dict(precision=label, batch=b, context=ctx, replay_ms=replay_ms, step_ms=host_ms,
+                       tokens_per_s=b / (host_ms / 1e3), bytes_per_step=moved,
+                       bandwidth_util=moved / (replay_ms / 1e3) / copy_bw,
+                       realtime_streams_at_this_step=b if host_ms <= 1e3 / orpheus.TOKENS_PER_SECOND else 0)
+            rows.append(row)
+            log(f"{label:5s} ctx {ctx:5d} batch {b:4d}: replay {replay_ms:6.2f} ms, step {host_ms:6.2f} ms, "
+                f"{row['tokens_per_s']:8.0f} tok/s, BW util {row['bandwidth_util']:.2f}")
+    # Eager (no graph) reference at a few sizes, and graph-vs-eager agreement.
+    from orpheus_tts.engine.runner import ModelRunner
+
+    runner = ModelRunner.__new__(ModelRunner)
+    runner.model, runner.kv_cache, runner.sampler, runner.device, runner.graphs = model, cache, sampler, "cuda", None
+    agree = []
+    for b in (1, 16, 64):
+        ints = np.zeros((6, b), dtype=np.int64)
+        ints[0] = orpheus.AUDIO_TOKEN_BASE + rng.integers(0, 4096, b)
+        ints[1], ints[2], ints[3], ints[5] = np.arange(b), 511, rng.integers(0, 2**31, b), np.arange(b) % 7
+        floats = np.array([[0.6] * b, [0.8] * b, [1.0] * b], dtype=np.float32)
+        ti, tf = torch.from_numpy(ints).cuda(), torch.from_numpy(floats).cuda()
+        eager_ms = cuda_time_ms(lambda: runner._decode_eager(ti, tf), iters=10)  # noqa: SLF001
+        eager_tokens = runner._decode_eager(ti, tf)  # noqa: SLF001
+        graph_tokens = graphs.run(ints, floats)
+        agree.append(float((eager_tokens == graph_tokens).float().mean()))
+        results["eager_step_ms"].append(dict(precision=label, batch=b, context=512, step_ms=eager_ms))
+        log(f"{label} eager batch {b}: {eager_ms:.2f} ms")
+    results["checks"][f"graph_vs_eager_token_agreement_{label}"] = float(np.mean(agree))
+    del graphs, cache, sampler, runner
+    gc.collect()
+    torch.cuda.empty_cache()
+    return rows
+
+
+def fp8_accuracy(model_bf16_logits, model, tokens, results):
+    with torch.inference_mode():
+        logits = prompt_logits(model, tokens)
+    results["checks"]["fp8_logits_rel_err_vs_bf16"] = rel_err(logits, model_bf16_logits)
+    results["checks"]["fp8_top1_agreement_vs_bf16"] = float(
+        (logits.argmax(-1) == model_bf16_logits.argmax(-1)).float().mean())
+
+
+def prompt_logits(model, tokens):
+    args = model.args
+    cache = KVCache(args.n_layers, tokens.shape[0], args.n_kv_heads, tokens.shape[1], args.head_dim,
+                    torch.bfloat16, "cuda")
+    n = tokens.shape[0]
+    lengths = torch.full((n,), tokens.shape[1], device="cuda")
+    batch = model.make_batch(torch.arange(n, device="cuda"), torch.zeros_like(lengths), lengths, tokens.shape[1])
+    return model.logits(model(tokens, batch, cache))
+
+
+def snac_bench(results):
+    codec32 = SnacCodec.load("random", torch.device("cuda"), noise=False)
+    rows = []
+    for window in (4, 5):
+        for b in (1, 16, 64, 128, 256):
+            frames = torch.randint(0, 4096, (b, window, 7), device="cuda")
+            ms = cuda_time_ms(lambda: codec32.decode(frames), iters=10, warmup=2)
+            rows.append(dict(batch=b, window_frames=window, ms=ms, dtype="float32"))
+            log(f"SNAC fp32 batch {b} window {window}: {ms:.2f} ms")
+    frames = torch.randint(0, 4096, (16, 5, 7), device="cuda")
+    ref = codec32.decode(frames)
+    codec16 = SnacCodec.load("random", torch.device("cuda"), noise=False)
+    codec16.model.half()
+    with torch.inference_mode():
+        codes = codec16.frames_to_codes(frames)
+        z = codec16.model.quantizer.from_codes(codes)
+        out16 = codec16.model.decoder(z.half()).float()[:, 0]
+    noise = (ref - out16).pow(2).sum()
+    results["checks"]["snac_fp16_snr_db_vs_fp32"] = float(10 * torch.log10(ref.pow(2).sum() / noise))
+    b = 64
+    frames = torch.randint(0, 4096, (b, 5, 7), device="cuda")
+    with torch.inference_mode():
+        z = codec16.model.quantizer.from_codes(codec16.frames_to_codes(frames)).half()
+        ms16 = cuda_time_ms(lambda: codec16.model.decoder(z), iters=10, warmup=2)
+    rows.append(dict(batch=b, window_frames=5, ms=ms16, dtype="float16"))
+    log(f"SNAC fp16 batch 64 window 5: {ms16:.2f} ms")
+    results["snac"] = rows
+    del codec32, codec16
+    torch.cuda.empty_cache()
+
+
+def transformers_baseline(results, batches):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=orpheus.VOCAB_SIZE, hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
+                      num_attention_heads=24, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-5,
+                      rope_theta=500000.0, tie_word_embeddings=True, max_position_embeddings=8192,
+                      rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                    "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    rows = []
+    for b in batches:
+        prompt = torch.randint(0, 128000, (b, 40), device="cuda")
+        new = 48
+        kwargs = dict(do_sample=True, temperature=0.6, top_p=0.8, repetition_penalty=1.1, max_new_tokens=new,
+                      min_new_tokens=new, pad_token_id=0)
+        model.generate(prompt, **{**kwargs, "max_new_tokens": 4, "min_new_tokens": 4})
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        model.generate(prompt, **kwargs)
+        torch.cuda.synchronize()
+        s = time.perf_counter() - t
+        rows.append(dict(batch=b, tokens_per_s=b * new / s, ms_per_step=s / new * 1e3))
+        log(f"transformers batch {b}: {b * new / s:.0f} tok/s")
+    results["transformers_baseline"] = rows
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+async def engine_load(results, levels, frames_per_stream, max_batch):
+    from orpheus_tts.engine.engine import Engine
+    from orpheus_tts.engine.session import AudioChunk
+
+    text = "The quick brown fox jumps over the lazy dog, again and again."  # ~62 chars: ~10 s budget
+    max_sessions = max(levels)
+    config = load_config(environ={}, overrides={
+        "model.path": "random:orpheus-3b", "codec.path": "random", "codec.noise": False,
+        "scheduler.max_concurrent_sessions": max_sessions, "scheduler.max_batch_size": max_batch,
+        "scheduler.max_context_tokens": 1024, "scheduler.max_pending_sessions": 4 * max_sessions,
+    })
+    t = time.time()
+    engine = Engine.from_config(config).start()
+    await asyncio.to_thread(engine.warm_up)
+    results["engine_start_s"] = time.time() - t
+    results["gpu_memory_allocated_gb"] = torch.cuda.memory_allocated() / 1e9
+    results["gpu_memory_reserved_gb"] = torch.cuda.memory_reserved() / 1e9
+
+    async def one(delay):
+        await asyncio.sleep(delay)
+        start = time.monotonic()
+        arrivals, audio_before, audio = [], [], 0.0
+        request = engine.make_request(text, seed=int(delay * 1e6) % 2**31)
+        end = None
+        async for event in engine.synthesize(request):
+            if isinstance(event, AudioChunk):
+                arrivals.append(time.monotonic() - start)
+                audio_before.append(audio)
+                audio += len(event.samples) / orpheus.SAMPLE_RATE_HZ
+            else:
+                end = event
+        first = arrivals[0] if arrivals else None
+        # Real time: every chunk arrives before the audio already delivered has finished playing.
+        realtime = bool(arrivals) and all(a <= first + before + 1e-3 for a, before in zip(arrivals, audio_before))
+        return dict(ttfb_ms=first * 1e3 if first else None, realtime=realtime, tokens=end.metrics.tokens,
+                    frames=end.metrics.frames, outcome=end.outcome.value)
+
+    rows = []
+    for n in levels:
+        t = time.monotonic()
+        streams = await asyncio.gather(*(one(i * 1.0 / max(n, 1)) for i in range(n)))
+        wall = time.monotonic() - t
+        ttfb = np.array([s["ttfb_ms"] for s in streams if s["ttfb_ms"] is not None])
+        row = dict(concurrency=n, ttfb_p50_ms=float(np.percentile(ttfb, 50)), ttfb_p95_ms=float(np.percentile(ttfb, 95)),
+                   ttfb_p99_ms=float(np.percentile(ttfb, 99)), realtime_share=float(np.mean([s["realtime"] for s in streams])),
+                   tokens_per_s=sum(s["tokens"] for s in streams) / wall,
+                   mean_frames=float(np.mean([s["frames"] for s in streams])),
+                   success_rate=float(np.mean([s["outcome"] == "ok" for s in streams])))
+        rows.append(row)
+        log(f"engine concurrency {n}: TTFB p50 {row['ttfb_p50_ms']:.0f} p95 {row['ttfb_p95_ms']:.0f} ms, "
+            f"real-time {row['realtime_share']:.2f}, {row['tokens_per_s']:.0f} tok/s, frames {row['mean_frames']:.0f}")
+    results["engine_load"] = rows
+    engine.stop()
+
+
+def plots(results, out: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label in ("bf16", "fp8"):
+        rows = [r for r in results["step_sweep"] if r["precision"] == label]
+        for ctx in sorted({r["context"] for r in rows}):
+            sel = [r for r in rows if r["context"] == ctx]
+            axes[0].plot([r["batch"] for r in sel], [r["step_ms"] for r in sel], marker="o", label=f"{label} ctx {ctx}")
+            axes[1].plot([r["batch"] for r in sel], [r["tokens_per_s"] for r in sel], marker="o", label=f"{label} ctx {ctx}")
+    base = results.get("transformers_baseline", [])
+    if base:
+        axes[1].plot([r["batch"] for r in base], [r["tokens_per_s"] for r in base], marker="x", label="transformers")
+    axes[0].axhline(1e3 / orpheus.TOKENS_PER_SECOND, color="red", ls="--", label="real-time limit (12.19 ms)")
+    axes[0].set(xscale="log", xlabel="batch", ylabel="decode step (ms)", title="Decode step, Orpheus-3B")
+    axes[1].set(xscale="log", yscale="log", xlabel="batch", ylabel="tokens/s", title="Throughput")
+    for ax in axes:
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "decode_step.png", dpi=120)
+    if results.get("engine_load"):
+        rows = results["engine_load"]
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        x = [r["concurrency"] for r in rows]
+        for key in ("ttfb_p50_ms", "ttfb_p95_ms", "ttfb_p99_ms"):
+            ax.plot(x, [r[key] for r in rows], marker="o", label=key)
+        ax.set(xlabel="concurrent streams", ylabel="TTFB (ms)", title="In-engine load (H100)")
+        ax2 = ax.twinx()
+        ax2.plot(x, [r["realtime_share"] for r in rows], color="black", ls="--", marker="s", label="real-time share")
+        ax2.set(ylabel="share of streams real-time", ylim=(0, 1.05))
+        ax.legend(loc="upper left", fontsize=8)
+        ax2.legend(loc="lower right", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "engine_load.png", dpi=120)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="random:orpheus-3b")
+    parser.add_argument("--out", default="bench/results/run")
+    parser.add_argument("--batches", default="1,8,16,32,64,128,256")
+    parser.add_argument("--contexts", default="128,512,1024")
+    parser.add_argument("--levels", default="1,16,64,128,200,256")
+    parser.add_argument("--max-batch", type=int, default=256)
+    parser.add_argument("--skip", default="", help="comma list of: baseline,snac,load")
+    opts = parser.parse_args()
+    skip = set(filter(None, opts.skip.split(",")))
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    results = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, git_commit=commit or "unknown",
+                   command=" ".join(sys.argv), python=platform.python_version(), checks={}, graph_capture_s={},
+                   eager_step_ms=[], step_sweep=[])
+    batches = [int(b) for b in opts.batches.split(",")]
+    contexts = [int(c) for c in opts.contexts.split(",")]
+
+    def save():
+        (out / "engine_bench.json").write_text(json.dumps(results, indent=2))
+
+    results["copy_bandwidth_bytes_per_s"] = bw = copy_bandwidth()
+    log(f"copy bandwidth {bw / 1e12:.2f} TB/s")
+    check_attention(results)
+    log("checks", results["checks"])
+    model = load_model(opts.model, torch.device("cuda"), torch.bfloat16, max_positions=max(contexts) + 8)
+    results["parameters"] = sum(p.numel() for p in model.parameters())
+    tokens = torch.randint(0, orpheus.VOCAB_SIZE, (4, 64), device="cuda")
+    with torch.inference_mode():
+        bf16_logits = prompt_logits(model, tokens)
+    results["step_sweep"] += step_sweep(model, "bf16", batches, contexts, bw, results, max(contexts))
+    save()
+    results["fp8_scaling"] = quantize_to_fp8(model)
+    fp8_accuracy(bf16_logits, model, tokens, results)
+    log("checks", results["checks"])
+    results["step_sweep"] += step_sweep(model, "fp8", batches, contexts, bw, results, max(contexts))
+    save()
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    if "snac" not in skip:
+        snac_bench(results)
+        save()
+    if "baseline" not in skip:
+        transformers_baseline(results, [1, 16, 64])
+        save()
+    if "load" not in skip:
+        asyncio.run(engine_load(results, [int(x) for x in opts.levels.split(",")], 118, opts.max_batch))
+        save()
+    plots(results, out)
+    save()
+    log(json.dumps(results["checks"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Decode attention over the slot KV cache that reads only each session's real length.
+
+On CUDA a Triton split-K kernel (flash-decoding): program (row, kv head, split) reads keys
+[split * SPLIT_TOKENS, min(length, (split + 1) * SPLIT_TOKENS)) of the row's slot and exits at
+once past the row's length, so the bytes read follow the real lengths; partial results are
+merged with their log-sum-exp. Lengths live in a device tensor, so one CUDA graph serves every
+mix of lengths. Elsewhere (CPU) a masked `scaled_dot_product_attention` up to the longest
+length in the batch gives the same result.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU installs need not have Triton
+    triton = None
+
+SPLIT_TOKENS = 256
+BLOCK_N = 64
+
+
+def triton_available(device: torch.device) -> bool:
+    return triton is not None and device.type == "cuda"
+
+
+if triton is not None:
+
+    @triton.jit
+    def _decode_split_kernel(
+        q_ptr, k_ptr, v_ptr, slots_ptr, lengths_ptr, out_ptr, lse_ptr,
+        stride_qb, stride_qh,
+        stride_cs, stride_ch, stride_ct,
+        stride_ob, stride_oh, stride_os,
+        stride_lb, stride_lh,
+        sm_scale,
+        GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+        SPLIT: tl.constexpr, BLOCK: tl.constexpr,
+    ):
+        row = tl.program_id(0)
+        kv_head = tl.program_id(1)
+        split = tl.program_id(2)
+        length = tl.load(lengths_ptr + row)
+        start = split * SPLIT
+        heads = kv_head * GROUP + tl.arange(0, GROUP_PAD)
+        head_ok = tl.arange(0, GROUP_PAD) < GROUP
+        dims = tl.arange(0, HEAD_DIM)
+        if start >= length:
+            # Nothing to read here: a zero result that the merge weighs as zero.
+            tl.store(out_ptr + row * stride_ob + heads[:, None] * stride_oh + split * stride_os + dims[None, :],
+                     tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32), mask=head_ok[:, None])
+            tl.store(lse_ptr + row * stride_lb + heads * stride_lh + split, float("-inf"), mask=head_ok)
+            return
+        slot = tl.load(slots_ptr + row).to(tl.int64)
+        q = tl.load(q_ptr + row * stride_qb + heads[:, None] * stride_qh + dims[None, :],
+                    mask=head_ok[:, None], other=0.0)
+        base = slot * stride_cs + kv_head * stride_ch
+        m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+        denom = tl.zeros([GROUP_PAD], tl.float32)
+        acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
+        end = tl.minimum(length, start + SPLIT)
+        for block_start in range(start, end, BLOCK):
+            offs = block_start + tl.arange(0, BLOCK)
+            valid = offs < end
+            k = tl.load(k_ptr + base + offs[:, None] * stride_ct + dims[None, :], mask=valid[:, None], other=0.0)
+            v = tl.load(v_ptr + base + offs[:, None] * stride_ct + dims[None, :], mask=valid[:, None], other=0.0)
+            scores = tl.dot(q, tl.trans(k)).to(tl.float32) * sm_scale
+            scores = tl.where(valid[None, :], scores, float("-inf"))
+            m_new = tl.maximum(m, tl.max(scores, axis=1))
+            alpha = tl.exp(m - m_new)
+            p = tl.exp(scores - m_new[:, None])
+            denom = denom * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
+            m = m_new
+        out = acc / denom[:, None]
+        tl.store(out_ptr + row * stride_ob + heads[:, None] * stride_oh + split * stride_os + dims[None, :],
+                 out, mask=head_ok[:, None])
+        tl.store(lse_ptr + row * stride_lb + heads * stride_lh + split, m + tl.log(denom), mask=head_ok)
+
+
+def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, lengths: Tensor) -> Tensor:
+    """q: [B, H, D] (one new token per row); caches [S, Hkv, T, D]; lengths include the new token.
+
+    Returns [B, H, D] in q's dtype.
+    """
+    if triton_available(q.device):
+        return _decode_attention_triton(q, k_cache, v_cache, slots, lengths)
+    return decode_attention_reference(q, k_cache, v_cache, slots, lengths)
+
+
+def decode_attention_reference(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, lengths: Tensor) -> Tensor:
+    kv_len = int(lengths.max())
+    keys = k_cache[slots, :, :kv_len].to(q.dtype)
+    values = v_cache[slots, :, :kv_len].to(q.dtype)
+    mask = (torch.arange(kv_len, device=q.device)[None, :] < lengths[:, None])[:, None, None, :]
+    out = F.scaled_dot_product_attention(q[:, :, None, :], keys, values, attn_mask=mask, enable_gqa=True)
+    return out[:, :, 0, :]
+
+
+def _decode_attention_triton(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, lengths: Tensor) -> Tensor:
+    bsz, n_heads, head_dim = q.shape
+    n_slots, n_kv_heads, max_tokens, _ = k_cache.shape
+    group = n_heads // n_kv_heads
+    n_splits = triton.cdiv(max_tokens, SPLIT_TOKENS)
+    q = q.to(k_cache.dtype).contiguous()
+    partial = torch.empty(bsz, n_heads, n_splits, head_dim, device=q.device, dtype=torch.float32)
+    lse = torch.empty(bsz, n_heads, n_splits, device=q.device, dtype=torch.float32)
+    _decode_split_kernel[(bsz, n_kv_heads, n_splits)](
+        q, k_cache, v_cache, slots, lengths, partial, lse,
+        q.stride(0), q.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        partial.stride(0), partial.stride(1), partial.stride(2),
+        lse.stride(0), lse.stride(1),
+        1.0 / math.sqrt(head_dim),
+        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
+        SPLIT=SPLIT_TOKENS, BLOCK=BLOCK_N,
+    )
+    weights = torch.softmax(lse, dim=-1)  # splits past the length have lse -inf: weight 0
+    return (partial * weights[..., None]).sum(dim=2).to(q.dtype)
