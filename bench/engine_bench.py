@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -351,7 +352,8 @@ def main():
     skip = set(filter(None, opts.skip.split(",")))
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = os.environ.get("GIT_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     results = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, git_commit=commit or "unknown",
                    command=" ".join(sys.argv), python=platform.python_version(), checks={}, graph_capture_s={},
                    eager_step_ms=[], step_sweep=[])
