@@ -62,12 +62,13 @@ class Sampler:
         # Which ids each slot has produced so far (for the repetition penalty), allocated once.
         self.seen = torch.zeros(n_slots, self.vocab_size, dtype=torch.bool, device=device)
         self._audio_offsets = torch.arange(orpheus.CODEBOOK_SIZE, device=device, dtype=torch.int64)
+        self._true = torch.ones((), dtype=torch.bool, device=device)  # a device value: graph-capturable
 
     def reset_slot(self, slot: int) -> None:
         self.seen[slot].zero_()
 
     def record(self, slots: Tensor, tokens: Tensor) -> None:
-        self.seen[slots, tokens] = True
+        self.seen.index_put_((slots, tokens), self._true)
 
     def candidates(self, hidden: Tensor, batch: SamplingBatch) -> tuple[Tensor, Tensor]:
         """(ids [B, C], raw logits [B, C]) of the ids each row may produce.
