@@ -1,0 +1,132 @@
+"""GPU profiles and the slot budget: how many sessions' KV cache fit on one GPU.
+
+A session holds a KV-cache slot of `context_tokens` tokens for its whole life (the server
+pre-allocates slots, so nothing is allocated while serving). What is left of the GPU's memory
+after the weights, the SNAC codec and a workspace reserve is divided into such slots. A voice
+that asks for more sessions per pod than fit is refused before anything is rolled out, instead
+of crash-looping with out-of-memory at start-up.
+
+All sizes are in bytes unless a name says otherwise; GiB = 2**30 bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GIB = 2**30
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class GPUProfile:
+    """One GPU model as the scheduler sees it.
+
+    `memory_bytes` is what the driver reports as total (nvidia-smi), not the marketing figure.
+    `product_label` is the `nvidia.com/gpu.product` node label that NVIDIA's GPU feature
+    discovery sets, used to place pods on this GPU.
+    """
+
+    name: str
+    product_label: str
+    memory_bytes: int
+    compute_capability: tuple[int, int]
+    fp8: bool
+
+    @property
+    def arch(self) -> str:
+        """`sm_89` and the like: what a compiled engine depends on (4090 and L4 share one)."""
+        major, minor = self.compute_capability
+        return f"sm_{major}{minor}"
+
+
+GPU_PROFILES: dict[str, GPUProfile] = {
+    p.name: p
+    for p in (
+        GPUProfile("rtx-4090", "NVIDIA-GeForce-RTX-4090", 24564 * MIB, (8, 9), fp8=True),
+        GPUProfile("l4", "NVIDIA-L4", 23034 * MIB, (8, 9), fp8=True),
+        GPUProfile("a10g", "NVIDIA-A10G", 23028 * MIB, (8, 6), fp8=False),
+        GPUProfile("a100-40gb", "NVIDIA-A100-SXM4-40GB", 40960 * MIB, (8, 0), fp8=False),
+        GPUProfile("a100-80gb", "NVIDIA-A100-SXM4-80GB", 81920 * MIB, (8, 0), fp8=False),
+        GPUProfile("h100-80gb", "NVIDIA-H100-80GB-HBM3", 81559 * MIB, (9, 0), fp8=True),
+        GPUProfile("h200", "NVIDIA-H200", 143771 * MIB, (9, 0), fp8=True),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ModelFootprint:
+    """What the Orpheus-3B language model and the SNAC codec occupy on the GPU.
+
+    Under FP8 the linear layers take one byte per weight; the embedding (tied with the output
+    head) stays in bf16. The KV cache is fp16/bf16 either way.
+    """
+
+    params: int = 3_300_000_000
+    embedding_params: int = 156_940 * 3072  # vocabulary x hidden, tied with lm_head
+    kv_bytes_per_token: int = 114_688  # 28 layers x 8 KV heads x 128 x 2 (K, V) x 2 bytes
+    snac_bytes: int = 512 * MIB  # SNAC 24 kHz weights (fp32, ~80 MB) plus batched decode activations
+    workspace_bytes: int = 2 * GIB  # CUDA context, CUDA graphs, activations, sampler buffers
+    fragmentation_reserve: float = 0.05  # share of GPU memory never planned for
+
+    def weight_bytes(self, precision: str) -> int:
+        if precision == "bf16":
+            return self.params * 2
+        if precision == "fp8":
+            return (self.params - self.embedding_params) + self.embedding_params * 2
+        raise ValueError(f"unknown precision {precision!r}")
+
+
+ORPHEUS_3B = ModelFootprint()
+
+
+@dataclass(frozen=True)
+class SlotBudget:
+    """The memory plan of one pod (one GPU) for a given precision and context length."""
+
+    profile: str
+    precision: str
+    context_tokens: int
+    gpu_bytes: int
+    weight_bytes: int
+    fixed_bytes: int  # SNAC + workspace + fragmentation reserve
+    kv_bytes_per_session: int
+    max_sessions: int
+
+    @property
+    def kv_budget_bytes(self) -> int:
+        return max(0, self.gpu_bytes - self.weight_bytes - self.fixed_bytes)
+
+    def kv_bytes_for(self, sessions: int) -> int:
+        return sessions * self.kv_bytes_per_session
+
+    def describe(self, sessions: int) -> str:
+        """One line with the numbers, for a status message a person can check by hand."""
+        return (
+            f"{sessions} sessions x {self.context_tokens} tokens need "
+            f"{self.kv_bytes_for(sessions) / GIB:.1f} GiB of KV cache; {self.profile} has "
+            f"{self.gpu_bytes / GIB:.1f} GiB, of which {self.weight_bytes / GIB:.1f} GiB go to "
+            f"{self.precision} weights and {self.fixed_bytes / GIB:.1f} GiB to SNAC and workspace, "
+            f"leaving {self.kv_budget_bytes / GIB:.1f} GiB: at most {self.max_sessions} sessions fit"
+        )
+
+
+def slot_budget(
+    profile: GPUProfile, precision: str, context_tokens: int, model: ModelFootprint = ORPHEUS_3B
+) -> SlotBudget:
+    """How many sessions of `context_tokens` fit on one GPU of `profile` at `precision`."""
+    if context_tokens <= 0:
+        raise ValueError("context_tokens must be positive")
+    weights = model.weight_bytes(precision)
+    fixed = model.snac_bytes + model.workspace_bytes + int(profile.memory_bytes * model.fragmentation_reserve)
+    per_session = context_tokens * model.kv_bytes_per_token
+    free = profile.memory_bytes - weights - fixed
+    return SlotBudget(
+        profile=profile.name,
+        precision=precision,
+        context_tokens=context_tokens,
+        gpu_bytes=profile.memory_bytes,
+        weight_bytes=weights,
+        fixed_bytes=fixed,
+        kv_bytes_per_session=per_session,
+        max_sessions=max(0, free // per_session),
+    )

@@ -1,0 +1,181 @@
+"""What the handlers do with the cluster: ensure the build Job, roll out, and read back status.
+
+`rollout` runs on create, resume and spec updates; it is idempotent (deterministic names,
+get-or-create, server-side apply), so running it twice, or after a restart halfway, changes
+nothing. `observe` runs on a timer and only reads. Both return the status fields to patch;
+the handlers hand them to kopf.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import kopf
+
+from . import status as st
+from .kube import Cluster, Conflict
+from .plan import Plan, plan
+from .serving import horizontal_pod_autoscaler, initial_replicas, managed_replicas
+from .settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """Status fields to patch, and when to run again (None: done until something changes)."""
+
+    status: dict[str, Any] = field(default_factory=dict)
+    retry_in_s: float | None = None
+    waiting_for: str = ""
+
+
+def rollout(body: Mapping[str, Any], cluster: Cluster, status: Mapping[str, Any], settings: OperatorSettings) -> Outcome:
+    p = plan(body)
+    current = dict(status or {})
+    generation = body.get("metadata", {}).get("generation")
+    deployment = cluster.get("apps/v1", "Deployment", p.voice.namespace, p.voice.name)
+
+    if p.refusal is not None:
+        engine = st.Condition(st.ENGINE_READY, "False", "SpecRefused", "no engine is built for a refused spec")
+        ready = st.ready_condition((p.refusal.reason, p.refusal.message), None, None)
+        conditions = [engine, st.available_condition(deployment, engine), ready]
+        return Outcome(status=_status(p, current, conditions, deployment, generation))
+
+    job = _ensure_job(p, body, cluster)
+    engine = st.engine_condition(job, p.job_name)
+    failures = int(current.get("engineBuildFailures") or 0)
+
+    if st.job_failed(job):
+        failures += 1
+        delay = settings.build_retry_delay_s(failures)
+        cluster.delete("batch/v1", "Job", p.voice.namespace, p.job_name)  # the next attempt recreates it
+        engine = st.Condition(engine.type, "False", engine.reason, f"{engine.message}; build attempt {failures + 1} in {delay:.0f}s")
+        conditions = _conditions(p, engine, deployment)
+        out = _status(p, current, conditions, deployment, generation, engineBuildFailures=failures)
+        return Outcome(status=out, retry_in_s=delay, waiting_for=engine.message)
+
+    if not engine.is_true:
+        # Old pods (if any) keep serving the old engine until the new one is built.
+        if failures:
+            engine = st.Condition(engine.type, engine.status, engine.reason, f"{engine.message}; attempt {failures + 1}, the last one failed")
+        conditions = _conditions(p, engine, deployment)
+        out = _status(p, current, conditions, deployment, generation, engineBuildFailures=failures)
+        return Outcome(status=out, retry_in_s=settings.engine_poll_s, waiting_for=engine.message)
+
+    deployment = _apply_serving(p, body, cluster) or deployment
+    conditions = _conditions(p, engine, deployment)
+    return Outcome(status=_status(p, current, conditions, deployment, generation, engineBuildFailures=0))
+
+
+def observe(body: Mapping[str, Any], cluster: Cluster, status: Mapping[str, Any]) -> dict[str, Any]:
+    """Status refreshed from the live Job and Deployment; creates and changes nothing."""
+    p = plan(body)
+    current = dict(status or {})
+    deployment = cluster.get("apps/v1", "Deployment", p.voice.namespace, p.voice.name)
+    # observedGeneration is the rollout's to set: the timer only reports on what it rolled out.
+    generation = current.get("observedGeneration")
+    if p.refusal is not None:
+        engine = st.Condition(st.ENGINE_READY, "False", "SpecRefused", "no engine is built for a refused spec")
+        ready = st.ready_condition((p.refusal.reason, p.refusal.message), None, None)
+        conditions = [engine, st.available_condition(deployment, engine), ready]
+    else:
+        job = cluster.get("batch/v1", "Job", p.voice.namespace, p.job_name)
+        engine = st.engine_condition(job, p.job_name)
+        previous = _condition(current, st.ENGINE_READY)
+        if job is None and previous and previous.get("reason") == "EngineBuildFailed":
+            # The failed Job was deleted and waits out its backoff: keep saying why.
+            engine = st.Condition(st.ENGINE_READY, "False", previous["reason"], previous.get("message", ""))
+        conditions = _conditions(p, engine, deployment)
+    return _status(p, current, conditions, deployment, generation)
+
+
+def changed_fields(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of `desired` that differs from `current`, so an unchanged status is not patched."""
+    return {k: v for k, v in desired.items() if current.get(k) != v}
+
+
+def _condition(status: Mapping[str, Any], type_: str) -> dict | None:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == type_), None)
+
+
+def _conditions(p: Plan, engine: st.Condition, deployment: dict | None) -> list[st.Condition]:
+    available = st.available_condition(deployment, engine)
+    return [engine, available, st.ready_condition(None, engine, available)]
+
+
+def _status(p: Plan, current: dict, conditions: list[st.Condition], deployment: dict | None,
+            generation: int | None, **extra: Any) -> dict[str, Any]:
+    now = st.now_rfc3339()
+    out: dict[str, Any] = {
+        "conditions": st.merge_conditions(current.get("conditions"), conditions, now, generation),
+        "engineHash": p.engine_hash,
+        "engineJob": p.job_name,
+        "maxSessionsPerPod": p.voice.budget.max_sessions,
+        "selector": p.selector,
+        **st.replica_counts(deployment),
+        **extra,
+    }
+    if generation is not None:
+        out["observedGeneration"] = generation
+    return out
+
+
+def _ensure_job(p: Plan, owner: Mapping[str, Any], cluster: Cluster) -> dict | None:
+    """The build Job for this engine hash, created if missing, with this voice among its owners.
+
+    Jobs are shared by every voice with the same engine hash, so each voice is a non-controller
+    owner: the Job is garbage-collected when the last of them is deleted.
+    """
+    ns = p.voice.namespace
+    live = cluster.get("batch/v1", "Job", ns, p.job_name)
+    if live is None:
+        job = dict(p.job)
+        kopf.append_owner_reference(job, owner=dict(owner), controller=False)
+        try:
+            return cluster.create(job)
+        except Conflict:
+            live = cluster.get("batch/v1", "Job", ns, p.job_name)
+            if live is None:
+                return None
+    refs = live.get("metadata", {}).get("ownerReferences") or []
+    uid = owner.get("metadata", {}).get("uid")
+    if uid and not any(ref.get("uid") == uid for ref in refs):
+        probe: dict = {"metadata": {}}
+        kopf.append_owner_reference(probe, owner=dict(owner), controller=False)
+        new_refs = refs + probe["metadata"]["ownerReferences"]
+        cluster.merge_patch("batch/v1", "Job", ns, p.job_name, {"metadata": {"ownerReferences": new_refs}})
+        live.setdefault("metadata", {})["ownerReferences"] = new_refs
+    return live
+
+
+def _apply_serving(p: Plan, owner: Mapping[str, Any], cluster: Cluster) -> dict | None:
+    """Create or update the Deployment, Service, HPA and PDB; remove an HPA no longer wanted.
+
+    Returns the Deployment as the API server answered.
+    """
+    voice = p.voice
+    deployment = None
+    for obj in p.serving(managed_replicas(voice)):
+        kopf.adopt(obj, owner=dict(owner), strict=True)
+        if obj["kind"] == "Deployment":
+            first = p.serving(initial_replicas(voice))[0]
+            kopf.adopt(first, owner=dict(owner), strict=True)
+            live = _create_or_apply(cluster, obj, create_as=first)
+            deployment = live
+        else:
+            _create_or_apply(cluster, obj)
+    if not voice.autoscaling.enabled:
+        hpa = horizontal_pod_autoscaler(voice, p.engine_hash)
+        if cluster.delete(hpa["apiVersion"], hpa["kind"], voice.namespace, voice.name):
+            log.info("autoscaling disabled for %s/%s: HPA removed", voice.namespace, voice.name)
+    return deployment
+
+
+def _create_or_apply(cluster: Cluster, obj: dict, create_as: dict | None = None) -> dict:
+    try:
+        return cluster.create(create_as or obj)
+    except Conflict:
+        return cluster.apply(obj)

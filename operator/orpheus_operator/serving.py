@@ -1,0 +1,232 @@
+"""The serving objects of a voice: Deployment, Service, HorizontalPodAutoscaler, PodDisruptionBudget.
+
+Pure functions: a `Voice` and its engine hash in, plain dicts out. Ownership (`kopf.adopt`) is
+added by the handlers, which know the live object's uid.
+
+Replicas: with autoscaling on, the HPA owns `spec.replicas` of the Deployment. The operator sets
+it once, when it creates the Deployment, and leaves it out of every later update, so the two
+never fight (`deployment(..., replicas=None)`).
+"""
+
+from __future__ import annotations
+
+from .engine_job import container_security_context, pod_security_context
+from .labels import GRPC_PORT, HTTP_PORT, METRICS_PORT, selector_labels, server_labels
+from .metrics import ACTIVE_SESSIONS_METRIC, TTFB_P95_METRIC
+from .voice import Voice
+
+ENGINE_MOUNT = "/engine"
+
+# Seconds between SIGTERM and the server refusing new streams, so that endpoints are updated
+# before it stops accepting; the rest of the grace period goes to finishing streams.
+PRESTOP_SLEEP_S = 5
+
+DEFAULT_SERVER_RESOURCES = {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"memory": "32Gi"}}
+
+
+def server_args(voice: Voice) -> list[str]:
+    """`orpheus-tts serve` flags: paths in the engine directory plus the session budget."""
+    drain_s = max(1, voice.termination_grace_s - PRESTOP_SLEEP_S - 5)
+    settings = {
+        "scheduler.max_concurrent_sessions": voice.sessions_per_pod,
+        "scheduler.max_batch_size": voice.max_batch_size,
+        "scheduler.max_context_tokens": voice.context_tokens,
+        "profile": voice.profile,
+        "default_voice": voice.default_voice,
+    }
+    args = [
+        "serve",
+        "--model", f"{ENGINE_MOUNT}/model",
+        "--snac", f"{ENGINE_MOUNT}/snac",
+        "--device", "cuda",
+        "--grpc-port", str(GRPC_PORT),
+        "--metrics-port", str(METRICS_PORT),
+        "--grace-s", str(drain_s),
+    ]
+    for key, value in settings.items():
+        args += ["--set", f"{key}={value}"]
+    return args
+
+
+def _resources(voice: Voice) -> dict:
+    requests = dict(voice.resources.get("requests") or DEFAULT_SERVER_RESOURCES["requests"])
+    limits = dict(voice.resources.get("limits") or DEFAULT_SERVER_RESOURCES["limits"])
+    requests["nvidia.com/gpu"] = 1
+    limits["nvidia.com/gpu"] = 1
+    return {"requests": requests, "limits": limits}
+
+
+def _grpc_probe(period_s: int, failure_threshold: int, timeout_s: int = 1) -> dict:
+    return {
+        "grpc": {"port": GRPC_PORT},
+        "periodSeconds": period_s,
+        "failureThreshold": failure_threshold,
+        "timeoutSeconds": timeout_s,
+    }
+
+
+def pod_template(voice: Voice, engine_hash: str) -> dict:
+    container = {
+        "name": "server",
+        "image": voice.image,
+        "imagePullPolicy": voice.image_pull_policy,
+        "command": ["orpheus-tts"],
+        "args": server_args(voice),
+        "ports": [
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "env": [
+            {"name": "HOME", "value": "/tmp"},
+            {"name": "HF_HUB_OFFLINE", "value": "1"},
+        ],
+        "resources": _resources(voice),
+        # Loading weights and capturing CUDA graphs takes minutes: allow up to 15 before liveness.
+        "startupProbe": _grpc_probe(period_s=10, failure_threshold=90),
+        "readinessProbe": _grpc_probe(period_s=5, failure_threshold=2),
+        "livenessProbe": _grpc_probe(period_s=10, failure_threshold=6, timeout_s=5),
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_S}}},
+        "securityContext": container_security_context(),
+        "volumeMounts": [
+            {"name": "engine", "mountPath": ENGINE_MOUNT, "subPath": engine_hash, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+        ],
+    }
+    return {
+        "metadata": {
+            "labels": server_labels(voice.name, engine_hash),
+            "annotations": {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(METRICS_PORT),
+            },
+        },
+        "spec": {
+            "terminationGracePeriodSeconds": voice.termination_grace_s,
+            "securityContext": pod_security_context(),
+            "nodeSelector": {"nvidia.com/gpu.product": voice.gpu.product_label, **voice.node_selector},
+            "tolerations": [
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                *voice.tolerations,
+            ],
+            "containers": [container],
+            "volumes": [
+                {"name": "engine", "persistentVolumeClaim": {"claimName": voice.cache_claim, "readOnly": True}},
+                {"name": "tmp", "emptyDir": {"sizeLimit": "4Gi"}},
+                {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
+            ],
+        },
+    }
+
+
+def deployment(voice: Voice, engine_hash: str, replicas: int | None) -> dict:
+    """The GPU pods. `replicas=None` leaves the field out (the HPA owns it)."""
+    spec: dict = {
+        "selector": {"matchLabels": selector_labels(voice.name)},
+        "revisionHistoryLimit": 5,
+        # Never drop below the current capacity during a rollout; a new pod needs a free GPU.
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+        "template": pod_template(voice, engine_hash),
+    }
+    if replicas is not None:
+        spec = {"replicas": replicas, **spec}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(voice, engine_hash),
+        "spec": spec,
+    }
+
+
+def initial_replicas(voice: Voice) -> int:
+    return voice.autoscaling.min_replicas if voice.autoscaling.enabled else voice.replicas
+
+
+def managed_replicas(voice: Voice) -> int | None:
+    """What updates set `spec.replicas` to: nothing under an HPA, else the voice's own count."""
+    return None if voice.autoscaling.enabled else voice.replicas
+
+
+def service(voice: Voice, engine_hash: str) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(voice, engine_hash),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(voice.name),
+            "ports": [
+                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "kubernetes.io/h2c"},
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def horizontal_pod_autoscaler(voice: Voice, engine_hash: str) -> dict:
+    """autoscaling/v2 on two per-pod metrics (see `metrics.py` for where they come from)."""
+    scaling = voice.autoscaling
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(voice, engine_hash),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": voice.name},
+            "minReplicas": scaling.min_replicas,
+            "maxReplicas": scaling.max_replicas,
+            "metrics": [
+                {
+                    "type": "Pods",
+                    "pods": {
+                        "metric": {"name": TTFB_P95_METRIC},
+                        "target": {"type": "AverageValue", "averageValue": f"{scaling.target_ttfb_p95_ms}m"},
+                    },
+                },
+                {
+                    "type": "Pods",
+                    "pods": {
+                        "metric": {"name": ACTIVE_SESSIONS_METRIC},
+                        "target": {"type": "AverageValue", "averageValue": str(scaling.target_active_sessions_per_pod)},
+                    },
+                },
+            ],
+            # GPU pods take minutes to start and streams last long: scale up quickly, down slowly.
+            "behavior": {
+                "scaleUp": {
+                    "stabilizationWindowSeconds": 0,
+                    "policies": [{"type": "Pods", "value": 2, "periodSeconds": 60}],
+                },
+                "scaleDown": {
+                    "stabilizationWindowSeconds": 300,
+                    "policies": [{"type": "Pods", "value": 1, "periodSeconds": 120}],
+                },
+            },
+        },
+    }
+
+
+def pod_disruption_budget(voice: Voice, engine_hash: str) -> dict:
+    """At most one pod evicted at a time (node drains still go through with a single replica)."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(voice, engine_hash),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(voice.name)}},
+    }
+
+
+def serving_objects(voice: Voice, engine_hash: str, replicas: int | None) -> list[dict]:
+    """Everything that serves the voice, in the order they are applied."""
+    objects = [deployment(voice, engine_hash, replicas), service(voice, engine_hash)]
+    if voice.autoscaling.enabled:
+        objects.append(horizontal_pod_autoscaler(voice, engine_hash))
+    objects.append(pod_disruption_budget(voice, engine_hash))
+    return objects
+
+
+def _metadata(voice: Voice, engine_hash: str) -> dict:
+    labels = server_labels(voice.name, engine_hash)
+    return {"name": voice.name, "namespace": voice.namespace, "labels": labels}
+

@@ -1,0 +1,163 @@
+"""An OrpheusVoice read into typed values, and the checks that decide whether it may roll out.
+
+`Voice.from_body` takes the custom resource as the API returns it (or as a YAML file holds it),
+applies the CRD defaults, and gives the builders plain attributes to read. `refusal` says why a
+voice cannot be served (over the slot budget, FP8 on a GPU without it, ...) in words a person
+can act on; the operator then reports it in status and rolls nothing out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .crd import apply_defaults
+from .profiles import GPU_PROFILES, GPUProfile, SlotBudget, slot_budget
+
+# The Deployment, Service, HPA and PDB take the voice's name; Services need a DNS-1035 label.
+MAX_NAME_LENGTH = 52
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A checkpoint in a hub repository at a revision, or a directory on a PVC."""
+
+    hub_repo: str | None = None
+    revision: str | None = None
+    pvc_claim: str | None = None
+    pvc_path: str | None = None
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> "ModelSource":
+        if "hub" in spec:
+            return cls(hub_repo=spec["hub"]["repo"], revision=spec["hub"]["revision"])
+        return cls(pvc_claim=spec["pvc"]["claimName"], pvc_path=spec["pvc"]["path"].strip("/"))
+
+    @property
+    def is_pvc(self) -> bool:
+        return self.pvc_claim is not None
+
+    def identity(self) -> dict[str, str]:
+        """What identifies the checkpoint, for the engine hash."""
+        if self.is_pvc:
+            return {"pvc": f"{self.pvc_claim}/{self.pvc_path}"}
+        return {"hub": f"{self.hub_repo}@{self.revision}"}
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    enabled: bool
+    min_replicas: int
+    max_replicas: int
+    target_ttfb_p95_ms: int
+    target_active_sessions_per_pod: int
+
+
+@dataclass(frozen=True)
+class Voice:
+    """One OrpheusVoice: identity (name, namespace, uid, generation) and its defaulted spec."""
+
+    name: str
+    namespace: str
+    uid: str | None
+    generation: int | None
+    model: ModelSource
+    codec: ModelSource
+    cache_claim: str
+    default_voice: str
+    profile: str
+    precision: str
+    backend: str
+    gpu_profile: str
+    sessions_per_pod: int
+    max_batch_size: int
+    context_tokens: int
+    replicas: int
+    autoscaling: Autoscaling
+    image: str
+    image_pull_policy: str
+    termination_grace_s: int
+    resources: dict = field(default_factory=dict)
+    node_selector: dict = field(default_factory=dict)
+    tolerations: list = field(default_factory=list)
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> "Voice":
+        body = apply_defaults(dict(body))
+        meta = body.get("metadata", {})
+        spec = body["spec"]
+        scaling = spec["autoscaling"]
+        sessions = spec["sessionsPerPod"]
+        return cls(
+            name=meta["name"],
+            namespace=meta.get("namespace") or "default",
+            uid=meta.get("uid"),
+            generation=meta.get("generation"),
+            model=ModelSource.from_spec(spec["model"]),
+            codec=ModelSource.from_spec(spec["codec"]),
+            cache_claim=spec["engineCache"]["claimName"],
+            default_voice=spec["voice"],
+            profile=spec["profile"],
+            precision=spec["precision"],
+            backend=spec["backend"],
+            gpu_profile=spec["gpuProfile"],
+            sessions_per_pod=sessions,
+            max_batch_size=spec["maxBatchSize"],
+            context_tokens=spec["contextTokens"],
+            replicas=spec["replicas"],
+            autoscaling=Autoscaling(
+                enabled=scaling["enabled"],
+                min_replicas=scaling["minReplicas"],
+                max_replicas=scaling["maxReplicas"],
+                target_ttfb_p95_ms=scaling["targetTtfbP95Ms"],
+                target_active_sessions_per_pod=scaling.get("targetActiveSessionsPerPod") or max(1, sessions * 3 // 4),
+            ),
+            image=spec["image"],
+            image_pull_policy=spec["imagePullPolicy"],
+            termination_grace_s=spec["terminationGracePeriodSeconds"],
+            resources=dict(spec.get("resources") or {}),
+            node_selector=dict(spec.get("nodeSelector") or {}),
+            tolerations=list(spec.get("tolerations") or []),
+        )
+
+    @property
+    def gpu(self) -> GPUProfile:
+        return GPU_PROFILES[self.gpu_profile]
+
+    @property
+    def budget(self) -> SlotBudget:
+        return slot_budget(self.gpu, self.precision, self.context_tokens)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a voice is not rolled out: a CamelCase reason and a message with the numbers."""
+
+    reason: str
+    message: str
+
+
+def refusal(voice: Voice) -> Refusal | None:
+    """The first reason this voice cannot be served as asked, or None when it can."""
+    if len(voice.name) > MAX_NAME_LENGTH:
+        return Refusal("InvalidSpec", f"name {voice.name!r} is longer than {MAX_NAME_LENGTH} characters")
+    if voice.max_batch_size > voice.sessions_per_pod:
+        return Refusal(
+            "InvalidSpec", f"maxBatchSize {voice.max_batch_size} exceeds sessionsPerPod {voice.sessions_per_pod}"
+        )
+    scaling = voice.autoscaling
+    if scaling.enabled and scaling.max_replicas < scaling.min_replicas:
+        return Refusal(
+            "InvalidSpec",
+            f"autoscaling.maxReplicas {scaling.max_replicas} is below minReplicas {scaling.min_replicas}",
+        )
+    gpu = voice.gpu
+    if voice.precision == "fp8" and not gpu.fp8:
+        return Refusal(
+            "PrecisionUnsupported",
+            f"{gpu.name} ({gpu.arch}) has no FP8 support (Ada sm_89 or Hopper sm_90 needed); use precision bf16",
+        )
+    budget = voice.budget
+    if voice.sessions_per_pod > budget.max_sessions:
+        return Refusal("InsufficientGPUMemory", budget.describe(voice.sessions_per_pod))
+    return None
