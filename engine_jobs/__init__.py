@@ -1,0 +1,1 @@
+"""Jobs the OrpheusVoice operator runs in the server image (see engine_jobs/build.py)."""
