@@ -1,0 +1,128 @@
+"""The CRD: generated file in sync, voices valid and invalid against its own schema, defaults."""
+
+from __future__ import annotations
+
+import copy
+
+import jsonschema
+import pytest
+import yaml
+from operator_testkit import REPO_ROOT, load_example
+
+from orpheus_operator.crd import apply_defaults, crd_manifest, voice_schema
+from orpheus_operator.voice import Voice, refusal
+
+CRD_FILE = REPO_ROOT / "operator" / "crds" / "orpheusvoices.yaml"
+EXAMPLES = ["voice-rtx4090-conversational.yaml", "voice-h100-longform.yaml"]
+
+
+def validate(voice: dict) -> None:
+    jsonschema.Draft7Validator(voice_schema()).validate(voice)
+
+
+def test_crd_file_is_generated_from_the_code():
+    assert yaml.safe_load(CRD_FILE.read_text()) == crd_manifest(), (
+        "operator/crds/orpheusvoices.yaml is stale: run `orpheus-operator crd > operator/crds/orpheusvoices.yaml`"
+    )
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_voices_are_valid_before_and_after_defaulting(name):
+    voice = load_example(name)
+    validate(voice)
+    validate(apply_defaults(voice))
+
+
+def _minimal() -> dict:
+    return {
+        "apiVersion": "tts.orpheus.io/v1alpha1",
+        "kind": "OrpheusVoice",
+        "metadata": {"name": "v"},
+        "spec": {"model": {"hub": {"repo": "canopylabs/orpheus-3b-0.1-ft", "revision": "abc123"}}, "gpuProfile": "l4"},
+    }
+
+
+INVALID = {
+    "no model": lambda s: s.pop("model"),
+    "no gpu profile": lambda s: s.pop("gpuProfile"),
+    "both hub and pvc": lambda s: s["model"].update(pvc={"claimName": "m", "path": "x"}),
+    "hub without revision": lambda s: s["model"]["hub"].pop("revision"),
+    "hub repo without owner": lambda s: s["model"]["hub"].update(repo="orpheus"),
+    "absolute pvc path": lambda s: s.update(model={"pvc": {"claimName": "m", "path": "/abs"}}),
+    "unknown precision": lambda s: s.update(precision="fp16"),
+    "unknown gpu": lambda s: s.update(gpuProfile="rtx-3090"),
+    "unknown backend": lambda s: s.update(backend="vllm"),
+    "zero sessions": lambda s: s.update(sessionsPerPod=0),
+    "tiny context": lambda s: s.update(contextTokens=100),
+    "zero max replicas": lambda s: s.update(autoscaling={"maxReplicas": 0}),
+    "grace period too short": lambda s: s.update(terminationGracePeriodSeconds=1),
+    "string sessions": lambda s: s.update(sessionsPerPod="many"),
+    "bad toleration effect": lambda s: s.update(tolerations=[{"key": "k", "effect": "Sometimes"}]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INVALID))
+def test_invalid_voices_are_rejected_by_the_schema(case):
+    voice = _minimal()
+    validate(voice)
+    INVALID[case](voice["spec"])
+    with pytest.raises(jsonschema.ValidationError):
+        validate(voice)
+
+
+def test_defaults_match_what_the_api_server_would_fill_in():
+    spec = apply_defaults(_minimal())["spec"]
+    assert spec["precision"] == "bf16" and spec["backend"] == "torch" and spec["voice"] == "tara"
+    assert spec["codec"] == {"hub": {"repo": "hubertsiuzdak/snac_24khz", "revision": "main"}}
+    assert spec["engineCache"] == {"claimName": "orpheus-engine-cache"}
+    assert spec["autoscaling"] == {"enabled": True, "minReplicas": 1, "maxReplicas": 4, "targetTtfbP95Ms": 250}
+    assert (spec["sessionsPerPod"], spec["maxBatchSize"], spec["contextTokens"]) == (16, 16, 4096)
+
+
+def test_defaulting_does_not_change_the_input():
+    voice = _minimal()
+    before = copy.deepcopy(voice)
+    apply_defaults(voice)
+    assert voice == before
+
+
+@pytest.mark.parametrize("spec_change, reason", [
+    ({"maxBatchSize": 32, "sessionsPerPod": 16}, "InvalidSpec"),
+    ({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "InvalidSpec"),
+])
+def test_rules_the_schema_leaves_to_cel_are_also_refused_by_the_operator(spec_change, reason):
+    """jsonschema cannot run the CRD's CEL rules, and kmock does not: the operator re-checks them."""
+    voice = _minimal()
+    voice["spec"].update(spec_change)
+    validate(voice)
+    assert refusal(Voice.from_body(voice)).reason == reason
+
+
+def _walk(schema: dict, path: str = ""):
+    yield path, schema
+    for key, sub in schema.get("properties", {}).items():
+        yield from _walk(sub, f"{path}.{key}")
+    if isinstance(schema.get("items"), dict):
+        yield from _walk(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        yield from _walk(schema["additionalProperties"], f"{path}{{}}")
+
+
+def test_schema_is_structural():
+    """Every node has a type (or is int-or-string); oneOf branches only say what is required."""
+    for path, node in _walk(voice_schema()):
+        assert "type" in node or node.get("x-kubernetes-int-or-string"), f"{path} has no type"
+        for branch in node.get("oneOf", []):
+            assert set(branch) <= {"required"}, f"{path}: oneOf may only constrain, not declare"
+        if "default" in node:
+            jsonschema.Draft7Validator(node).validate(node["default"])
+
+
+def test_crd_has_status_scale_and_printer_columns():
+    version = crd_manifest()["spec"]["versions"][0]
+    assert version["subresources"]["scale"] == {
+        "specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas", "labelSelectorPath": ".status.selector",
+    }
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Ready", "Engine", "Replicas", "Sessions/pod", "GPU", "Age"]
+    conditions = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"]
+    assert set(conditions["items"]["properties"]) == {"type", "status", "reason", "message", "lastTransitionTime", "observedGeneration"}
