@@ -36,7 +36,7 @@ from orpheus_tts.engine.kv_cache import KVCache  # noqa: E402
 from orpheus_tts.engine.sampler import Sampler  # noqa: E402
 from orpheus_tts.model.attention import decode_attention, decode_attention_reference  # noqa: E402
 from orpheus_tts.model.fp8 import quantize_to_fp8  # noqa: E402
-from orpheus_tts.model.loader import load_model  # noqa: E402
+from orpheus_tts.model.loader import compile_model, load_model  # noqa: E402
 
 
 def log(*a):
@@ -165,6 +165,19 @@ def step_sweep(model, label, batches, contexts, copy_bw, results, max_tokens):
     return rows
 
 
+def fp8_matmul_accuracy(results):
+    """One layer-sized matmul: FP8 against bf16 (the whole random model amplifies any error)."""
+    from orpheus_tts.model.fp8 import Fp8Linear
+
+    lin = torch.nn.Linear(3072, 8192, bias=False, device="cuda", dtype=torch.bfloat16)
+    torch.nn.init.normal_(lin.weight, std=0.02)
+    x = torch.randn(64, 3072, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        ref = x.double() @ lin.weight.double().t()
+        results["checks"]["fp8_matmul_rel_err_vs_fp64"] = rel_err(Fp8Linear(lin, rowwise=True)(x), ref)
+        results["checks"]["bf16_matmul_rel_err_vs_fp64"] = rel_err(lin(x), ref)
+
+
 def fp8_accuracy(model_bf16_logits, model, tokens, results):
     with torch.inference_mode():
         logits = prompt_logits(model, tokens)
@@ -194,21 +207,15 @@ def snac_bench(results):
             log(f"SNAC fp32 batch {b} window {window}: {ms:.2f} ms")
     frames = torch.randint(0, 4096, (16, 5, 7), device="cuda")
     ref = codec32.decode(frames)
-    codec16 = SnacCodec.load("random", torch.device("cuda"), noise=False)
-    codec16.model.half()
-    with torch.inference_mode():
-        codes = codec16.frames_to_codes(frames)
-        z = codec16.model.quantizer.from_codes(codes)
-        out16 = codec16.model.decoder(z.half()).float()[:, 0]
+    codec16 = SnacCodec.load("random", torch.device("cuda"), noise=False, dtype=torch.float16)
+    out16 = codec16.decode(frames)
     noise = (ref - out16).pow(2).sum()
     results["checks"]["snac_fp16_snr_db_vs_fp32"] = float(10 * torch.log10(ref.pow(2).sum() / noise))
-    b = 64
-    frames = torch.randint(0, 4096, (b, 5, 7), device="cuda")
-    with torch.inference_mode():
-        z = codec16.model.quantizer.from_codes(codec16.frames_to_codes(frames)).half()
-        ms16 = cuda_time_ms(lambda: codec16.model.decoder(z), iters=10, warmup=2)
-    rows.append(dict(batch=b, window_frames=5, ms=ms16, dtype="float16"))
-    log(f"SNAC fp16 batch 64 window 5: {ms16:.2f} ms")
+    for b in (16, 64, 256):
+        frames = torch.randint(0, 4096, (b, 4, 7), device="cuda")
+        ms16 = cuda_time_ms(lambda: codec16.decode(frames), iters=10, warmup=2)
+        rows.append(dict(batch=b, window_frames=4, ms=ms16, dtype="float16"))
+        log(f"SNAC fp16 batch {b} window 4: {ms16:.2f} ms")
     results["snac"] = rows
     del codec32, codec16
     torch.cuda.empty_cache()
@@ -244,7 +251,7 @@ def transformers_baseline(results, batches):
     torch.cuda.empty_cache()
 
 
-async def engine_load(results, levels, frames_per_stream, max_batch):
+async def engine_load(results, levels, max_batch, quantization):
     from orpheus_tts.engine.engine import Engine
     from orpheus_tts.engine.session import AudioChunk
 
@@ -254,6 +261,7 @@ async def engine_load(results, levels, frames_per_stream, max_batch):
         "model.path": "random:orpheus-3b", "codec.path": "random", "codec.noise": False,
         "scheduler.max_concurrent_sessions": max_sessions, "scheduler.max_batch_size": max_batch,
         "scheduler.max_context_tokens": 1024, "scheduler.max_pending_sessions": 4 * max_sessions,
+        "model.quantization": quantization,
     })
     t = time.time()
     engine = Engine.from_config(config).start()
@@ -348,6 +356,8 @@ def main():
     parser.add_argument("--levels", default="1,16,64,128,200,256")
     parser.add_argument("--max-batch", type=int, default=256)
     parser.add_argument("--skip", default="", help="comma list of: baseline,snac,load")
+    parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--load-quantization", default="auto")
     opts = parser.parse_args()
     skip = set(filter(None, opts.skip.split(",")))
     out = Path(opts.out)
@@ -372,9 +382,12 @@ def main():
     tokens = torch.randint(0, orpheus.VOCAB_SIZE, (4, 64), device="cuda")
     with torch.inference_mode():
         bf16_logits = prompt_logits(model, tokens)
+    if opts.compile:
+        compile_model(model)
     results["step_sweep"] += step_sweep(model, "bf16", batches, contexts, bw, results, max(contexts))
     save()
     results["fp8_scaling"] = quantize_to_fp8(model)
+    fp8_matmul_accuracy(results)
     fp8_accuracy(bf16_logits, model, tokens, results)
     log("checks", results["checks"])
     results["step_sweep"] += step_sweep(model, "fp8", batches, contexts, bw, results, max(contexts))
@@ -389,7 +402,8 @@ def main():
         transformers_baseline(results, [1, 16, 64])
         save()
     if "load" not in skip:
-        asyncio.run(engine_load(results, [int(x) for x in opts.levels.split(",")], 118, opts.max_batch))
+        asyncio.run(engine_load(results, [int(x) for x in opts.levels.split(",")], opts.max_batch,
+                                opts.load_quantization))
         save()
     plots(results, out)
     save()

@@ -38,6 +38,7 @@ class ModelConfig:
     seed: int = 0  # seeds the demo weights
     quantization: str = "auto"  # auto (FP8 weights where the GPU has FP8) | fp8 | none
     cuda_graphs: bool = True  # capture decode steps as CUDA graphs (GPU only)
+    compile: bool = True  # torch.compile the transformer on GPU: fuses the many small ops of a step
 
 
 @dataclass
@@ -46,12 +47,13 @@ class CodecConfig:
 
     path: str = "demo"
     device: str = "auto"
+    dtype: str = "auto"  # auto (float16 on GPU, float32 on CPU) | float32 | float16 | bfloat16
     seed: int = 0
     # SNAC adds random noise inside each decoder block (it was trained that way). Off makes
     # decoding deterministic, which tests use to compare two decodes of the same codes.
     noise: bool = True
     # Frames of already-emitted audio decoded again as left context for the next chunk.
-    context_frames: int = 2
+    context_frames: int = 1
     # Frames held back (except at the end of a stream) so the emitted ones have right context.
     lookahead_frames: int = 1
 

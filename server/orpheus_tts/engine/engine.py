@@ -32,7 +32,7 @@ from orpheus_tts.engine.scheduler import Scheduler
 from orpheus_tts.engine.session import AudioChunk, Outcome, Piece, Session, SessionEnd, SessionState
 from orpheus_tts.engine.stream import SpeechStream
 from orpheus_tts.model.fp8 import fp8_supported, quantize_to_fp8
-from orpheus_tts.model.loader import load_model
+from orpheus_tts.model.loader import compile_model, load_model
 from orpheus_tts.model.tokenizer import load_tokenizer
 from orpheus_tts.requests import RequestError, SpeechRequest
 from orpheus_tts.text import split_for_speech
@@ -104,8 +104,13 @@ class Engine:
             raise ValueError(f"model.quantization=fp8 needs a GPU with FP8 (sm_89 or newer); {device} has none")
         if quantization == "fp8" or (quantization == "auto" and fp8_supported(device)):
             log.info("FP8 weights (%s scales)", quantize_to_fp8(model))
-        codec = SnacCodec.load(config.codec.path, resolve_device(config.codec.device),
-                               noise=config.codec.noise, seed=config.codec.seed)
+        if config.model.compile and device.type == "cuda":
+            compile_model(model)
+        codec_device = resolve_device(config.codec.device)
+        codec_dtype = torch.float16 if config.codec.dtype == "auto" and codec_device.type == "cuda" \
+            else resolve_dtype("float32" if config.codec.dtype == "auto" else config.codec.dtype, codec_device)
+        codec = SnacCodec.load(config.codec.path, codec_device, noise=config.codec.noise, seed=config.codec.seed,
+                               dtype=codec_dtype)
         return cls(config, model, load_tokenizer(config.model.path), codec, observer)
 
     # -- lifecycle ------------------------------------------------------------------------

@@ -90,7 +90,7 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor,
     Returns [B, H, D] in q's dtype.
     """
     if triton_available(q.device):
-        return _decode_attention_triton(q, k_cache, v_cache, slots, lengths)
+        return triton_decode_attention(q, k_cache, v_cache, slots, lengths)
     return decode_attention_reference(q, k_cache, v_cache, slots, lengths)
 
 
@@ -103,7 +103,9 @@ def decode_attention_reference(q: Tensor, k_cache: Tensor, v_cache: Tensor, slot
     return out[:, :, 0, :]
 
 
-def _decode_attention_triton(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, lengths: Tensor) -> Tensor:
+@torch.library.custom_op("orpheus::decode_attention", mutates_args=())
+def triton_decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, lengths: Tensor) -> Tensor:
+    """The Triton path as an opaque operator, so `torch.compile` fuses around it, not into it."""
     bsz, n_heads, head_dim = q.shape
     n_slots, n_kv_heads, max_tokens, _ = k_cache.shape
     group = n_heads // n_kv_heads
@@ -123,3 +125,8 @@ def _decode_attention_triton(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots:
     )
     weights = torch.softmax(lse, dim=-1)  # splits past the length have lse -inf: weight 0
     return (partial * weights[..., None]).sum(dim=2).to(q.dtype)
+
+
+@triton_decode_attention.register_fake
+def _(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, lengths: Tensor) -> Tensor:
+    return torch.empty_like(q)
