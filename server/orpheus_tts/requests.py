@@ -10,9 +10,12 @@ import math
 from dataclasses import dataclass
 
 from orpheus_tts import orpheus
+from orpheus_tts.audio import encoded_formats
 from orpheus_tts.config import SamplingConfig
 
-AUDIO_FORMATS = ("pcm", "wav")  # PCM s16le mono 24 kHz, or the same with a WAV header
+# PCM s16le mono 24 kHz, the same with a WAV header, then what libsndfile can encode here
+# (flac, mp3, opus with libsndfile >= 1.1).
+AUDIO_FORMATS = ("pcm", "wav", *encoded_formats())
 
 TEMPERATURE_RANGE = (0.0, 2.0)  # 0 means greedy
 TOP_P_RANGE = (0.0, 1.0)  # exclusive of 0
