@@ -1,6 +1,6 @@
 """`orpheus-tts`: the command line.
 
-    orpheus-tts serve [--grpc-port 50051] [--metrics-port 9090] [--host 0.0.0.0] [--model demo|DIR] [--snac demo|DIR]
+    orpheus-tts serve [--grpc-port 50051] [--http-port 8000] [--metrics-port 9090] [--host 0.0.0.0] [--model demo|DIR] [--snac demo|DIR]
     orpheus-tts say "TEXT" -o out.wav [--voice tara] [--server HOST:PORT | --model demo|DIR --snac demo|DIR]
 
 Common flags: `--config FILE` (YAML) and `--set section.key=value` (repeatable) override the
@@ -108,7 +108,11 @@ def cmd_say(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from orpheus_tts.api.server import serve
 
-    asyncio.run(serve(build_config(args), args.host, args.grpc_port, args.metrics_port, args.grace_s))
+    from orpheus_tts.api.http import HttpSettings
+
+    http_port = args.http_port if args.http_port >= 0 else None
+    asyncio.run(serve(build_config(args), args.host, args.grpc_port, args.metrics_port, args.grace_s, http_port,
+                      HttpSettings(idle_timeout_s=args.ws_idle_timeout_s)))
     return 0
 
 
@@ -127,9 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_flags(say)
     say.set_defaults(func=cmd_say)
 
-    serve = sub.add_parser("serve", help="run the gRPC server (health, reflection) and the /metrics endpoint")
+    serve = sub.add_parser("serve", help="run the gRPC and HTTP/WebSocket servers and the /metrics endpoint")
     serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")
     serve.add_argument("--grpc-port", type=int, default=50051, help="gRPC port (default: 50051; 0 picks one)")
+    serve.add_argument("--http-port", type=int, default=8000,
+                       help="HTTP and WebSocket port (default: 8000; 0 picks one; -1 serves no HTTP)")
+    serve.add_argument("--ws-idle-timeout-s", type=float, default=30.0,
+                       help="close a WebSocket whose client sends nothing for this long while text is due")
     serve.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port (default: 9090)")
     serve.add_argument("--grace-s", type=float, default=10.0, help="seconds in-flight streams get on shutdown")
     _add_config_flags(serve)

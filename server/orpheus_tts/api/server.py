@@ -1,9 +1,11 @@
-"""One serving process: the gRPC server (with health and reflection), `/metrics`, and the engine.
+"""One serving process: the gRPC server (with health and reflection), HTTP and WebSocket,
+`/metrics`, and the engine.
 
 Start-up is in two steps so that probes work from the first second: `start` binds the ports
-and answers health checks with NOT_SERVING, `load` loads and warms up the model off the event
-loop and then switches health to SERVING. The engine bridge and the gRPC server share the
-event loop that `start` runs on.
+and answers health checks with NOT_SERVING (and `/readyz` with 503), `load` loads and warms up
+the model off the event loop and then switches health to SERVING. The engine bridge, the gRPC
+server and the HTTP server (uvicorn) share the event loop that `start` runs on. `stop` drains:
+not ready at once, in-flight streams of both doors get the grace period, then the engine stops.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from orpheus_tts.api.gen import tts_pb2_grpc
+from orpheus_tts.api.http import HttpServer, HttpSettings, create_app
 from orpheus_tts.api.servicer import SERVICE_NAME, TextToSpeechServicer
 from orpheus_tts.config import ServerConfig
 from orpheus_tts.engine.engine import Engine
@@ -30,13 +33,21 @@ DEFAULT_GRACE_S = 10.0  # in-flight streams get this long to finish on shutdown
 
 class OrpheusServer:
     def __init__(self, config: ServerConfig, host: str = "0.0.0.0", grpc_port: int = 50051,
-                 metrics_port: int | None = 9090):
-        """Port 0 picks a free port (see `grpc_port`/`metrics_port` after `start`); metrics_port None: no /metrics."""
+                 metrics_port: int | None = 9090, http_port: int | None = None,
+                 http_settings: HttpSettings | None = None):
+        """Port 0 picks a free port (see `grpc_port`/`http_port`/`metrics_port` after `start`).
+
+        metrics_port None: no separate metrics port (HTTP still serves /metrics); http_port None: no HTTP.
+        """
         self.config = config
         self.host = host
         self.grpc_port = grpc_port
         self.metrics_port = metrics_port
+        self.http_port = http_port
+        self.draining = False
         self.metrics = ServerMetrics()
+        self._http = HttpServer(create_app(self, http_settings), host, http_port, DEFAULT_GRACE_S) \
+            if http_port is not None else None
         self.servicer = TextToSpeechServicer(self.metrics)
         self.health = health.aio.HealthServicer()
         self.engine: Engine | None = None
@@ -53,10 +64,14 @@ class OrpheusServer:
         self.grpc_port = server.add_insecure_port(f"{_grpc_host(self.host)}:{self.grpc_port}")
         await server.start()
         self._grpc = server
+        if self._http is not None:
+            await self._http.start()
+            self.http_port = self._http.port
         if self.metrics_port is not None:
             self._metrics_endpoint = self.metrics.serve(self.metrics_port, self.host)
             self.metrics_port = self._metrics_endpoint.port
-        log.info("serving gRPC on %s:%d (NOT_SERVING until warm), metrics on %s", self.host, self.grpc_port,
+        log.info("serving gRPC on %s:%d, HTTP on %s (not ready until warm), metrics on %s", self.host,
+                 self.grpc_port, f"{self.host}:{self.http_port}" if self._http else "nothing",
                  f"http://{self.host}:{self.metrics_port}/metrics" if self._metrics_endpoint else "nothing")
 
     async def load(self) -> None:
@@ -73,11 +88,16 @@ class OrpheusServer:
 
     async def stop(self, grace_s: float = DEFAULT_GRACE_S) -> None:
         """NOT_SERVING at once, let in-flight streams finish for `grace_s`, then stop everything."""
+        self.draining = True
         await self.health.enter_graceful_shutdown()
         self.metrics.ready.set(0)
+        doors = []
         if self._grpc is not None:
-            await self._grpc.stop(grace_s)
+            doors.append(self._grpc.stop(grace_s))
             self._grpc = None
+        if self._http is not None:
+            doors.append(self._http.stop(grace_s))
+        await asyncio.gather(*doors)
         if self.engine is not None:
             await asyncio.to_thread(self.engine.stop)
             self.engine = self.servicer.engine = None
@@ -95,9 +115,10 @@ def _grpc_host(host: str) -> str:
 
 
 async def serve(config: ServerConfig, host: str, grpc_port: int, metrics_port: int | None,
-                grace_s: float = DEFAULT_GRACE_S) -> None:
+                grace_s: float = DEFAULT_GRACE_S, http_port: int | None = 8000,
+                http_settings: HttpSettings | None = None) -> None:
     """Run until SIGINT or SIGTERM, then shut down gracefully."""
-    server = OrpheusServer(config, host, grpc_port, metrics_port)
+    server = OrpheusServer(config, host, grpc_port, metrics_port, http_port, http_settings)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

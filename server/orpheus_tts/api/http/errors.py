@@ -1,0 +1,109 @@
+"""Errors in OpenAI's shape, and one request's outcome, metrics and log line.
+
+Every failure the HTTP and WebSocket doors report is an `ApiError`; its body is OpenAI's
+`{"error": {"message", "type", "param", "code"}}`, so the official SDKs raise their usual
+exceptions (`BadRequestError`, `RateLimitError`...) with our message in them. Outcomes use
+the gRPC names (ok, invalid_argument, resource_exhausted...) so one dashboard covers all doors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from orpheus_tts.api.servicer import _logfmt
+from orpheus_tts.engine.scheduler import QueueFullError
+from orpheus_tts.engine.session import SessionMetrics
+from orpheus_tts.metrics import ServerMetrics
+from orpheus_tts.requests import RequestError
+
+log = logging.getLogger("orpheus_tts.api")
+
+# Our request fields under the names the HTTP API gives them.
+API_FIELD_NAMES = {"format": "response_format"}
+
+
+class ApiError(Exception):
+    """A request ends with `status` and an OpenAI error body; `outcome` is what metrics count."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None,
+                 type: str = "invalid_request_error", code: str | None = None,
+                 outcome: str = "invalid_argument", headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.type = type
+        self.code = code
+        self.outcome = outcome
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, text_field: str = "input") -> "ApiError":
+        if isinstance(exc, ApiError):
+            return exc
+        if isinstance(exc, RequestError):
+            param = text_field if exc.field == "text" else API_FIELD_NAMES.get(exc.field, exc.field)
+            return cls(400, f"{param}: {exc.message}", param=param, code="invalid_value")
+        if isinstance(exc, QueueFullError):
+            retry = max(1, round(exc.retry_after_s))
+            return cls(429, f"server busy: {exc}; retry after {retry} s", type="rate_limit_error",
+                       code="queue_full", outcome="resource_exhausted", headers={"Retry-After": str(retry)})
+        log.error("request failed", exc_info=exc)
+        return internal(f"internal error: {type(exc).__name__}")
+
+
+def unavailable(message: str) -> ApiError:
+    return ApiError(503, message, type="server_error", code="unavailable", outcome="unavailable",
+                    headers={"Retry-After": "5"})
+
+
+def internal(message: str, outcome: str = "internal") -> ApiError:
+    return ApiError(500, message, type="server_error", code=outcome, outcome=outcome)
+
+
+class RequestRecord:
+    """One request's id and outcome: counted in metrics and logged as one logfmt line, once."""
+
+    def __init__(self, method: str, metrics: ServerMetrics, request_id: str | None = None):
+        self.method = method
+        self.metrics = metrics
+        sent = request_id or ""
+        self.id = sent[:64] if sent and sent.isprintable() else uuid.uuid4().hex[:16]
+        self.voice = "-"
+        self.chars = 0
+        self.format = "-"
+        self.session: SessionMetrics | None = None
+        self.started = time.monotonic()
+        self.outcome: str | None = None
+
+    def done(self, outcome: str, detail: str | None = None) -> None:
+        if self.outcome is not None:
+            return
+        self.outcome = outcome
+        self.metrics.request_done(self.method, outcome)
+        m = self.session or SessionMetrics()
+        fields = {
+            "id": self.id, "method": self.method, "voice": self.voice, "format": self.format, "chars": self.chars,
+            "outcome": outcome, "ttfb_ms": "-" if m.ttfb_s is None else f"{m.ttfb_s * 1000:.0f}",
+            "audio_s": f"{m.audio_s:.2f}", "rtf": "-" if m.real_time_factor is None else f"{m.real_time_factor:.2f}",
+            "tokens": m.tokens, "pieces": m.pieces, "elapsed_s": f"{time.monotonic() - self.started:.3f}",
+        }
+        if detail:
+            fields["detail"] = detail
+        log.info("request " + " ".join(f"{k}={_logfmt(v)}" for k, v in fields.items()))
+
+
+def metrics_json(request_id: str, m: SessionMetrics) -> dict:
+    """A finished session's metrics as the WebSocket `done` message and the SSE end event carry them."""
+    def ms(seconds: float | None) -> float | None:
+        return None if seconds is None else round(seconds * 1000.0, 2)
+
+    return {"request_id": request_id, "ttfb_ms": ms(m.ttfb_s), "queue_ms": ms(m.queue_s),
+            "elapsed_ms": ms(m.elapsed_s), "audio_ms": ms(m.audio_s),
+            "real_time_factor": None if m.real_time_factor is None else round(m.real_time_factor, 3),
+            "tokens": m.tokens, "frames": m.frames, "text_pieces": m.pieces}
