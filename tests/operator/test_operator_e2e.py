@@ -171,3 +171,21 @@ async def test_turning_autoscaling_off_removes_the_hpa_and_sets_replicas(mock_cl
     await c.patch_voice(name, {"metadata": {"generation": 2}, "spec": {"replicas": 2, "autoscaling": {"enabled": False}}})
     await eventually(lambda: c.get(hpa, name) is None, what="the HPA to be deleted")
     assert c.get(DEPLOYMENTS, name)["spec"]["replicas"] == 2
+
+
+async def test_operator_killed_while_the_engine_builds_finishes_the_rollout_after_restart(mock_cluster, start_operator):
+    c = mock_cluster
+    voice = load_example("voice-h100-longform.yaml")
+    name = voice["metadata"]["name"]
+    job_name = job_name_for(voice)
+    operator = await start_operator()
+    await c.create_voice(voice, "uid-killed")
+    await eventually(lambda: c.get(JOBS, job_name), what="the build Job")
+    operator.kill()
+
+    await c.complete_job(job_name)
+    await start_operator()
+    for resource in SERVING:
+        await eventually(lambda r=resource: c.get(r, name), what=SERVING[resource])
+    assert list(c.objects(JOBS)) == [job_name] and c.creates(JOBS) == 1
+    assert c.get(DEPLOYMENTS, name)["spec"]["replicas"] == 2  # minReplicas

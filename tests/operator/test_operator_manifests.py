@@ -1,0 +1,146 @@
+"""Every manifest the builders make is valid Kubernetes (strict schemas) and says what it should."""
+
+from __future__ import annotations
+
+import copy
+
+import kopf
+import kubernetes_validate
+import pytest
+from operator_testkit import load_example
+
+from orpheus_operator.engine_job import engine_job
+from orpheus_operator.hashing import engine_hash
+from orpheus_operator.metrics import ACTIVE_SESSIONS_METRIC, HPA_METRICS, PROMETHEUS_ADAPTER_RULES, TTFB_P95_METRIC
+from orpheus_operator.crd import crd_manifest
+from orpheus_operator.plan import render
+from orpheus_operator.serving import deployment, horizontal_pod_autoscaler, server_args, serving_objects
+from orpheus_operator.voice import Voice
+
+# The oldest Kubernetes we claim: gRPC probes (GA 1.27) and preStop sleep (beta, on by default, 1.30).
+KUBERNETES_VERSION = "1.31"
+
+
+def _voice(example: str = "voice-rtx4090-conversational.yaml", **spec) -> dict:
+    body = load_example(example)
+    body["metadata"].update(namespace="voices", uid="5f0c0d9e-0000-4000-8000-000000000001")
+    body["spec"].update(spec)
+    return body
+
+
+VARIANTS = {
+    "rtx-4090 conversational": _voice(),
+    "h100 long-form on a PVC": _voice("voice-h100-longform.yaml"),
+    "autoscaling off": _voice(autoscaling={"enabled": False}, replicas=3),
+    "tensorrt-llm build on the GPU": _voice(backend="tensorrt-llm"),
+    "model and codec on PVCs": _voice(model={"pvc": {"claimName": "models", "path": "orpheus"}},
+                                      codec={"pvc": {"claimName": "models", "path": "snac_24khz"}}),
+}
+
+
+def all_manifests(body: dict) -> list[dict]:
+    """What `render` prints, plus the same objects adopted by the voice as the operator makes them."""
+    rendered = render(body)
+    adopted = copy.deepcopy(rendered)
+    for obj in adopted:
+        kopf.adopt(obj, owner=body, strict=True)
+    return rendered + adopted + [crd_manifest()]
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_manifest_passes_strict_kubernetes_validation(variant):
+    for obj in all_manifests(VARIANTS[variant]):
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+def test_strict_validation_does_catch_a_misspelt_field():
+    obj = render(VARIANTS["rtx-4090 conversational"])[1]
+    obj["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {"grpc": {"port": 50051}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+def test_render_lists_the_build_job_then_the_serving_objects():
+    kinds = [o["kind"] for o in render(VARIANTS["rtx-4090 conversational"])]
+    assert kinds == ["Job", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"]
+    assert "HorizontalPodAutoscaler" not in [o["kind"] for o in render(VARIANTS["autoscaling off"])]
+
+
+def test_deployment_gets_one_gpu_on_the_right_nodes_and_the_engine_read_only():
+    voice = Voice.from_body(VARIANTS["h100 long-form on a PVC"])
+    digest = engine_hash(voice)
+    pod = deployment(voice, digest, replicas=None)["spec"]["template"]["spec"]
+    server = pod["containers"][0]
+    assert server["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "node-pool": "h100"}
+    assert {"key": "dedicated", "operator": "Equal", "value": "tts", "effect": "NoSchedule"} in pod["tolerations"]
+    engine_mount = next(m for m in server["volumeMounts"] if m["name"] == "engine")
+    assert engine_mount == {"name": "engine", "mountPath": "/engine", "subPath": digest, "readOnly": True}
+    engine_volume = next(v for v in pod["volumes"] if v["name"] == "engine")
+    assert engine_volume["persistentVolumeClaim"] == {"claimName": "orpheus-engine-cache", "readOnly": True}
+    assert pod["terminationGracePeriodSeconds"] == 600
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert server[probe]["grpc"] == {"port": 50051}
+    assert server["securityContext"]["readOnlyRootFilesystem"] is True and pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_replicas_are_left_to_the_hpa_after_creation():
+    voice = Voice.from_body(VARIANTS["rtx-4090 conversational"])
+    assert "replicas" not in deployment(voice, "h", replicas=None)["spec"]
+    created = render(VARIANTS["rtx-4090 conversational"])[1]
+    assert created["spec"]["replicas"] == voice.autoscaling.min_replicas
+    fixed = Voice.from_body(VARIANTS["autoscaling off"])
+    assert serving_objects(fixed, "h", replicas=fixed.replicas)[0]["spec"]["replicas"] == 3
+
+
+def test_server_gets_the_session_budget_and_batch_size():
+    args = server_args(Voice.from_body(VARIANTS["rtx-4090 conversational"]))
+    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    assert sets == [
+        "scheduler.max_concurrent_sessions=48",
+        "scheduler.max_batch_size=32",
+        "scheduler.max_context_tokens=2048",
+        "profile=conversational",
+        "default_voice=tara",
+    ]
+    assert args[:5] == ["serve", "--model", "/engine/model", "--snac", "/engine/snac"]
+
+
+def test_server_accepts_the_settings_the_operator_passes():
+    """The --set keys are real server config keys (the server's loader rejects unknown ones)."""
+    config = pytest.importorskip("orpheus_tts.config")
+    args = server_args(Voice.from_body(VARIANTS["h100 long-form on a PVC"]))
+    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    loaded = config.load_config(overrides=config.parse_set_flags(sets), environ={})
+    assert loaded.scheduler.max_concurrent_sessions == 48
+    assert loaded.scheduler.max_context_tokens == 8192
+    assert loaded.profile == "longform" and loaded.default_voice == "leo"
+
+
+def test_hpa_scales_on_ttfb_p95_and_active_sessions_per_pod():
+    voice = Voice.from_body(VARIANTS["rtx-4090 conversational"])
+    metrics = horizontal_pod_autoscaler(voice, "h")["spec"]["metrics"]
+    assert [(m["type"], m["pods"]["metric"]["name"], m["pods"]["target"]["averageValue"]) for m in metrics] == [
+        ("Pods", TTFB_P95_METRIC, "150m"),  # 150 ms, as a quantity of seconds
+        ("Pods", ACTIVE_SESSIONS_METRIC, "36"),
+    ]
+    assert HPA_METRICS == {"ttfbP95": "orpheus_tts_ttfb_p95_seconds", "activeSessions": "orpheus_tts_active_sessions"}
+    assert {rule["name"]["as"] for rule in PROMETHEUS_ADAPTER_RULES} == set(HPA_METRICS.values())
+
+
+def test_build_job_mounts_the_cache_and_sources_and_runs_the_builder():
+    voice = Voice.from_body(VARIANTS["model and codec on PVCs"])
+    digest = engine_hash(voice)
+    job = engine_job(voice, digest)
+    pod = job["spec"]["template"]["spec"]
+    build = pod["containers"][0]
+    assert job["metadata"]["name"] == f"orpheus-engine-{digest}"
+    assert build["command"] == ["python", "-m", "engine_jobs.build"]
+    assert build["args"][:4] == ["--model-source", "pvc:/sources/source-0/orpheus", "--snac-source", "pvc:/sources/source-0/snac_24khz"]
+    assert build["args"][-2:] == ["--output", f"/cache/{digest}"]
+    assert [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v] == [
+        "orpheus-engine-cache", "models",
+    ]
+    assert "nvidia.com/gpu" not in build["resources"]["limits"]  # a torch engine is laid out, not compiled
+    trt = engine_job(Voice.from_body(VARIANTS["tensorrt-llm build on the GPU"]), digest)
+    assert trt["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
