@@ -31,6 +31,8 @@ def server_args(voice: Voice) -> list[str]:
         "scheduler.max_concurrent_sessions": voice.sessions_per_pod,
         "scheduler.max_batch_size": voice.max_batch_size,
         "scheduler.max_context_tokens": voice.context_tokens,
+        # The budget assumed this precision: never let the server pick another.
+        "model.quantization": "fp8" if voice.precision == "fp8" else "none",
         "profile": voice.profile,
         "default_voice": voice.default_voice,
     }
@@ -40,6 +42,7 @@ def server_args(voice: Voice) -> list[str]:
         "--snac", f"{ENGINE_MOUNT}/snac",
         "--device", "cuda",
         "--grpc-port", str(GRPC_PORT),
+        "--http-port", str(HTTP_PORT),
         "--metrics-port", str(METRICS_PORT),
         "--grace-s", str(drain_s),
     ]

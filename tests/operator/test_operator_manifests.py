@@ -100,6 +100,7 @@ def test_server_gets_the_session_budget_and_batch_size():
         "scheduler.max_concurrent_sessions=48",
         "scheduler.max_batch_size=32",
         "scheduler.max_context_tokens=2048",
+        "model.quantization=fp8",
         "profile=conversational",
         "default_voice=tara",
     ]
@@ -115,6 +116,7 @@ def test_server_accepts_the_settings_the_operator_passes():
     assert loaded.scheduler.max_concurrent_sessions == 48
     assert loaded.scheduler.max_context_tokens == 8192
     assert loaded.profile == "longform" and loaded.default_voice == "leo"
+    assert loaded.model.quantization == "none"  # bf16, as budgeted
 
 
 def test_hpa_scales_on_ttfb_p95_and_active_sessions_per_pod():
