@@ -95,6 +95,7 @@ def measure_weight_bytes(model) -> int:
     return total + head_rows * model.args.dim * model.output.weight.element_size()
 
 
+@torch.inference_mode()
 def step_sweep(model, label, batches, contexts, copy_bw, results, max_tokens):
     """Time graph replays of the decode step at every (batch, context)."""
     args = model.args

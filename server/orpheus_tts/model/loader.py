@@ -87,7 +87,7 @@ def load_model(path: str, device: torch.device, dtype: torch.dtype, max_position
                 if name.endswith("norm.weight"):
                     param.fill_(1.0)
         model.register_buffer("rope", rope_table(args, max_positions).to(device), persistent=False)
-        return model.eval()
+        return model.eval().requires_grad_(False)
 
     directory = Path(path)
     config_file = directory / "config.json"
@@ -111,7 +111,7 @@ def load_model(path: str, device: torch.device, dtype: torch.dtype, max_position
         raise CheckpointError(f"checkpoint lacks tensors for {missing[:5]}")
     # The RoPE table is not in checkpoints; compute it for real (it was built on `meta`).
     model.register_buffer("rope", rope_table(args, max_positions).to(device), persistent=False)
-    return model.eval()
+    return model.eval().requires_grad_(False)
 
 
 def compile_model(model: Transformer) -> Transformer:
