@@ -114,3 +114,55 @@ async def tts(grpc_server):
 
     async with grpc.aio.insecure_channel(grpc_server.address) as channel:
         yield tts_pb2_grpc.TextToSpeechStub(channel)
+
+
+# -- HTTP / WebSocket server fixtures (tests/test_http_*.py, test_websocket*.py, test_openai*.py) --
+
+class RunningHttpServer(RunningServer):
+    """A RunningServer that also serves HTTP and WebSocket on a loopback port."""
+
+    def __init__(self, config, load: bool = True, idle_timeout_s: float = 1.0):
+        import asyncio
+        import threading
+
+        from orpheus_tts.api.http import HttpSettings
+        from orpheus_tts.api.server import OrpheusServer
+
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="test-http-server", daemon=True)
+        self._thread.start()
+        self.server = OrpheusServer(config, host="127.0.0.1", grpc_port=0, metrics_port=0, http_port=0,
+                                    http_settings=HttpSettings(idle_timeout_s=idle_timeout_s))
+        self.run(self.server.start())
+        if load:
+            self.load()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.http_port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.server.http_port}/v1/audio/stream"
+
+
+@pytest.fixture(scope="session")
+def http_server():
+    """One warmed-up server (gRPC + HTTP) shared by the HTTP, WebSocket and OpenAI SDK tests."""
+    server = RunningHttpServer(grpc_server_config())
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def start_http_server():
+    """Start HTTP servers with their own configuration (`load=False`: ports bound, model not loaded)."""
+    started = []
+
+    def start(load: bool = True, **overrides) -> RunningHttpServer:
+        started.append(RunningHttpServer(grpc_server_config(**overrides), load=load))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.close()
