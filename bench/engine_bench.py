@@ -264,8 +264,27 @@ async def engine_load(results, levels, max_batch, quantization):
         "scheduler.max_context_tokens": 1024, "scheduler.max_pending_sessions": 4 * max_sessions,
         "model.quantization": quantization,
     })
+    from orpheus_tts.engine.observer import EngineObserver
+
+    class StepTimes(EngineObserver):
+        def __init__(self):
+            self.steps, self.snac_s = [], 0.0
+
+        def on_step(self, seconds, decode_batch, prefill_batch, stats):
+            self.steps.append((seconds, decode_batch, prefill_batch))
+
+    observer = StepTimes()
     t = time.time()
-    engine = Engine.from_config(config).start()
+    engine = Engine.from_config(config, observer=observer).start()
+    decode = engine.codec.decode
+
+    def timed_decode(frames):  # SNAC's share of each step (decode returns on the host: synchronous)
+        t0 = time.perf_counter()
+        out = decode(frames)
+        observer.snac_s += time.perf_counter() - t0
+        return out
+
+    engine.codec.decode = timed_decode
     await asyncio.to_thread(engine.warm_up)
     results["engine_start_s"] = time.time() - t
     results["gpu_memory_allocated_gb"] = torch.cuda.memory_allocated() / 1e9
@@ -292,18 +311,24 @@ async def engine_load(results, levels, max_batch, quantization):
 
     rows = []
     for n in levels:
+        observer.steps, observer.snac_s = [], 0.0
         t = time.monotonic()
         streams = await asyncio.gather(*(one(i * 1.0 / max(n, 1)) for i in range(n)))
         wall = time.monotonic() - t
+        steps = np.array(observer.steps) if observer.steps else np.zeros((1, 3))
         ttfb = np.array([s["ttfb_ms"] for s in streams if s["ttfb_ms"] is not None])
         row = dict(concurrency=n, ttfb_p50_ms=float(np.percentile(ttfb, 50)), ttfb_p95_ms=float(np.percentile(ttfb, 95)),
                    ttfb_p99_ms=float(np.percentile(ttfb, 99)), realtime_share=float(np.mean([s["realtime"] for s in streams])),
                    tokens_per_s=sum(s["tokens"] for s in streams) / wall,
                    mean_frames=float(np.mean([s["frames"] for s in streams])),
-                   success_rate=float(np.mean([s["outcome"] == "ok" for s in streams])))
+                   success_rate=float(np.mean([s["outcome"] == "ok" for s in streams])),
+                   steps=len(observer.steps), step_ms_mean=float(steps[:, 0].mean() * 1e3),
+                   decode_batch_mean=float(steps[:, 1].mean()), engine_busy_share=float(steps[:, 0].sum() / wall),
+                   snac_share_of_step_time=float(observer.snac_s / max(steps[:, 0].sum(), 1e-9)))
         rows.append(row)
         log(f"engine concurrency {n}: TTFB p50 {row['ttfb_p50_ms']:.0f} p95 {row['ttfb_p95_ms']:.0f} ms, "
-            f"real-time {row['realtime_share']:.2f}, {row['tokens_per_s']:.0f} tok/s, frames {row['mean_frames']:.0f}")
+            f"real-time {row['realtime_share']:.2f}, {row['tokens_per_s']:.0f} tok/s, frames {row['mean_frames']:.0f}, "
+            f"step {row['step_ms_mean']:.1f} ms (batch {row['decode_batch_mean']:.0f}, SNAC {row['snac_share_of_step_time']:.0%})")
     results["engine_load"] = rows
     engine.stop()
 
@@ -314,6 +339,12 @@ def plots(results, out: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if results["step_sweep"]:
+        step_plot(results, out, plt)
+    load_plot(results, out, plt)
+
+
+def step_plot(results, out, plt):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for label in ("bf16", "fp8"):
         rows = [r for r in results["step_sweep"] if r["precision"] == label]
@@ -332,6 +363,9 @@ def plots(results, out: Path):
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "decode_step.png", dpi=120)
+
+
+def load_plot(results, out, plt):
     if results.get("engine_load"):
         rows = results["engine_load"]
         fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -356,7 +390,7 @@ def main():
     parser.add_argument("--contexts", default="128,512,1024")
     parser.add_argument("--levels", default="1,16,64,128,200,256")
     parser.add_argument("--max-batch", type=int, default=256)
-    parser.add_argument("--skip", default="", help="comma list of: baseline,snac,load")
+    parser.add_argument("--skip", default="", help="comma list of: sweep,snac,baseline,load")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument("--load-quantization", default="auto")
     opts = parser.parse_args()
@@ -378,6 +412,24 @@ def main():
     log(f"copy bandwidth {bw / 1e12:.2f} TB/s")
     check_attention(results)
     log("checks", results["checks"])
+    if "sweep" not in skip:
+        sweeps(opts, results, batches, contexts, bw, save)
+    if "snac" not in skip:
+        snac_bench(results)
+        save()
+    if "baseline" not in skip:
+        transformers_baseline(results, [1, 16, 64])
+        save()
+    if "load" not in skip:
+        asyncio.run(engine_load(results, [int(x) for x in opts.levels.split(",")], opts.max_batch,
+                                opts.load_quantization))
+        save()
+    plots(results, out)
+    save()
+    log(json.dumps(results["checks"], indent=1))
+
+
+def sweeps(opts, results, batches, contexts, bw, save):
     model = load_model(opts.model, torch.device("cuda"), torch.bfloat16, max_positions=max(contexts) + 8)
     results["parameters"] = sum(p.numel() for p in model.parameters())
     tokens = torch.randint(0, orpheus.VOCAB_SIZE, (4, 64), device="cuda")
@@ -396,19 +448,6 @@ def main():
     del model
     gc.collect()
     torch.cuda.empty_cache()
-    if "snac" not in skip:
-        snac_bench(results)
-        save()
-    if "baseline" not in skip:
-        transformers_baseline(results, [1, 16, 64])
-        save()
-    if "load" not in skip:
-        asyncio.run(engine_load(results, [int(x) for x in opts.levels.split(",")], opts.max_batch,
-                                opts.load_quantization))
-        save()
-    plots(results, out)
-    save()
-    log(json.dumps(results["checks"], indent=1))
 
 
 if __name__ == "__main__":
