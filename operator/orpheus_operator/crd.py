@@ -239,7 +239,12 @@ def status_schema() -> dict:
             "observedGeneration": {"type": "integer"},
             "engineHash": {"type": "string", "description": "Hash of what determines the engine build."},
             "engineJob": {"type": "string"},
-            "engineBuildFailures": {"type": "integer", "description": "Failed builds retried so far."},
+            "engineBuildFailures": {"type": "integer", "description": "Failed builds of the current engine so far."},
+            "engineBuildRetryAt": {
+                "type": "string",
+                "format": "date-time",
+                "description": "After a failed build: when the next build Job starts.",
+            },
             "maxSessionsPerPod": {"type": "integer", "description": "Sessions that fit one GPU (the slot budget)."},
             "replicas": {"type": "integer", "description": "Pods of the Deployment (the scale subresource reads it)."},
             "readyReplicas": {"type": "integer"},

@@ -46,4 +46,4 @@ def rollout(body: kopf.Body, status: kopf.Status, memo: kopf.Memo, patch: kopf.P
 
 @kopf.timer(*RESOURCE, interval=SETTINGS.status_interval_s)
 def refresh_status(body: kopf.Body, status: kopf.Status, memo: kopf.Memo, patch: kopf.Patch, **_: Any) -> None:
-    patch.status.update(reconcile.changed_fields(status, reconcile.observe(body, memo.cluster, status)))
+    patch.status.update(reconcile.changed_fields(status, reconcile.observe(body, memo.cluster, status, SETTINGS)))

@@ -11,6 +11,7 @@ FIELD_MANAGER = "orpheus-operator"
 VOICE_LABEL = f"{GROUP}/voice"
 ENGINE_HASH_LABEL = f"{GROUP}/engine-hash"
 ENGINE_IDENTITY_ANNOTATION = f"{GROUP}/engine-identity"
+BUILD_ATTEMPT_ANNOTATION = f"{GROUP}/build-attempt"
 
 # The server's ports; the Service exposes the same names.
 GRPC_PORT = 50051

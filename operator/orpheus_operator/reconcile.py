@@ -8,6 +8,8 @@ the handlers hand them to kopf.
 
 from __future__ import annotations
 
+import copy
+import datetime
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -16,8 +18,10 @@ import kopf
 
 from . import status as st
 from .kube import Cluster, Conflict
+from .labels import BUILD_ATTEMPT_ANNOTATION
 from .plan import Plan, plan
-from .serving import horizontal_pod_autoscaler, initial_replicas, managed_replicas
+from . import serving
+from .serving import initial_replicas, managed_replicas
 from .settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -44,33 +48,37 @@ def rollout(body: Mapping[str, Any], cluster: Cluster, status: Mapping[str, Any]
         conditions = [engine, st.available_condition(deployment, engine), ready]
         return Outcome(status=_status(p, current, conditions, deployment, generation))
 
-    job = _ensure_job(p, body, cluster)
-    engine = st.engine_condition(job, p.job_name)
-    failures = int(current.get("engineBuildFailures") or 0)
-
+    job = _ensure_job(p, body, cluster, attempt=1)
     if st.job_failed(job):
-        failures += 1
-        delay = settings.build_retry_delay_s(failures)
-        cluster.delete("batch/v1", "Job", p.voice.namespace, p.job_name)  # the next attempt recreates it
-        engine = st.Condition(engine.type, "False", engine.reason, f"{engine.message}; build attempt {failures + 1} in {delay:.0f}s")
-        conditions = _conditions(p, engine, deployment)
-        out = _status(p, current, conditions, deployment, generation, engineBuildFailures=failures)
-        return Outcome(status=out, retry_in_s=delay, waiting_for=engine.message)
+        # The failed Job stays until its backoff is over: the wait lives in the cluster, so early
+        # calls (other events, a restart, another voice sharing the build) cannot cut it short.
+        engine, retry_at = _failed_build(p, job, settings)
+        wait_s = (retry_at - _now()).total_seconds()
+        if wait_s > 0:
+            out = _status(p, current, _conditions(p, engine, deployment), deployment, generation,
+                          engineBuildFailures=build_attempt(job), engineBuildRetryAt=st.rfc3339(retry_at))
+            return Outcome(status=out, retry_in_s=wait_s, waiting_for=engine.message)
+        cluster.delete("batch/v1", "Job", p.voice.namespace, p.job_name)
+        job = _ensure_job(p, body, cluster, attempt=build_attempt(job) + 1)
+
+    failures = build_attempt(job) - 1 if job else 0
+    engine = st.engine_condition(job, p.job_name)
 
     if not engine.is_true:
         # Old pods (if any) keep serving the old engine until the new one is built.
         if failures:
             engine = st.Condition(engine.type, engine.status, engine.reason, f"{engine.message}; attempt {failures + 1}, the last one failed")
         conditions = _conditions(p, engine, deployment)
-        out = _status(p, current, conditions, deployment, generation, engineBuildFailures=failures)
+        out = _status(p, current, conditions, deployment, generation, engineBuildFailures=failures, engineBuildRetryAt=None)
         return Outcome(status=out, retry_in_s=settings.engine_poll_s, waiting_for=engine.message)
 
     deployment = _apply_serving(p, body, cluster) or deployment
     conditions = _conditions(p, engine, deployment)
-    return Outcome(status=_status(p, current, conditions, deployment, generation, engineBuildFailures=0))
+    out = _status(p, current, conditions, deployment, generation, engineBuildFailures=failures, engineBuildRetryAt=None)
+    return Outcome(status=out)
 
 
-def observe(body: Mapping[str, Any], cluster: Cluster, status: Mapping[str, Any]) -> dict[str, Any]:
+def observe(body: Mapping[str, Any], cluster: Cluster, status: Mapping[str, Any], settings: OperatorSettings) -> dict[str, Any]:
     """Status refreshed from the live Job and Deployment; creates and changes nothing."""
     p = plan(body)
     current = dict(status or {})
@@ -83,11 +91,7 @@ def observe(body: Mapping[str, Any], cluster: Cluster, status: Mapping[str, Any]
         conditions = [engine, st.available_condition(deployment, engine), ready]
     else:
         job = cluster.get("batch/v1", "Job", p.voice.namespace, p.job_name)
-        engine = st.engine_condition(job, p.job_name)
-        previous = _condition(current, st.ENGINE_READY)
-        if job is None and previous and previous.get("reason") == "EngineBuildFailed":
-            # The failed Job was deleted and waits out its backoff: keep saying why.
-            engine = st.Condition(st.ENGINE_READY, "False", previous["reason"], previous.get("message", ""))
+        engine = _failed_build(p, job, settings)[0] if st.job_failed(job) else st.engine_condition(job, p.job_name)
         conditions = _conditions(p, engine, deployment)
     return _status(p, current, conditions, deployment, generation)
 
@@ -97,8 +101,23 @@ def changed_fields(current: Mapping[str, Any], desired: Mapping[str, Any]) -> di
     return {k: v for k, v in desired.items() if current.get(k) != v}
 
 
-def _condition(status: Mapping[str, Any], type_: str) -> dict | None:
-    return next((c for c in status.get("conditions") or [] if c.get("type") == type_), None)
+def build_attempt(job: Mapping[str, Any]) -> int:
+    """Which build of this engine the Job is: 1, or more after failures (an annotation on the Job)."""
+    return int(job.get("metadata", {}).get("annotations", {}).get(BUILD_ATTEMPT_ANNOTATION, 1))
+
+
+def _failed_build(p: Plan, job: Mapping[str, Any], settings: OperatorSettings) -> tuple[st.Condition, datetime.datetime]:
+    """EngineReady for a failed Job, and when the next attempt starts (backoff from its failure)."""
+    attempt = build_attempt(job)
+    delay = datetime.timedelta(seconds=settings.build_retry_delay_s(attempt))
+    retry_at = (st.job_failed_at(dict(job)) or _now()) + delay
+    failed = st.engine_condition(dict(job), p.job_name)
+    message = f"{failed.message}; build attempt {attempt + 1} at {st.rfc3339(retry_at)}"
+    return st.Condition(failed.type, "False", failed.reason, message), retry_at
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
 
 
 def _conditions(p: Plan, engine: st.Condition, deployment: dict | None) -> list[st.Condition]:
@@ -123,7 +142,7 @@ def _status(p: Plan, current: dict, conditions: list[st.Condition], deployment: 
     return out
 
 
-def _ensure_job(p: Plan, owner: Mapping[str, Any], cluster: Cluster) -> dict | None:
+def _ensure_job(p: Plan, owner: Mapping[str, Any], cluster: Cluster, attempt: int) -> dict | None:
     """The build Job for this engine hash, created if missing, with this voice among its owners.
 
     Jobs are shared by every voice with the same engine hash, so each voice is a non-controller
@@ -132,7 +151,8 @@ def _ensure_job(p: Plan, owner: Mapping[str, Any], cluster: Cluster) -> dict | N
     ns = p.voice.namespace
     live = cluster.get("batch/v1", "Job", ns, p.job_name)
     if live is None:
-        job = dict(p.job)
+        job = copy.deepcopy(p.job)
+        job["metadata"]["annotations"][BUILD_ATTEMPT_ANNOTATION] = str(attempt)
         kopf.append_owner_reference(job, owner=dict(owner), controller=False)
         try:
             return cluster.create(job)
@@ -161,14 +181,14 @@ def _apply_serving(p: Plan, owner: Mapping[str, Any], cluster: Cluster) -> dict 
     for obj in p.serving(managed_replicas(voice)):
         kopf.adopt(obj, owner=dict(owner), strict=True)
         if obj["kind"] == "Deployment":
-            first = p.serving(initial_replicas(voice))[0]
+            # Created with a replica count; updated without one when the HPA owns it.
+            first = serving.deployment(voice, p.engine_hash, initial_replicas(voice))
             kopf.adopt(first, owner=dict(owner), strict=True)
-            live = _create_or_apply(cluster, obj, create_as=first)
-            deployment = live
+            deployment = _create_or_apply(cluster, obj, create_as=first)
         else:
             _create_or_apply(cluster, obj)
     if not voice.autoscaling.enabled:
-        hpa = horizontal_pod_autoscaler(voice, p.engine_hash)
+        hpa = serving.horizontal_pod_autoscaler(voice, p.engine_hash)
         if cluster.delete(hpa["apiVersion"], hpa["kind"], voice.namespace, voice.name):
             log.info("autoscaling disabled for %s/%s: HPA removed", voice.namespace, voice.name)
     return deployment

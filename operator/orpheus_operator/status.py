@@ -34,8 +34,12 @@ class Condition:
         return self.status == "True"
 
 
+def rfc3339(when: datetime.datetime) -> str:
+    return when.astimezone(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
 def now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return rfc3339(datetime.datetime.now(datetime.timezone.utc))
 
 
 def _job_condition(job: dict, kind: str) -> dict | None:
@@ -47,6 +51,13 @@ def _job_condition(job: dict, kind: str) -> dict | None:
 
 def job_failed(job: dict | None) -> bool:
     return job is not None and _job_condition(job, "Failed") is not None
+
+
+def job_failed_at(job: dict) -> datetime.datetime | None:
+    """When the Job's Failed condition turned True (None if it does not say)."""
+    cond = _job_condition(job, "Failed")
+    stamp = (cond or {}).get("lastTransitionTime")
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else None
 
 
 def engine_condition(job: dict | None, job_name: str) -> Condition:

@@ -16,6 +16,7 @@ failed test with 500, not 422), so the tests live with the repeats.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
 import signal
 import subprocess
@@ -105,7 +106,9 @@ class MockCluster:
         await self.request("PATCH", f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{name}/status", {"status": status})
 
     async def fail_job(self, name: str) -> None:
-        cond = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+        cond = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                "message": "Job has reached the specified backoff limit", "lastTransitionTime": now}
         await self.request("PATCH", f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{name}/status", {"status": {"failed": 3, "conditions": [cond]}})
 
     async def make_pods_available(self, deployment: str, count: int = 1) -> None:
