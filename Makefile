@@ -10,11 +10,12 @@ ARGS ?=
 install: $(STAMP)
 
 # torch is installed on its own first so the CPU build is taken, never a newer CUDA one.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml operator/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e 'operator/[test]'
 	touch $(STAMP)
 
 # The gRPC server on :50051 (health, reflection) and Prometheus /metrics on :9090.

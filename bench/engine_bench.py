@@ -217,6 +217,15 @@ def snac_bench(results):
         ms16 = cuda_time_ms(lambda: codec16.decode(frames), iters=10, warmup=2)
         rows.append(dict(batch=b, window_frames=4, ms=ms16, dtype="float16"))
         log(f"SNAC fp16 batch {b} window 4: {ms16:.2f} ms")
+    codec16.enable_graphs(4, 256)
+    graphed = codec16.decode(torch.randint(0, 4096, (16, 4, 7)))
+    eager = codec16._decode_codes(codec16._graph_inputs[:16].clone())  # noqa: SLF001 (same codes, eager)
+    results["checks"]["snac_graph_vs_eager_max_abs_diff"] = float((graphed - eager).abs().max())
+    for b in (1, 16, 64, 256):
+        frames = torch.randint(0, 4096, (b, 4, 7))
+        ms = cuda_time_ms(lambda: codec16.decode(frames), iters=10, warmup=2)
+        rows.append(dict(batch=b, window_frames=4, ms=ms, dtype="float16", cuda_graph=True))
+        log(f"SNAC fp16 graph batch {b} window 4: {ms:.2f} ms")
     results["snac"] = rows
     del codec32, codec16
     torch.cuda.empty_cache()

@@ -12,7 +12,7 @@ from orpheus_tts.engine.scheduler import QueueFullError
 from orpheus_tts.engine.session import AudioChunk, Outcome, SessionEnd
 from orpheus_tts.requests import RequestError
 
-from conftest import small_config
+from server_testkit import small_config
 
 
 def make_engine(**overrides) -> Engine:

@@ -18,6 +18,7 @@ import torch
 from orpheus_tts import orpheus
 from orpheus_tts.api.gen import tts_pb2, tts_pb2_grpc
 from orpheus_tts.codec.joins import join_steps, typical_step
+from server_testkit import RunningHttpServer, grpc_server_config
 
 WORDS = "The quick brown fox jumps over the lazy dog near the river bank today."
 TEXT = " ".join(f"Sentence number {i} says: {WORDS}" for i in range(100))[:5000]
@@ -37,8 +38,6 @@ def teach_to_stop(model, strength: float = 0.7) -> None:
 
 @pytest.fixture(scope="module")
 def long_text_server():
-    from conftest import RunningHttpServer, grpc_server_config
-
     server = RunningHttpServer(grpc_server_config(**{"scheduler.max_context_tokens": 1024,
                                                      "tuning.longform.max_text_chars": 5000}))
     teach_to_stop(server.server.engine.runner.model)

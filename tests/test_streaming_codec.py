@@ -8,7 +8,7 @@ from orpheus_tts import orpheus
 from orpheus_tts.codec.snac_codec import SnacCodec
 from orpheus_tts.codec.streaming import FrameAccumulator, decode_windows
 
-# Measured with the demo codec, noise off, defaults (2 context frames, 1 lookahead frame),
+# Measured with the demo codec, noise off, defaults (1 context frame, 1 lookahead, 4-frame windows),
 # chunks after 1 frame then every 2: see test_streamed_audio_matches_whole_decode_within_boundary.
 MIN_STREAM_SNR_DB = 30.0  # measured 39.3 dB
 
@@ -24,9 +24,9 @@ def _tokens(n_frames, seed=0):
     return codes, [orpheus.audio_token_id(int(c), p) for frame in codes for p, c in enumerate(frame)]
 
 
-def _stream(codec, tokens, context=2, lookahead=1, first=7, every=14):
-    """Feed tokens like the engine does; returns the chunks' samples."""
-    acc = FrameAccumulator(context, lookahead)
+def _stream(codec, tokens, context=1, lookahead=1, first=7, every=14, window=4, lengths=None):
+    """Feed tokens like the engine does; returns the chunks' samples (and window lengths in `lengths`)."""
+    acc = FrameAccumulator(context, lookahead, window)
     chunks, since = [], 0
     for i, tok in enumerate(tokens):
         assert acc.push(tok)
@@ -35,6 +35,8 @@ def _stream(codec, tokens, context=2, lookahead=1, first=7, every=14):
         if final or since >= (first if not chunks else every):
             window = acc.next_window(final)
             if window is not None:
+                if lengths is not None:
+                    lengths.append(window.end - window.start)
                 chunks += decode_windows(codec, [(acc, window)])
                 since = 0
     return chunks, acc
@@ -55,7 +57,7 @@ def test_every_frame_is_emitted_once_with_2048_samples_each(codec, n_frames):
 
 def test_first_chunk_comes_after_the_first_frame(codec):
     _, tokens = _tokens(6)
-    acc = FrameAccumulator(2, 1)
+    acc = FrameAccumulator(1, 1, 4)
     for tok in tokens[:7]:
         acc.push(tok)
     window = acc.next_window(final=False)
@@ -77,10 +79,19 @@ def test_streamed_audio_matches_whole_decode_within_boundary(codec):
     assert np.median(error) < 0.05 * np.abs(whole).max()
 
 
+def test_steady_state_windows_share_one_length_so_sessions_batch_together(codec):
+    _, tokens = _tokens(30)
+    lengths = []
+    chunks, _ = _stream(codec, tokens, lengths=lengths)
+    assert lengths[0] == 1  # the first chunk: one frame, no waiting for context
+    assert set(lengths[2:-1]) == {4}
+    assert sum(len(c) for c in chunks) == 30 * orpheus.SAMPLES_PER_FRAME
+
+
 def test_more_context_brings_the_stream_closer_to_the_whole_decode(codec):
     codes, tokens = _tokens(24, seed=4)
     whole = codec.decode(torch.tensor(codes[None])).numpy()[0]
-    bare = snr_db(whole, np.concatenate(_stream(codec, tokens, context=0, lookahead=0)[0]))
+    bare = snr_db(whole, np.concatenate(_stream(codec, tokens, context=0, lookahead=0, window=0)[0]))
     default = snr_db(whole, np.concatenate(_stream(codec, tokens)[0]))
     assert default > bare
 
@@ -89,7 +100,7 @@ def test_windows_of_many_sessions_decode_in_one_batch_like_alone(codec):
     accs, expected = [], []
     for seed in range(5):
         codes, tokens = _tokens(6, seed)
-        acc = FrameAccumulator(2, 1)
+        acc = FrameAccumulator(1, 1, 4)
         for tok in tokens:
             acc.push(tok)
         accs.append(acc)
@@ -100,7 +111,7 @@ def test_windows_of_many_sessions_decode_in_one_batch_like_alone(codec):
 
 
 def test_invalid_token_for_its_position_is_skipped_and_counted():
-    acc = FrameAccumulator(2, 1)
+    acc = FrameAccumulator(1, 1, 4)
     assert not acc.push(orpheus.audio_token_id(5, 1))  # position 0 expected
     assert acc.push(orpheus.audio_token_id(5, 0))
     assert acc.invalid_tokens == 1 and acc.frame_position == 1

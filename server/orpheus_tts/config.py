@@ -56,6 +56,9 @@ class CodecConfig:
     context_frames: int = 1
     # Frames held back (except at the end of a stream) so the emitted ones have right context.
     lookahead_frames: int = 1
+    # Widen the left context until a window has this many frames (when the stream has them), so
+    # windows of all sessions share one shape and decode in one call. 0 turns widening off.
+    window_frames: int = 4
 
 
 @dataclass
@@ -128,8 +131,8 @@ class ServerConfig:
         for name in ("flush_first_n_tokens", "flush_every_n_tokens"):
             if getattr(s, name) % 7:
                 raise ConfigError(f"scheduler.{name} must be a multiple of 7 (one audio frame), got {getattr(s, name)}")
-        if self.codec.context_frames < 0 or self.codec.lookahead_frames < 0:
-            raise ConfigError("codec.context_frames and codec.lookahead_frames must be >= 0")
+        if min(self.codec.context_frames, self.codec.lookahead_frames, self.codec.window_frames) < 0:
+            raise ConfigError("codec.context_frames, lookahead_frames and window_frames must be >= 0")
         if self.model.quantization not in ("auto", "fp8", "none"):
             raise ConfigError(f"model.quantization must be auto, fp8 or none, got {self.model.quantization!r}")
         if self.profile not in self.tuning:

@@ -58,6 +58,9 @@ class SnacCodec:
         self._seed = seed
         self._calls = 0
         self._frame_to_flat = torch.tensor(_FRAME_TO_FLAT, device=device)
+        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._graph_outputs: dict[int, Tensor] = {}
+        self._graph_frames = 0
 
     @classmethod
     def load(cls, path: str, device: torch.device, noise: bool = True, seed: int = 0,
@@ -85,10 +88,49 @@ class SnacCodec:
         flat[:, :, self._frame_to_flat] = frames
         return [flat[:, :, 0:1].reshape(b, n), flat[:, :, 1:3].reshape(b, 2 * n), flat[:, :, 3:7].reshape(b, 4 * n)]
 
+    def _decode_codes(self, frames: Tensor) -> Tensor:
+        latent = self.model.quantizer.from_codes(self.frames_to_codes(frames))
+        return self.model.decoder(latent.to(self.dtype))[:, 0, :].float()
+
+    def enable_graphs(self, window_frames: int, max_batch: int) -> None:
+        """Capture the decode of `window_frames`-frame windows as CUDA graphs, one per batch bucket.
+
+        SNAC's decoder is ~100 small kernels: at the batch sizes of one engine step, launching
+        them costs more than running them. Windows of other lengths (stream starts and ends)
+        run eagerly. The noise blocks draw from the graph-safe CUDA generator.
+        """
+        if self.device.type != "cuda" or window_frames <= 0:
+            return
+        from orpheus_tts.engine.cuda_graphs import batch_buckets
+
+        self._graph_frames = window_frames
+        self._graph_inputs = torch.zeros(max_batch, window_frames, orpheus.TOKENS_PER_FRAME,
+                                         dtype=torch.int64, device=self.device)
+        with torch.inference_mode():
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for n in batch_buckets(max_batch):
+                    self._decode_codes(self._graph_inputs[:n])
+            torch.cuda.current_stream().wait_stream(stream)
+            pool = None
+            for n in sorted(batch_buckets(max_batch), reverse=True):
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self._graph_outputs[n] = self._decode_codes(self._graph_inputs[:n])
+                pool = graph.pool()
+                self._graphs[n] = graph
+
     @torch.inference_mode()
     def decode(self, frames: Tensor) -> Tensor:
         """[B, n, 7] codes -> [B, n * 2048] float32 samples."""
-        codes = self.frames_to_codes(frames.to(self.device))
+        b, n, _ = frames.shape
+        if self._graphs and n == self._graph_frames and b <= self._graph_inputs.shape[0]:
+            bucket = next(size for size in sorted(self._graphs) if size >= b)
+            self._graph_inputs[:b].copy_(frames, non_blocking=True)
+            self._graph_inputs[b:bucket].zero_()
+            self._graphs[bucket].replay()
+            return self._graph_outputs[bucket][:b]
         # The decoder's noise draws from the global generator: a private, counted seed keeps
         # decodes reproducible for a given sequence of calls and leaves everyone else's RNG alone.
         rng = torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []) \
@@ -97,6 +139,4 @@ class SnacCodec:
             if self.noise:
                 torch.manual_seed(self._seed + self._calls)
             self._calls += 1
-            latent = self.model.quantizer.from_codes(codes)
-            audio = self.model.decoder(latent.to(self.dtype))
-        return audio[:, 0, :].float()
+            return self._decode_codes(frames.to(self.device))

@@ -1,8 +1,11 @@
 """Streaming: turn one stream of audio tokens into audio chunks, every frame exactly once.
 
-Each chunk decodes a window of frames: up to `context_frames` already-emitted frames on the
+Each chunk decodes a window of frames: at least `context_frames` already-emitted frames on the
 left (decoded again, not emitted again) so the join is smooth, the new frames, and
 `lookahead_frames` not-yet-emitted frames on the right so the last emitted frame has context.
+Where the stream has the frames, the left context is widened until the window is
+`window_frames` long: then nearly every window of every session has the same length and they
+all decode in one batched call (a few extra frames of context cost less than another call).
 The first chunk skips the lookahead (time to first audio matters more there) and the last one
 emits everything, the tail included. Windows of equal length from many sessions are decoded in
 one batched SNAC call (`decode_windows`).
@@ -33,9 +36,10 @@ class Window:
 class FrameAccumulator:
     """Collects one stream's audio tokens into SNAC frames and plans what to decode next."""
 
-    def __init__(self, context_frames: int, lookahead_frames: int):
+    def __init__(self, context_frames: int, lookahead_frames: int, window_frames: int = 0):
         self.context_frames = context_frames
         self.lookahead_frames = lookahead_frames
+        self.window_frames = window_frames
         self.frames: list[list[int]] = []
         self._partial: list[int] = []
         self.audio_tokens = 0  # valid audio tokens accepted
@@ -69,8 +73,8 @@ class FrameAccumulator:
             emit_to = n - self.lookahead_frames
         if emit_to <= self.emitted_frames:
             return None
-        start = max(0, self.emitted_frames - self.context_frames)
         end = min(n, emit_to + self.lookahead_frames)
+        start = max(0, min(self.emitted_frames - self.context_frames, end - self.window_frames))
         return Window(start, end, self.emitted_frames, emit_to)
 
     def window_codes(self, window: Window) -> list[list[int]]:

@@ -53,7 +53,7 @@ class DecodeGraphs:
     def _step(self, n: int) -> Tensor:
         f = lambda name: self._field(name, n)  # noqa: E731
         batch = self.model.make_decode_batch(f("slots"), f("positions"))
-        hidden = self.model(f("tokens")[:, None], batch, self.kv_cache)[:, 0]
+        hidden = self.model.decode_forward(f("tokens")[:, None], batch, self.kv_cache)[:, 0]
         sampling = SamplingBatch(
             slots=f("slots"), temperature=f("temperature"), top_p=f("top_p"),
             repetition_penalty=f("repetition_penalty"), seed=f("seed"), counter=f("counter"),

@@ -88,6 +88,8 @@ class Engine:
                                 sched.max_context_tokens, args.head_dim, cache_dtype, model.output.weight.device)
         self.sampler = Sampler(model, sched.max_concurrent_sessions + 1, constrained=config.sampling.constrained)
         self.runner = ModelRunner(model, self.kv_cache, self.sampler, sched.max_batch_size, config.model.cuda_graphs)
+        if config.model.cuda_graphs:
+            codec.enable_graphs(config.codec.window_frames, sched.max_concurrent_sessions)
         self.scheduler = Scheduler(sched, self.kv_cache.allocator)
         self._wake = threading.Condition()
         self._stop = False
@@ -321,7 +323,8 @@ class Engine:
         for session in list(self.scheduler.active):
             if session.state is SessionState.WAITING_TEXT:
                 closed = session.take_incoming()
-                if not session.start_next_piece(codec.context_frames, codec.lookahead_frames) and closed:
+                started = session.start_next_piece(codec.context_frames, codec.lookahead_frames, codec.window_frames)
+                if not started and closed:
                     self._finish(session, Outcome.OK)
 
     def _end_cancelled_and_expired(self) -> None:

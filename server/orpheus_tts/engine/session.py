@@ -132,13 +132,13 @@ class Session:
             self._incoming.clear()
             return self._text_closed
 
-    def start_next_piece(self, context_frames: int, lookahead_frames: int) -> bool:
+    def start_next_piece(self, context_frames: int, lookahead_frames: int, window_frames: int = 0) -> bool:
         """Begin the next queued piece (fresh prompt in the same slot); False if none is queued."""
         if not self.pieces:
             return False
         self.piece = self.pieces.popleft()
         self.piece_index += 1
-        self.accumulator = FrameAccumulator(context_frames, lookahead_frames)
+        self.accumulator = FrameAccumulator(context_frames, lookahead_frames, window_frames)
         self.context_len = 0
         self.piece_tokens = 0
         self.tokens_since_flush = 0

@@ -216,6 +216,7 @@ class Transformer(nn.Module):
         if args.tie_word_embeddings:
             self.output.weight = self.tok_embeddings.weight
         self.register_buffer("rope", rope_table(args, max_positions), persistent=False)
+        self.decode_forward = self.forward  # replaced by a compiled version on GPU (loader.compile_model)
 
     def make_batch(self, slots: Tensor, starts: Tensor, lengths: Tensor, seqlen: int) -> AttentionBatch:
         """Describe a batch of rows (see AttentionBatch); positions past a row's length are padding."""

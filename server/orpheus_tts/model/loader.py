@@ -115,8 +115,9 @@ def load_model(path: str, device: torch.device, dtype: torch.dtype, max_position
 
 
 def compile_model(model: Transformer) -> Transformer:
-    """Compile the forward pass once for any batch size and length (`dynamic=True`): each
-    layer's norms, RoPE, residual adds and FP8 casts fuse into a few kernels instead of dozens.
-    CUDA graphs are captured around the compiled forward by the runner."""
-    model.forward = torch.compile(model.forward, dynamic=True)
+    """Compile the decode forward once for any batch size (`dynamic=True`): each layer's norms,
+    RoPE, residual adds and FP8 casts fuse into a few kernels instead of dozens. Only the
+    decode graphs use it (`model.decode_forward`), and they compile at start-up; prefill stays
+    eager, so no prompt shape can trigger a compilation while serving."""
+    model.decode_forward = torch.compile(model.forward, dynamic=True)
     return model
