@@ -1,0 +1,203 @@
+"""The chart lints strictly, renders valid objects with the defaults and with every flag on, and
+its values schema turns typos into install errors. Helm here is Helm's Go SDK (helm-python-sdk)."""
+
+from __future__ import annotations
+
+import json
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from chart_testkit import (ALL_ON, CHART, CRDS, KUBERNETES_VERSION, NAMESPACE, REPO_ROOT, by_kind, closed, crd_schema,
+                           render, render_objects, with_values)
+
+from orpheus_operator.crd import voice_schema
+from orpheus_operator.labels import METRICS_PORT, selector_labels
+from orpheus_operator.metrics import PROMETHEUS_ADAPTER_RULES
+from orpheus_operator.settings import ENV_PREFIX, OperatorSettings
+
+POD_MONITOR = with_values(ALL_ON, **{"metrics.monitor.kind": "PodMonitor"})
+VARIANTS = {"defaults": None, "all-on": ALL_ON, "all-on-podmonitor": POD_MONITOR}
+CUSTOM_CRDS = {
+    "ServiceMonitor": CRDS / "monitoring.coreos.com_servicemonitors.yaml",
+    "PodMonitor": CRDS / "monitoring.coreos.com_podmonitors.yaml",
+    "PrometheusRule": CRDS / "monitoring.coreos.com_prometheusrules.yaml",
+    "ScaledObject": CRDS / "keda.sh_scaledobjects.yaml",
+}
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def rendered(request) -> list[dict]:
+    return render_objects(VARIANTS[request.param])
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_chart_lints_strictly_for_kubernetes_1_31(variant):
+    report = helm.lint(CHART, VARIANTS[variant], strict=True, namespace=NAMESPACE, kube_version=f"v{KUBERNETES_VERSION}.0")
+    problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+    assert report["total_charts_linted"] == 1 and not problems, problems
+
+
+def test_every_built_in_object_passes_strict_kubernetes_validation(rendered):
+    built_in = [o for o in rendered if o["kind"] not in (*CUSTOM_CRDS, "OrpheusVoice")]
+    assert built_in
+    for obj in built_in:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+def test_custom_objects_match_their_published_crd_schemas(rendered):
+    for kind, crd_file in CUSTOM_CRDS.items():
+        validator = jsonschema.Draft7Validator(closed(crd_schema(crd_file)))
+        for obj in by_kind(rendered, kind):
+            errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(obj)]
+            assert not errors, f"{kind} {obj['metadata']['name']}: {errors}"
+
+
+def test_all_on_renders_every_kind_of_object():
+    kinds = {o["kind"] for o in render_objects(ALL_ON)}
+    assert {"ServiceMonitor", "PrometheusRule", "ScaledObject", "OrpheusVoice", "PersistentVolumeClaim", "ConfigMap",
+            "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding", "ServiceAccount", "Deployment"} <= kinds
+    assert {"PodMonitor"} <= {o["kind"] for o in render_objects(POD_MONITOR)}
+
+
+def test_defaults_render_only_the_operator():
+    kinds = sorted(o["kind"] for o in render_objects())
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
+
+
+def test_chart_crd_is_the_operators_crd():
+    chart_copy = (CHART / "crds" / "orpheusvoices.yaml").read_text()
+    assert chart_copy == (REPO_ROOT / "operator" / "crds" / "orpheusvoices.yaml").read_text(), (
+        "charts/orpheus-tts/crds/orpheusvoices.yaml differs from operator/crds/orpheusvoices.yaml: "
+        "cp operator/crds/orpheusvoices.yaml charts/orpheus-tts/crds/")
+    kubernetes_validate.validate(yaml.safe_load(chart_copy), KUBERNETES_VERSION, strict=True)
+
+
+def test_voices_from_values_pass_the_voice_schema():
+    voices = by_kind(render_objects(with_values(ALL_ON, **{"keda.enabled": False})), "OrpheusVoice")
+    assert [(v["metadata"]["namespace"], v["metadata"]["name"]) for v in voices] == [("voices", "tara-chat"), (NAMESPACE, "leo-long")]
+    validator = jsonschema.Draft7Validator(closed(voice_schema()))
+    for voice in voices:
+        assert not list(validator.iter_errors(voice)), voice
+    assert voices[0]["spec"]["autoscaling"]["targetTtfbP95Ms"] == 150
+    assert "enabled" not in voices[0]["spec"]["autoscaling"]  # the CRD's default (true) applies
+
+
+def test_keda_scales_each_voice_through_its_scale_subresource_and_turns_off_its_hpa():
+    objects = render_objects(ALL_ON)
+    voices = {v["metadata"]["name"]: v for v in by_kind(objects, "OrpheusVoice")}
+    scaled = {s["metadata"]["name"]: s for s in by_kind(objects, "ScaledObject")}
+    assert set(scaled) == set(voices) == {"tara-chat", "leo-long"}
+    for name, voice in voices.items():
+        assert voice["spec"]["autoscaling"]["enabled"] is False
+        assert scaled[name]["spec"]["scaleTargetRef"] == {"apiVersion": "tts.orpheus.io/v1alpha1", "kind": "OrpheusVoice", "name": name}
+    tara = scaled["tara-chat"]["spec"]
+    assert (tara["minReplicaCount"], tara["maxReplicaCount"]) == (1, 6)
+    thresholds = {t["name"]: (t["metricType"], t["metadata"]["threshold"]) for t in tara["triggers"]}
+    assert thresholds == {"ttfb-p95": ("Value", "0.15"), "active-sessions": ("AverageValue", "36")}
+    leo = {t["name"]: t["metadata"]["threshold"] for t in scaled["leo-long"]["spec"]["triggers"]}
+    assert leo == {"ttfb-p95": "0.25", "active-sessions": "12"}  # the CRD defaults: 250 ms, 3/4 of 16 sessions
+
+
+def test_adapter_rules_are_the_operators_rules():
+    (config_map,) = [c for c in by_kind(render_objects(ALL_ON), "ConfigMap") if "adapter" in c["metadata"]["name"]]
+    assert config_map["metadata"]["namespace"] == "monitoring"
+    assert yaml.safe_load(config_map["data"]["config.yaml"]) == {"rules": PROMETHEUS_ADAPTER_RULES}
+
+
+def test_monitors_select_the_operators_voice_services_and_pods():
+    for values in (ALL_ON, POD_MONITOR):
+        (monitor,) = [o for o in render_objects(values) if o["kind"] in ("ServiceMonitor", "PodMonitor")]
+        labels = monitor["spec"]["selector"]["matchLabels"]
+        assert labels.items() <= {**selector_labels("any"), "app.kubernetes.io/managed-by": "orpheus-operator"}.items() | {
+            ("app.kubernetes.io/instance", "any")}
+        assert "app.kubernetes.io/instance" not in labels
+        endpoints = monitor["spec"].get("endpoints") or monitor["spec"]["podMetricsEndpoints"]
+        assert endpoints[0]["port"] == "metrics" and METRICS_PORT == 9090
+        targets = {r["targetLabel"]: r for r in endpoints[0]["relabelings"]}
+        assert targets["job"]["replacement"] == "orpheus-tts"
+        assert targets["voice"]["sourceLabels"] == ["__meta_kubernetes_pod_label_tts_orpheus_io_voice"]
+
+
+def test_operator_runs_one_standalone_replica_with_restricted_security():
+    (deployment,) = by_kind(render_objects(ALL_ON), "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert "--peering" not in " ".join(container["args"])
+    assert container["args"][:2] == ["run", "--liveness=http://0.0.0.0:8080/healthz"]
+    assert "--namespace=voices" in container["args"] and "--verbose" in container["args"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "privileged": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def test_operator_settings_and_defaults_reach_its_environment():
+    (deployment,) = by_kind(render_objects(ALL_ON), "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    settings = {k: v for k, v in env.items() if k.startswith(ENV_PREFIX)}
+    parsed = OperatorSettings.from_env(settings)  # the operator's own reader accepts them
+    assert parsed == OperatorSettings(engine_poll_s=15, status_interval_s=30, build_retry_base_s=30, build_retry_max_s=900)
+    assert {ENV_PREFIX + f.upper() for f in OperatorSettings.__dataclass_fields__} <= settings.keys()
+    assert settings[f"{ENV_PREFIX}DEFAULT_IMAGE"] == "orpheus-tts:0.1.0"
+    assert settings[f"{ENV_PREFIX}DEFAULT_GPU_PROFILE"] == "l4"
+    assert settings[f"{ENV_PREFIX}ENGINE_CACHE_STORAGE_CLASS"] == "fast"
+    assert settings[f"{ENV_PREFIX}ENGINE_CACHE_SIZE"] == "100Gi"
+    assert env["EXTRA"] == "1"
+
+
+def test_engine_cache_claims_are_created_where_asked_and_kept_on_uninstall():
+    claims = by_kind(render_objects(ALL_ON), "PersistentVolumeClaim")
+    assert sorted(c["metadata"]["namespace"] for c in claims) == sorted(["voices", NAMESPACE])
+    for claim in claims:
+        assert claim["metadata"]["name"] == "orpheus-engine-cache"
+        assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        assert claim["spec"] == {"accessModes": ["ReadWriteMany"], "storageClassName": "fast",
+                                 "resources": {"requests": {"storage": "100Gi"}}}
+
+
+def test_every_object_carries_the_standard_labels(rendered):
+    for obj in rendered:
+        labels = obj["metadata"]["labels"]
+        for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/managed-by", "helm.sh/chart"):
+            assert key in labels, (obj["kind"], obj["metadata"]["name"], key)
+
+
+def test_notes_tell_the_user_what_to_do_next():
+    notes = render(ALL_ON)["orpheus-tts/templates/NOTES.txt"]
+    assert "rollout status deployment/orpheus-orpheus-tts-operator" in notes
+    assert "voices/tara-chat" in notes and "scaledobjects" in notes
+    defaults = render()["orpheus-tts/templates/NOTES.txt"]
+    assert "neither prometheusAdapter.rules.enabled nor keda.enabled" in defaults
+
+
+@pytest.mark.parametrize("bad, where", [
+    ({"operator": {"watchNamespace": ["voices"]}}, "watchNamespace"),            # misspelled key
+    ({"prometheusRule": {"enabeld": True}}, "enabeld"),                         # misspelled key
+    ({"metrics": {"monitor": {"kind": "Servicemonitor"}}}, "kind"),              # not one of the kinds
+    ({"prometheusRule": {"alerts": {"errorRatio": {"threshold": "5%"}}}}, "threshold"),  # mistyped
+    ({"operator": {"settings": {"enginePollSeconds": "fast"}}}, "enginePollSeconds"),
+    ({"engineCache": {"size": "fifty gigs"}}, "size"),
+    ({"keda": {"enabled": "yes"}}, "enabled"),
+    ({"voices": [{"name": "Tara", "spec": {"model": {}, "gpuProfile": "l4"}}]}, "name"),
+    ({"prometheusRule": {"alerts": {"voiceNotReady": {"for": "30 minutes"}}}}, "for"),
+])
+def test_values_schema_rejects_misspelled_and_mistyped_values(bad, where):
+    with helm.Chart.load(CHART) as chart:
+        with pytest.raises(helm.HelmValuesError, match=where):
+            chart.validate_schema(bad)
+        with pytest.raises(helm.HelmValuesError):
+            chart.render(values=bad, name="orpheus", namespace=NAMESPACE)
+
+
+def test_values_schema_accepts_the_defaults_and_every_flag_on():
+    with helm.Chart.load(CHART) as chart:
+        chart.validate_schema(None)
+        chart.validate_schema(ALL_ON)
+        defaults = chart.values
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert set(defaults) <= set(schema["properties"])
