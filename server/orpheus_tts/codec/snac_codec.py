@@ -58,9 +58,9 @@ class SnacCodec:
         self._seed = seed
         self._calls = 0
         self._frame_to_flat = torch.tensor(_FRAME_TO_FLAT, device=device)
-        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self._graph_outputs: dict[int, Tensor] = {}
-        self._graph_frames = 0
+        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # (frames, batch bucket)
+        self._graph_outputs: dict[tuple[int, int], Tensor] = {}
+        self._buckets: list[int] = []
 
     @classmethod
     def load(cls, path: str, device: torch.device, noise: bool = True, seed: int = 0,
@@ -93,44 +93,48 @@ class SnacCodec:
         return self.model.decoder(latent.to(self.dtype))[:, 0, :].float()
 
     def enable_graphs(self, window_frames: int, max_batch: int) -> None:
-        """Capture the decode of `window_frames`-frame windows as CUDA graphs, one per batch bucket.
+        """Capture the decode of windows of 1..`window_frames` frames as CUDA graphs, one per
+        (length, batch bucket).
 
         SNAC's decoder is ~100 small kernels: at the batch sizes of one engine step, launching
-        them costs more than running them. Windows of other lengths (stream starts and ends)
-        run eagerly. The noise blocks draw from the graph-safe CUDA generator.
+        them costs more than running them, and every new eager shape costs convolution set-up.
+        Longer windows (rare) run eagerly. The noise blocks draw from the graph-safe CUDA generator.
         """
         if self.device.type != "cuda" or window_frames <= 0:
             return
         from orpheus_tts.engine.cuda_graphs import batch_buckets
 
-        self._graph_frames = window_frames
+        buckets = batch_buckets(max_batch)
         self._graph_inputs = torch.zeros(max_batch, window_frames, orpheus.TOKENS_PER_FRAME,
                                          dtype=torch.int64, device=self.device)
         with torch.inference_mode():
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                for n in batch_buckets(max_batch):
-                    self._decode_codes(self._graph_inputs[:n])
+                for frames in range(1, window_frames + 1):
+                    for n in buckets:
+                        self._decode_codes(self._graph_inputs[:n, :frames])
             torch.cuda.current_stream().wait_stream(stream)
             pool = None
-            for n in sorted(batch_buckets(max_batch), reverse=True):
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    self._graph_outputs[n] = self._decode_codes(self._graph_inputs[:n])
-                pool = graph.pool()
-                self._graphs[n] = graph
+            for frames in range(window_frames, 0, -1):
+                for n in sorted(buckets, reverse=True):
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=pool):
+                        self._graph_outputs[frames, n] = self._decode_codes(self._graph_inputs[:n, :frames])
+                    pool = graph.pool()
+                    self._graphs[frames, n] = graph
+        self._buckets = buckets
 
     @torch.inference_mode()
     def decode(self, frames: Tensor) -> Tensor:
         """[B, n, 7] codes -> [B, n * 2048] float32 samples."""
         b, n, _ = frames.shape
-        if self._graphs and n == self._graph_frames and b <= self._graph_inputs.shape[0]:
-            bucket = next(size for size in sorted(self._graphs) if size >= b)
-            self._graph_inputs[:b].copy_(frames, non_blocking=True)
-            self._graph_inputs[b:bucket].zero_()
-            self._graphs[bucket].replay()
-            return self._graph_outputs[bucket][:b]
+        if self._graphs and n <= self._graph_inputs.shape[1] and b <= self._graph_inputs.shape[0]:
+            bucket = next(size for size in self._buckets if size >= b)
+            self._graph_inputs[:b, :n].copy_(frames, non_blocking=True)
+            self._graph_inputs[b:bucket, :n].zero_()
+            self._graphs[n, bucket].replay()
+            return self._graph_outputs[n, bucket][:b]
         # The decoder's noise draws from the global generator: a private, counted seed keeps
         # decodes reproducible for a given sequence of calls and leaves everyone else's RNG alone.
         rng = torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []) \
