@@ -316,6 +316,8 @@ async def engine_load(results, levels, max_batch, quantization):
         # Real time: every chunk arrives before the audio already delivered has finished playing.
         realtime = bool(arrivals) and all(a <= first + before + 1e-3 for a, before in zip(arrivals, audio_before))
         return dict(ttfb_ms=first * 1e3 if first else None, realtime=realtime, tokens=end.metrics.tokens,
+                    engine_ttfb_ms=end.metrics.ttfb_s * 1e3 if end.metrics.ttfb_s else None,
+                    queue_ms=(end.metrics.queue_s or 0) * 1e3,
                     frames=end.metrics.frames, outcome=end.outcome.value)
 
     rows = []
@@ -331,11 +333,16 @@ async def engine_load(results, levels, max_batch, quantization):
                    tokens_per_s=sum(s["tokens"] for s in streams) / wall,
                    mean_frames=float(np.mean([s["frames"] for s in streams])),
                    success_rate=float(np.mean([s["outcome"] == "ok" for s in streams])),
+                   engine_ttfb_p50_ms=float(np.percentile([s["engine_ttfb_ms"] or 0 for s in streams], 50)),
+                   queue_p50_ms=float(np.percentile([s["queue_ms"] for s in streams], 50)),
+                   prefill_step_ms_mean=float(steps[steps[:, 2] > 0, 0].mean() * 1e3) if (steps[:, 2] > 0).any() else 0.0,
                    steps=len(observer.steps), step_ms_mean=float(steps[:, 0].mean() * 1e3),
                    decode_batch_mean=float(steps[:, 1].mean()), engine_busy_share=float(steps[:, 0].sum() / wall),
                    snac_share_of_step_time=float(observer.snac_s / max(steps[:, 0].sum(), 1e-9)))
         rows.append(row)
         log(f"engine concurrency {n}: TTFB p50 {row['ttfb_p50_ms']:.0f} p95 {row['ttfb_p95_ms']:.0f} ms, "
+            f"(engine-side p50 {row['engine_ttfb_p50_ms']:.0f}, queue p50 {row['queue_p50_ms']:.0f}, prefill step "
+            f"{row['prefill_step_ms_mean']:.1f} ms), "
             f"real-time {row['realtime_share']:.2f}, {row['tokens_per_s']:.0f} tok/s, frames {row['mean_frames']:.0f}, "
             f"step {row['step_ms_mean']:.1f} ms (batch {row['decode_batch_mean']:.0f}, SNAC {row['snac_share_of_step_time']:.0%})")
     results["engine_load"] = rows
