@@ -29,13 +29,13 @@ class RunningServer:
     Tests talk to it with real gRPC clients on their own loops (or from subprocesses).
     """
 
-    def __init__(self, config, load: bool = True):
+    def __init__(self, config, load: bool = True, **server_options):
         from orpheus_tts.api.server import OrpheusServer
 
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="test-grpc-server", daemon=True)
+        self._thread = threading.Thread(target=self.loop.run_forever, name="test-server", daemon=True)
         self._thread.start()
-        self.server = OrpheusServer(config, host="127.0.0.1", grpc_port=0, metrics_port=0)
+        self.server = OrpheusServer(config, host="127.0.0.1", grpc_port=0, metrics_port=0, **server_options)
         self.run(self.server.start())
         if load:
             self.load()
@@ -78,16 +78,8 @@ class RunningHttpServer(RunningServer):
 
     def __init__(self, config, load: bool = True, idle_timeout_s: float = 1.0):
         from orpheus_tts.api.http import HttpSettings
-        from orpheus_tts.api.server import OrpheusServer
 
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="test-http-server", daemon=True)
-        self._thread.start()
-        self.server = OrpheusServer(config, host="127.0.0.1", grpc_port=0, metrics_port=0, http_port=0,
-                                    http_settings=HttpSettings(idle_timeout_s=idle_timeout_s))
-        self.run(self.server.start())
-        if load:
-            self.load()
+        super().__init__(config, load, http_port=0, http_settings=HttpSettings(idle_timeout_s=idle_timeout_s))
 
     @property
     def url(self) -> str:
