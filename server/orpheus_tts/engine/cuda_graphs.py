@@ -106,3 +106,83 @@ class DecodeGraphs:
         self._float[:, :bucket].copy_(self._host_float[:, :bucket], non_blocking=True)
         self._graphs[bucket].replay()
         return self._outputs[bucket][:n]
+
+
+class PrefillGraphs:
+    """Prompt prefill (forward and first sample) as CUDA graphs per (batch, length) bucket.
+
+    Eager, a prefill launches every layer's kernels one by one from Python: on an H100 that is
+    over 100 ms for a prompt whose GPU work takes a few, and it stalls every running stream.
+    Prompts are right-padded to a length bucket and batches to a batch bucket (padding rows
+    use the scratch slot). Longer prompts or bigger batches fall back to eager.
+    """
+
+    BATCHES = (1, 2, 4, 8)
+    LENGTHS = (32, 64, 128, 256, 512)
+
+    def __init__(self, model, kv_cache, sampler: Sampler, scratch_slot: int):
+        self.model, self.kv_cache, self.sampler = model, kv_cache, sampler
+        self.scratch_slot = scratch_slot
+        self.lengths = [n for n in self.LENGTHS if n <= kv_cache.max_tokens] or [kv_cache.max_tokens]
+        device = model.output.weight.device
+        max_b, max_l = max(self.BATCHES), max(self.lengths)
+        self._tokens = torch.full((max_b, max_l), orpheus.PAD, dtype=torch.int64, device=device)
+        self._int = torch.zeros(5, max_b, dtype=torch.int64, device=device)  # slots, lengths, seed, counter, position
+        self._float = torch.ones(3, max_b, dtype=torch.float32, device=device)
+        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self._outputs: dict[tuple[int, int], Tensor] = {}
+
+    def _step(self, b: int, length: int) -> Tensor:
+        slots, lengths, seed, counter, position = self._int[:, :b]
+        batch = self.model.make_batch(slots, torch.zeros_like(lengths), lengths, length, kv_len=length)
+        hidden = self.model(self._tokens[:b, :length], batch, self.kv_cache)
+        last = hidden[torch.arange(b, device=hidden.device), lengths - 1]
+        temperature, top_p, penalty = self._float[:, :b]
+        return self.sampler.sample(last, SamplingBatch(
+            slots=slots, temperature=temperature, top_p=top_p, repetition_penalty=penalty,
+            seed=seed, counter=counter, frame_position=position))
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        self._int[0] = self.scratch_slot
+        self._int[1] = 1
+        shapes = [(b, n) for b in self.BATCHES for n in self.lengths]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for b, n in shapes:
+                self._step(b, n)
+        torch.cuda.current_stream().wait_stream(stream)
+        pool = None
+        for b, n in sorted(shapes, reverse=True):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self._outputs[b, n] = self._step(b, n)
+            pool = graph.pool()
+            self._graphs[b, n] = graph
+        torch.cuda.synchronize()
+        log.info("captured prefill graphs for batches %s x lengths %s", self.BATCHES, self.lengths)
+
+    def fits(self, n_prompts: int, longest: int) -> bool:
+        return n_prompts <= max(self.BATCHES) and longest <= max(self.lengths)
+
+    @torch.inference_mode()
+    def run(self, prompts: list[list[int]], ints: np.ndarray, floats: np.ndarray) -> Tensor:
+        """prompts: token lists; ints [4, n] (slots, seed, counter, position); floats [3, n]."""
+        n = len(prompts)
+        b = next(size for size in self.BATCHES if size >= n)
+        length = next(size for size in self.lengths if size >= max(map(len, prompts)))
+        tokens = np.full((b, length), orpheus.PAD, dtype=np.int64)
+        for row, prompt in enumerate(prompts):
+            tokens[row, : len(prompt)] = prompt
+        host_int = np.zeros((5, b), dtype=np.int64)
+        host_int[0], host_int[1] = self.scratch_slot, 1
+        host_int[[0, 2, 3, 4], :n] = ints
+        host_int[1, :n] = [len(p) for p in prompts]
+        host_float = np.ones((3, b), dtype=np.float32)
+        host_float[:, :n] = floats
+        self._tokens[:b, :length].copy_(torch.from_numpy(tokens))
+        self._int[:, :b].copy_(torch.from_numpy(host_int))
+        self._float[:, :b].copy_(torch.from_numpy(host_float))
+        self._graphs[b, length].replay()
+        return self._outputs[b, length][:n]

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from orpheus_tts import orpheus
-from orpheus_tts.engine.cuda_graphs import DecodeGraphs
+from orpheus_tts.engine.cuda_graphs import DecodeGraphs, PrefillGraphs
 from orpheus_tts.engine.kv_cache import KVCache
 from orpheus_tts.engine.sampler import Sampler, SamplingBatch
 from orpheus_tts.engine.session import Session
@@ -25,9 +25,12 @@ class ModelRunner:
         self.sampler = sampler
         self.device = model.output.weight.device
         self.graphs: DecodeGraphs | None = None
+        self.prefill_graphs: PrefillGraphs | None = None
         if cuda_graphs and self.device.type == "cuda":
             self.graphs = DecodeGraphs(model, kv_cache, sampler, max_batch, kv_cache.scratch_slot)
             self.graphs.capture()
+            self.prefill_graphs = PrefillGraphs(model, kv_cache, sampler, kv_cache.scratch_slot)
+            self.prefill_graphs.capture()
 
     def _tensor(self, values, dtype=torch.int64) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype, device=self.device)
@@ -51,26 +54,38 @@ class ModelRunner:
         seqlen = max(len(p) for p in prompts)
         if seqlen > self.kv_cache.max_tokens:
             raise ValueError(f"prompt of {seqlen} tokens exceeds the KV slot ({self.kv_cache.max_tokens})")
+        for session, prompt in zip(sessions, prompts):
+            # Hugging Face's repetition penalty also counts the prompt; keep the same rule.
+            self.sampler.reset_slot(session.slot)
+            self.sampler.record(self._tensor([session.slot] * len(prompt)), self._tensor(prompt))
+            session.context_len = len(prompt)
+        if self.prefill_graphs is not None and self.prefill_graphs.fits(len(prompts), seqlen):
+            ints, floats = self._sampling_arrays(sessions)
+            return self.prefill_graphs.run(prompts, ints, floats).tolist()
         tokens = self._tensor([p + [orpheus.PAD] * (seqlen - len(p)) for p in prompts])
         slots = self._tensor([s.slot for s in sessions])
         lengths = self._tensor([len(p) for p in prompts])
         batch = self.model.make_batch(slots, torch.zeros_like(lengths), lengths, seqlen)
         hidden = self.model(tokens, batch, self.kv_cache)
         last = hidden[torch.arange(len(sessions), device=self.device), lengths - 1]
-        for session, prompt in zip(sessions, prompts):
-            # Hugging Face's repetition penalty also counts the prompt; keep the same rule.
-            self.sampler.reset_slot(session.slot)
-            self.sampler.record(self._tensor([session.slot] * len(prompt)), self._tensor(prompt))
-            session.context_len = len(prompt)
         return self.sampler.sample(last, self._sampling_batch(sessions)).tolist()
 
-    def decode_inputs(self, sessions: list[Session]) -> tuple[np.ndarray, np.ndarray]:
-        """The step's inputs as two host arrays (ints [6, B], floats [3, B]; see cuda_graphs)."""
-        ints = np.array([[s.next_input, s.slot, s.context_len, s.seed, s.metrics.tokens,
-                          s.accumulator.frame_position] for s in sessions], dtype=np.int64).T
+    @staticmethod
+    def _sampling_arrays(sessions: list[Session]) -> tuple[np.ndarray, np.ndarray]:
+        """ints [4, B] (slot, seed, counter, frame position) and floats [3, B] (temperature,
+        top_p, repetition penalty) of the sessions, as host arrays."""
+        ints = np.array([[s.slot, s.seed, s.metrics.tokens, s.accumulator.frame_position] for s in sessions],
+                        dtype=np.int64).T
         floats = np.array([[s.request.temperature, s.request.top_p, s.request.repetition_penalty]
                            for s in sessions], dtype=np.float32).T
         return ints, floats
+
+    def decode_inputs(self, sessions: list[Session]) -> tuple[np.ndarray, np.ndarray]:
+        """The step's inputs as two host arrays (ints [6, B], floats [3, B]; see cuda_graphs)."""
+        ints, floats = self._sampling_arrays(sessions)
+        tokens = np.array([s.next_input for s in sessions], dtype=np.int64)
+        positions = np.array([s.context_len for s in sessions], dtype=np.int64)
+        return np.stack([tokens, ints[0], positions, ints[1], ints[2], ints[3]]), floats
 
     @torch.inference_mode()
     def decode(self, sessions: list[Session]) -> list[int]:

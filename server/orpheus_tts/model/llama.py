@@ -218,15 +218,21 @@ class Transformer(nn.Module):
         self.register_buffer("rope", rope_table(args, max_positions), persistent=False)
         self.decode_forward = self.forward  # replaced by a compiled version on GPU (loader.compile_model)
 
-    def make_batch(self, slots: Tensor, starts: Tensor, lengths: Tensor, seqlen: int) -> AttentionBatch:
-        """Describe a batch of rows (see AttentionBatch); positions past a row's length are padding."""
+    def make_batch(self, slots: Tensor, starts: Tensor, lengths: Tensor, seqlen: int,
+                   kv_len: int | None = None) -> AttentionBatch:
+        """Describe a batch of rows (see AttentionBatch); positions past a row's length are padding.
+
+        `kv_len` (keys read per row) defaults to the longest real length, which costs a host
+        sync; a CUDA graph passes a static bound instead (the mask hides the keys past a length).
+        """
         device = slots.device
         offsets = torch.arange(seqlen, device=device)
         positions = starts[:, None] + offsets[None, :]  # [B, L]
         # Padding tokens are written just past the real ones and overwritten later; clamp keeps
         # them inside the slot.
         positions = positions.clamp(max=self.rope.shape[0] - 1)
-        kv_len = int((starts + lengths).max())
+        if kv_len is None:
+            kv_len = int((starts + lengths).max())
         keys = torch.arange(kv_len, device=device)
         real_end = (starts + lengths)[:, None, None]
         mask = (keys[None, None, :] <= positions[:, :, None]) & (keys[None, None, :] < real_end)
