@@ -70,6 +70,10 @@ class SchedulerConfig:
     max_prefill_tokens: int = 2048  # prompt tokens prefilled per step, so running sessions keep pace
     flush_first_n_tokens: int = 7  # first audio chunk after this many audio tokens (one frame)
     flush_every_n_tokens: int = 14  # then a chunk every this many tokens
+    # The first frames of a stream go out one per chunk, without waiting for lookahead, so the
+    # client's buffer grows before chunks get bigger (a 2-frame chunk right after a 1-frame one
+    # would need steps under 6.1 ms to arrive before the first frame has played).
+    flush_startup_frames: int = 4
     session_timeout_s: float = 300.0  # a session older than this is ended with a timeout
     max_context_tokens: int = 4096  # prompt + generated tokens per session (the KV slot length)
 
@@ -126,8 +130,9 @@ class ServerConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
-        if s.max_pending_sessions < 0 or s.ttfb_priority_tokens < 0:
-            raise ConfigError("scheduler.max_pending_sessions and ttfb_priority_tokens must be >= 0")
+        if s.max_pending_sessions < 0 or s.ttfb_priority_tokens < 0 or s.flush_startup_frames < 0:
+            raise ConfigError("scheduler.max_pending_sessions, ttfb_priority_tokens and flush_startup_frames "
+                              "must be >= 0")
         for name in ("flush_first_n_tokens", "flush_every_n_tokens"):
             if getattr(s, name) % 7:
                 raise ConfigError(f"scheduler.{name} must be a multiple of 7 (one audio frame), got {getattr(s, name)}")

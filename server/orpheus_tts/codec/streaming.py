@@ -6,8 +6,9 @@ left (decoded again, not emitted again) so the join is smooth, the new frames, a
 Where the stream has the frames, the left context is widened until the window is
 `window_frames` long: then nearly every window of every session has the same length and they
 all decode in one batched call (a few extra frames of context cost less than another call).
-The first chunk skips the lookahead (time to first audio matters more there) and the last one
-emits everything, the tail included. Windows of equal length from many sessions are decoded in
+The first chunks skip the lookahead (`startup`: while the client holds little audio, a frame
+sent now matters more than its last few milliseconds of right context) and the last one emits
+everything, the tail included. Windows of equal length from many sessions are decoded in
 one batched SNAC call (`decode_windows`).
 """
 
@@ -64,10 +65,10 @@ class FrameAccumulator:
             self._partial = []
         return True
 
-    def next_window(self, final: bool) -> Window | None:
+    def next_window(self, final: bool, startup: bool = False) -> Window | None:
         """The window to decode now, or None if nothing new can be emitted yet."""
         n = len(self.frames)
-        if final or self.emitted_frames == 0:
+        if final or startup or self.emitted_frames == 0:
             emit_to = n
         else:
             emit_to = n - self.lookahead_frames

@@ -287,9 +287,15 @@ class Engine:
         jobs = []
         for session in sessions:
             final = session.id in ended_ids
-            threshold = sched.flush_first_n_tokens if session.in_ttfb_priority else sched.flush_every_n_tokens
+            startup = session.frames_emitted < sched.flush_startup_frames
+            if session.in_ttfb_priority:
+                threshold = sched.flush_first_n_tokens
+            elif startup:
+                threshold = orpheus.TOKENS_PER_FRAME
+            else:
+                threshold = sched.flush_every_n_tokens
             if final or session.tokens_since_flush >= threshold:
-                window = session.accumulator.next_window(final)
+                window = session.accumulator.next_window(final, startup)
                 if window is not None:
                     jobs.append((session, window))
         if jobs:
