@@ -16,6 +16,7 @@ import yaml
 
 from .crd import API_VERSION, KIND, crd_manifest
 from .plan import render
+from .settings import OperatorSettings
 
 
 class _NoAliasDumper(yaml.SafeDumper):
@@ -44,12 +45,17 @@ def cmd_render(args: argparse.Namespace) -> int:
     if not voices:
         print(f"error: no {KIND} ({API_VERSION}) found in {', '.join(args.filename)}", file=sys.stderr)
         return 2
+    try:  # the running operator's defaults (image, GPU profile, cache claim) from the same variables
+        settings = OperatorSettings.from_env()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     objects: list[dict] = []
     failed = False
     for voice in voices:
         voice.setdefault("metadata", {}).setdefault("namespace", args.namespace)
         try:
-            objects += render(voice)
+            objects += render(voice, settings)
         except ValueError as exc:  # refused: over budget, no FP8, ...
             print(f"error: {exc}", file=sys.stderr)
             failed = True

@@ -13,6 +13,7 @@ import copy
 from typing import Any
 
 from .profiles import GPU_PROFILES
+from .settings import DEFAULT_CACHE_CLAIM, DEFAULT_IMAGE
 
 GROUP = "tts.orpheus.io"
 VERSION = "v1alpha1"
@@ -22,8 +23,6 @@ PLURAL = "orpheusvoices"
 SINGULAR = "orpheusvoice"
 SHORT_NAMES = ["ov", "voice"]
 
-DEFAULT_IMAGE = "orpheus-tts:0.1.0"
-DEFAULT_CACHE_CLAIM = "orpheus-engine-cache"
 DEFAULT_CODEC_REPO = "hubertsiuzdak/snac_24khz"
 
 
@@ -81,7 +80,7 @@ def _quantity_map() -> dict:
 def spec_schema() -> dict:
     return {
         "type": "object",
-        "required": ["model", "gpuProfile"],
+        "required": ["model"],
         "x-kubernetes-validations": [
             {"rule": "self.maxBatchSize <= self.sessionsPerPod", "message": "maxBatchSize must not exceed sessionsPerPod"},
             {
@@ -102,8 +101,9 @@ def spec_schema() -> dict:
                 "properties": {
                     "claimName": {
                         "type": "string",
-                        "default": DEFAULT_CACHE_CLAIM,
-                        "description": "An existing PVC; ReadWriteMany lets pods on several nodes share a build.",
+                        "description": "An existing PVC; ReadWriteMany lets pods on several nodes share a build. "
+                        "Default: the operator's ORPHEUS_OPERATOR_ENGINE_CACHE_CLAIM (the Helm chart's "
+                        f"engineCache.claimName), else {DEFAULT_CACHE_CLAIM}.",
                     },
                 },
             },
@@ -129,7 +129,9 @@ def spec_schema() -> dict:
             "gpuProfile": {
                 "type": "string",
                 "enum": sorted(GPU_PROFILES),
-                "description": "The GPU each pod gets one of; sizes the slot budget and selects nodes.",
+                "description": "The GPU each pod gets one of; sizes the slot budget and selects nodes. "
+                "Default: the operator's ORPHEUS_OPERATOR_DEFAULT_GPU_PROFILE (the Helm chart's "
+                "voiceDefaults.gpuProfile); a voice with neither is refused (Ready=False, NoGPUProfile).",
             },
             "sessionsPerPod": {
                 "type": "integer",
@@ -179,7 +181,12 @@ def spec_schema() -> dict:
                     },
                 },
             },
-            "image": {"type": "string", "minLength": 1, "default": DEFAULT_IMAGE},
+            "image": {
+                "type": "string",
+                "minLength": 1,
+                "description": "Server image. Default: the operator's ORPHEUS_OPERATOR_DEFAULT_IMAGE (the Helm "
+                f"chart's voiceDefaults.image), else {DEFAULT_IMAGE}.",
+            },
             "imagePullPolicy": {"type": "string", "enum": ["Always", "IfNotPresent", "Never"], "default": "IfNotPresent"},
             "resources": {
                 "type": "object",
@@ -245,6 +252,7 @@ def status_schema() -> dict:
                 "format": "date-time",
                 "description": "After a failed build: when the next build Job starts.",
             },
+            "gpuProfile": {"type": "string", "description": "The GPU profile in use: spec.gpuProfile or the operator's default."},
             "maxSessionsPerPod": {"type": "integer", "description": "Sessions that fit one GPU (the slot budget)."},
             "replicas": {"type": "integer", "description": "Pods of the Deployment (the scale subresource reads it)."},
             "readyReplicas": {"type": "integer"},
@@ -296,7 +304,7 @@ def crd_manifest() -> dict:
                         {"name": "Engine", "type": "string", "jsonPath": ".status.engineHash"},
                         {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
                         {"name": "Sessions/pod", "type": "integer", "jsonPath": ".spec.sessionsPerPod"},
-                        {"name": "GPU", "type": "string", "jsonPath": ".spec.gpuProfile", "priority": 1},
+                        {"name": "GPU", "type": "string", "jsonPath": ".status.gpuProfile", "priority": 1},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                 }

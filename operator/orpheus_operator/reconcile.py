@@ -37,7 +37,7 @@ class Outcome:
 
 
 def rollout(body: Mapping[str, Any], cluster: Cluster, status: Mapping[str, Any], settings: OperatorSettings) -> Outcome:
-    p = plan(body)
+    p = plan(body, settings)
     current = dict(status or {})
     generation = body.get("metadata", {}).get("generation")
     deployment = cluster.get("apps/v1", "Deployment", p.voice.namespace, p.voice.name)
@@ -80,7 +80,7 @@ def rollout(body: Mapping[str, Any], cluster: Cluster, status: Mapping[str, Any]
 
 def observe(body: Mapping[str, Any], cluster: Cluster, status: Mapping[str, Any], settings: OperatorSettings) -> dict[str, Any]:
     """Status refreshed from the live Job and Deployment; creates and changes nothing."""
-    p = plan(body)
+    p = plan(body, settings)
     current = dict(status or {})
     deployment = cluster.get("apps/v1", "Deployment", p.voice.namespace, p.voice.name)
     # observedGeneration is the rollout's to set: the timer only reports on what it rolled out.
@@ -130,9 +130,11 @@ def _status(p: Plan, current: dict, conditions: list[st.Condition], deployment: 
     now = st.now_rfc3339()
     out: dict[str, Any] = {
         "conditions": st.merge_conditions(current.get("conditions"), conditions, now, generation),
+        # Without a (known) GPU profile there is no engine and no budget: None clears old values.
         "engineHash": p.engine_hash,
         "engineJob": p.job_name,
-        "maxSessionsPerPod": p.voice.budget.max_sessions,
+        "gpuProfile": p.voice.gpu_profile,
+        "maxSessionsPerPod": p.voice.budget.max_sessions if p.voice.has_known_gpu else None,
         "selector": p.selector,
         **st.replica_counts(deployment),
         **extra,

@@ -2,6 +2,13 @@
 
 `ORPHEUS_OPERATOR_<FIELD>` (upper case) overrides a field, e.g.
 `ORPHEUS_OPERATOR_STATUS_INTERVAL_S=5`. Tests shorten every interval this way.
+
+Besides the intervals, three defaults for voices that leave a field out (the Helm chart sets
+them from `voiceDefaults` and `engineCache.claimName`): `DEFAULT_IMAGE` (`spec.image`),
+`DEFAULT_GPU_PROFILE` (`spec.gpuProfile`; empty: no default, and a voice without one is
+refused) and `ENGINE_CACHE_CLAIM` (`spec.engineCache.claimName`). An empty value keeps the
+built-in default. The chart's `ENGINE_CACHE_STORAGE_CLASS` and `ENGINE_CACHE_SIZE` are not
+read: the chart creates the cache PVC, the operator only mounts it by name.
 """
 
 from __future__ import annotations
@@ -11,7 +18,13 @@ import os
 from dataclasses import dataclass
 from typing import Mapping
 
+from .profiles import GPU_PROFILES
+
 ENV_PREFIX = "ORPHEUS_OPERATOR_"
+
+# Built-in defaults, used when neither the voice nor the environment names one.
+DEFAULT_IMAGE = "orpheus-tts:0.1.0"
+DEFAULT_CACHE_CLAIM = "orpheus-engine-cache"
 
 
 @dataclass(frozen=True)
@@ -20,19 +33,35 @@ class OperatorSettings:
     status_interval_s: float = 30.0  # how often a voice's status is refreshed from its Deployment
     build_retry_base_s: float = 30.0  # wait before rebuilding after the first failed build Job
     build_retry_max_s: float = 900.0  # the wait doubles per failure up to this
+    default_image: str = DEFAULT_IMAGE  # server image of voices without spec.image
+    default_gpu_profile: str = ""  # GPU profile of voices without spec.gpuProfile; "": none
+    engine_cache_claim: str = DEFAULT_CACHE_CLAIM  # cache PVC of voices without spec.engineCache.claimName
+
+    def __post_init__(self) -> None:
+        if self.default_gpu_profile and self.default_gpu_profile not in GPU_PROFILES:
+            raise ValueError(
+                f"{ENV_PREFIX}DEFAULT_GPU_PROFILE must be empty or one of {', '.join(sorted(GPU_PROFILES))}, "
+                f"got {self.default_gpu_profile!r}"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "OperatorSettings":
         env = os.environ if environ is None else environ
-        values = {}
+        values: dict[str, float | str] = {}
         for f in dataclasses.fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is not None:
-                try:
-                    values[f.name] = float(raw)
-                except ValueError:
-                    raise ValueError(f"{ENV_PREFIX + f.name.upper()} must be a number, got {raw!r}") from None
-        return cls(**values)
+            name = ENV_PREFIX + f.name.upper()
+            raw = env.get(name)
+            if raw is None:
+                continue
+            if isinstance(f.default, str):
+                if raw.strip():  # empty: keep the built-in default
+                    values[f.name] = raw.strip()
+                continue
+            try:
+                values[f.name] = float(raw)
+            except ValueError:
+                raise ValueError(f"{name} must be a number, got {raw!r}") from None
+        return cls(**values)  # type: ignore[arg-type]
 
     def build_retry_delay_s(self, failures: int) -> float:
         """Backoff before build attempt `failures + 1`: base, 2 x base, 4 x base, ... up to max."""

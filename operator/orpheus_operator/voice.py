@@ -1,9 +1,11 @@
 """An OrpheusVoice read into typed values, and the checks that decide whether it may roll out.
 
 `Voice.from_body` takes the custom resource as the API returns it (or as a YAML file holds it),
-applies the CRD defaults, and gives the builders plain attributes to read. `refusal` says why a
-voice cannot be served (over the slot budget, FP8 on a GPU without it, ...) in words a person
-can act on; the operator then reports it in status and rolls nothing out.
+applies the CRD defaults and then the operator's own (`OperatorSettings`: image, GPU profile and
+engine cache claim for voices that name none), and gives the builders plain attributes to read.
+`refusal` says why a voice cannot be served (no GPU profile, over the slot budget, FP8 on a GPU
+without it, ...) in words a person can act on; the operator then reports it in status and rolls
+nothing out.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any, Mapping
 
 from .crd import apply_defaults
 from .profiles import GPU_PROFILES, GPUProfile, SlotBudget, slot_budget
+from .settings import ENV_PREFIX, OperatorSettings
 
 # The Deployment, Service, HPA and PDB take the voice's name; Services need a DNS-1035 label.
 MAX_NAME_LENGTH = 52
@@ -68,7 +71,7 @@ class Voice:
     profile: str
     precision: str
     backend: str
-    gpu_profile: str
+    gpu_profile: str | None  # None: neither the voice nor the operator names one (refused)
     sessions_per_pod: int
     max_batch_size: int
     context_tokens: int
@@ -82,7 +85,9 @@ class Voice:
     tolerations: list = field(default_factory=list)
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> "Voice":
+    def from_body(cls, body: Mapping[str, Any], settings: OperatorSettings | None = None) -> "Voice":
+        """`settings` supplies the defaults for image, GPU profile and cache claim (built-in ones if None)."""
+        settings = OperatorSettings() if settings is None else settings
         body = apply_defaults(dict(body))
         meta = body.get("metadata", {})
         spec = body["spec"]
@@ -95,12 +100,12 @@ class Voice:
             generation=meta.get("generation"),
             model=ModelSource.from_spec(spec["model"]),
             codec=ModelSource.from_spec(spec["codec"]),
-            cache_claim=spec["engineCache"]["claimName"],
+            cache_claim=spec["engineCache"].get("claimName") or settings.engine_cache_claim,
             default_voice=spec["voice"],
             profile=spec["profile"],
             precision=spec["precision"],
             backend=spec["backend"],
-            gpu_profile=spec["gpuProfile"],
+            gpu_profile=spec.get("gpuProfile") or settings.default_gpu_profile or None,
             sessions_per_pod=sessions,
             max_batch_size=spec["maxBatchSize"],
             context_tokens=spec["contextTokens"],
@@ -112,7 +117,7 @@ class Voice:
                 target_ttfb_p95_ms=scaling["targetTtfbP95Ms"],
                 target_active_sessions_per_pod=scaling.get("targetActiveSessionsPerPod") or max(1, sessions * 3 // 4),
             ),
-            image=spec["image"],
+            image=spec.get("image") or settings.default_image,
             image_pull_policy=spec["imagePullPolicy"],
             termination_grace_s=spec["terminationGracePeriodSeconds"],
             resources=dict(spec.get("resources") or {}),
@@ -121,7 +126,14 @@ class Voice:
         )
 
     @property
+    def has_known_gpu(self) -> bool:
+        """Whether the GPU profile is set and in the table (the budget and engine hash need it)."""
+        return self.gpu_profile in GPU_PROFILES
+
+    @property
     def gpu(self) -> GPUProfile:
+        if self.gpu_profile is None:
+            raise ValueError(f"voice {self.namespace}/{self.name} has no GPU profile")
         return GPU_PROFILES[self.gpu_profile]
 
     @property
@@ -150,6 +162,17 @@ def refusal(voice: Voice) -> Refusal | None:
         return Refusal(
             "InvalidSpec",
             f"autoscaling.maxReplicas {scaling.max_replicas} is below minReplicas {scaling.min_replicas}",
+        )
+    if voice.gpu_profile is None:
+        return Refusal(
+            "NoGPUProfile",
+            f"spec.gpuProfile is not set and the operator has no default ({ENV_PREFIX}DEFAULT_GPU_PROFILE, "
+            f"the Helm chart's voiceDefaults.gpuProfile); set one of {', '.join(sorted(GPU_PROFILES))}",
+        )
+    if not voice.has_known_gpu:
+        return Refusal(
+            "UnknownGPUProfile",
+            f"GPU profile {voice.gpu_profile!r} is not one of {', '.join(sorted(GPU_PROFILES))}",
         )
     gpu = voice.gpu
     if voice.precision == "fp8" and not gpu.fp8:

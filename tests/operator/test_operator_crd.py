@@ -44,7 +44,6 @@ def _minimal() -> dict:
 
 INVALID = {
     "no model": lambda s: s.pop("model"),
-    "no gpu profile": lambda s: s.pop("gpuProfile"),
     "both hub and pvc": lambda s: s["model"].update(pvc={"claimName": "m", "path": "x"}),
     "hub without revision": lambda s: s["model"]["hub"].pop("revision"),
     "hub repo without owner": lambda s: s["model"]["hub"].update(repo="orpheus"),
@@ -74,7 +73,8 @@ def test_defaults_match_what_the_api_server_would_fill_in():
     spec = apply_defaults(_minimal())["spec"]
     assert spec["precision"] == "bf16" and spec["backend"] == "torch" and spec["voice"] == "tara"
     assert spec["codec"] == {"hub": {"repo": "hubertsiuzdak/snac_24khz", "revision": "main"}}
-    assert spec["engineCache"] == {"claimName": "orpheus-engine-cache"}
+    assert spec["engineCache"] == {}  # the claim name, like image and gpuProfile, is the operator's default
+    assert "image" not in spec and spec["gpuProfile"] == "l4"
     assert spec["autoscaling"] == {"enabled": True, "minReplicas": 1, "maxReplicas": 4, "targetTtfbP95Ms": 250}
     assert (spec["sessionsPerPod"], spec["maxBatchSize"], spec["contextTokens"]) == (16, 16, 4096)
 
