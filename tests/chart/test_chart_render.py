@@ -141,7 +141,8 @@ def test_operator_settings_and_defaults_reach_its_environment():
     env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     settings = {k: v for k, v in env.items() if k.startswith(ENV_PREFIX)}
     parsed = OperatorSettings.from_env(settings)  # the operator's own reader accepts them
-    assert parsed == OperatorSettings(engine_poll_s=15, status_interval_s=30, build_retry_base_s=30, build_retry_max_s=900)
+    assert parsed == OperatorSettings(engine_poll_s=15, status_interval_s=30, build_retry_base_s=30,
+                                      build_retry_max_s=900, default_gpu_profile="l4")
     assert {ENV_PREFIX + f.upper() for f in OperatorSettings.__dataclass_fields__} <= settings.keys()
     assert settings[f"{ENV_PREFIX}DEFAULT_IMAGE"] == "orpheus-tts:0.1.0"
     assert settings[f"{ENV_PREFIX}DEFAULT_GPU_PROFILE"] == "l4"

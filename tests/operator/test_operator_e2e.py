@@ -51,7 +51,8 @@ async def test_voice_builds_engine_then_rolls_out_and_survives_a_restart(mock_cl
     deployment = c.get(DEPLOYMENTS, name)
     assert deployment["spec"]["replicas"] == 1  # autoscaling.minReplicas, set at creation only
     assert "scheduler.max_concurrent_sessions=48" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert (c.condition(name, "EngineReady") or {}).get("status") == "True"
+    # The status patch follows the children it reports on: wait for it rather than race it.
+    await eventually(lambda: (c.condition(name, "EngineReady") or {}).get("status") == "True", what="EngineReady=True")
 
     # The pods become available (kmock has no Deployment controller: the test plays it): Ready.
     await c.make_pods_available(name)
@@ -83,7 +84,7 @@ async def test_voice_builds_engine_then_rolls_out_and_survives_a_restart(mock_cl
     assert {r: len(c.objects(r)) for r in [JOBS, *SERVING]} == counts
     assert c.creates(JOBS) == job_posts  # the Job is looked up first, never posted twice
     assert c.get(DEPLOYMENTS, name)["spec"]["replicas"] == 3
-    assert (c.condition(name, "Ready") or {}).get("status") == "True"
+    await eventually(lambda: (c.condition(name, "Ready") or {}).get("status") == "True", what="Ready=True after resume")
 
 
 async def test_over_budget_voice_is_refused_with_the_numbers_and_gets_no_children(mock_cluster, start_operator):
