@@ -2,6 +2,7 @@
 
     orpheus-tts serve [--grpc-port 50051] [--http-port 8000] [--metrics-port 9090] [--host 0.0.0.0] [--model demo|DIR] [--snac demo|DIR]
     orpheus-tts say "TEXT" -o out.wav [--voice tara] [--server HOST:PORT | --model demo|DIR --snac demo|DIR]
+    orpheus-tts bench (--server HOST:PORT | --in-process) [--mode scaling|tuning|all] [--concurrent N] [--requests M] [--output results.json]
 
 Common flags: `--config FILE` (YAML) and `--set section.key=value` (repeatable) override the
 configuration; `--model`/`--snac` are shorthands for `model.path`/`codec.path`.
@@ -116,6 +117,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import shlex
+
+    from orpheus_tts import loadbench
+
+    command = shlex.join(["orpheus-tts", *(args.argv if args.argv is not None else sys.argv[1:])])
+    return loadbench.main(args, build_config(args), command)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="orpheus-tts", description="Orpheus TTS streaming server and tools")
     parser.add_argument("--log-level", default="INFO")
@@ -143,7 +153,26 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
+    bench = sub.add_parser("bench", help="load benchmark: TTFB, real-time share, tokens/s against concurrency")
+    where = bench.add_mutually_exclusive_group(required=True)
+    where.add_argument("--server", metavar="HOST:PORT", help="benchmark a running server over gRPC")
+    where.add_argument("--in-process", action="store_true", help="run the engine in this process instead")
+    bench.add_argument("--mode", choices=("scaling", "tuning", "all"), default="scaling",
+                       help="scaling: ramp 1, 2, 4 ... N; tuning: largest concurrency meeting the TTFB target; all: both")
+    bench.add_argument("--concurrent", type=int, default=16, help="highest concurrency (default: 16)")
+    bench.add_argument("--requests", type=int, default=4,
+                       help="streams each concurrent client makes back to back at each level (default: 4)")
+    bench.add_argument("--text", default=None, help="the sentence each stream speaks (default: a ~60-character one)")
+    bench.add_argument("--stagger-s", type=float, default=1.0, help="sessions start spread over this many seconds")
+    bench.add_argument("--target-ttfb-ms", type=float,
+                       help="TTFB p95 target for tuning (default: the active profile's target_ttfb_ms)")
+    bench.add_argument("--timeout", type=float, default=300.0, help="with --server: seconds per stream before giving up")
+    bench.add_argument("--output", default="results.json", help="results JSON (a PNG is written beside it)")
+    _add_config_flags(bench)
+    bench.set_defaults(func=cmd_bench)
+
     args = parser.parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         return args.func(args)

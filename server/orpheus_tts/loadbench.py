@@ -1,0 +1,325 @@
+"""`orpheus-tts bench`: the load benchmark, against a gRPC server or the engine in-process.
+
+The standard workload (so runs compare): closed-loop concurrency N. At each level, N streams
+start staggered over `stagger_s`; each sends a ~60-character sentence (~40 prompt tokens, about
+10 s of audio) and, when its stream ends, sends the next one, until it has made `requests`.
+
+Per level: TTFB p50/p95/p99 (as the client sees it), the share of streams that stayed real
+time after their first chunk (every chunk arrives before the audio already delivered has
+finished playing), tokens/s (from each stream's final metrics, over the level's wall time) and
+the success rate. `tuning` finds the largest concurrency whose TTFB p95 meets the target with
+every stream real time; `all` runs the scaling ramp and then the tuning search.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import numpy as np
+
+from orpheus_tts.orpheus import SAMPLE_RATE_HZ
+
+DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog, again and again."  # ~62 chars: ~10 s of audio
+
+
+@dataclass
+class StreamResult:
+    ok: bool
+    ttfb_ms: float | None
+    realtime: bool
+    tokens: int
+    audio_s: float
+    error: str | None = None
+
+
+def is_realtime(arrivals: list[float], audio_before: list[float]) -> bool:
+    """Every chunk arrives before the audio already delivered has finished playing."""
+    if not arrivals:
+        return False
+    first = arrivals[0]
+    return all(a <= first + before + 1e-3 for a, before in zip(arrivals, audio_before))
+
+
+class _Timeline:
+    """Chunk arrival times and the audio delivered before each, for one stream."""
+
+    def __init__(self):
+        self.start = time.monotonic()
+        self.arrivals: list[float] = []
+        self.audio_before: list[float] = []
+        self.audio_s = 0.0
+
+    def chunk(self, seconds: float) -> None:
+        self.arrivals.append(time.monotonic() - self.start)
+        self.audio_before.append(self.audio_s)
+        self.audio_s += seconds
+
+    def result(self, ok: bool, tokens: int, error: str | None = None) -> StreamResult:
+        ttfb = self.arrivals[0] * 1e3 if self.arrivals else None
+        return StreamResult(ok, ttfb, ok and is_realtime(self.arrivals, self.audio_before), tokens, self.audio_s, error)
+
+
+StreamFn = Callable[[str, int], Awaitable[StreamResult]]
+
+
+class GrpcTarget:
+    """Streams over the server's gRPC `Synthesize` (PCM16, so audio length is exact)."""
+
+    def __init__(self, address: str, timeout_s: float):
+        self.address, self.timeout_s = address, timeout_s
+        self.channel = None
+
+    async def __aenter__(self):
+        import grpc
+
+        self.channel = grpc.aio.insecure_channel(self.address)
+        await asyncio.wait_for(self.channel.channel_ready(), self.timeout_s)
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.channel.close()
+
+    async def stream(self, text: str, seed: int) -> StreamResult:
+        import grpc
+
+        from orpheus_tts.api.gen import tts_pb2, tts_pb2_grpc
+
+        request = tts_pb2.SynthesizeRequest(text=text, seed=seed, encoding=tts_pb2.AUDIO_ENCODING_PCM_S16LE)
+        timeline, tokens, done = _Timeline(), 0, False
+        try:
+            call = tts_pb2_grpc.TextToSpeechStub(self.channel).Synthesize(request, timeout=self.timeout_s)
+            async for response in call:
+                if response.HasField("audio"):
+                    timeline.chunk(len(response.audio.data) / 2 / SAMPLE_RATE_HZ)
+                elif response.HasField("metrics"):
+                    tokens, done = int(response.metrics.tokens), True
+        except grpc.RpcError as exc:
+            return timeline.result(False, tokens, f"{exc.code().name}: {exc.details()}")
+        return timeline.result(done, tokens, None if done else "stream ended without metrics")
+
+
+class EngineTarget:
+    """The engine in this process: no network in the way."""
+
+    def __init__(self, config):
+        self.config = config
+        self.engine = None
+
+    async def __aenter__(self):
+        from orpheus_tts.engine.engine import Engine
+
+        self.engine = Engine.from_config(self.config).start()
+        await asyncio.to_thread(self.engine.warm_up)
+        return self
+
+    async def __aexit__(self, *exc):
+        self.engine.stop()
+
+    async def stream(self, text: str, seed: int) -> StreamResult:
+        from orpheus_tts.engine.session import AudioChunk, Outcome
+
+        timeline, end = _Timeline(), None
+        try:
+            request = self.engine.make_request(text, seed=seed)
+            async for event in self.engine.synthesize(request):
+                if isinstance(event, AudioChunk):
+                    timeline.chunk(len(event.samples) / SAMPLE_RATE_HZ)
+                else:
+                    end = event
+        except Exception as exc:  # a rejected request (queue full, bad text) counts as a failure
+            return timeline.result(False, 0, f"{type(exc).__name__}: {exc}")
+        if end is None:
+            return timeline.result(False, 0, "stream ended without a result")
+        ok = end.outcome is Outcome.OK
+        return timeline.result(ok, end.metrics.tokens, None if ok else f"{end.outcome.value}: {end.error}")
+
+
+class Progress:
+    """One line on stderr: redrawn in place on a terminal, a line per level otherwise."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+
+    def update(self, label: str, done: int, total: int, failed: int) -> None:
+        if self.tty:
+            width = 30
+            bar = "#" * (width * done // max(total, 1))
+            self.stream.write(f"\r{label} [{bar:<{width}}] {done}/{total} streams, {failed} failed")
+            self.stream.flush()
+
+    def finish(self, line: str) -> None:
+        self.stream.write(("\r\x1b[K" if self.tty else "") + line + "\n")
+        self.stream.flush()
+
+
+def ramp(max_concurrent: int) -> list[int]:
+    """1, 2, 4 ... and N itself."""
+    levels, n = [], 1
+    while n < max_concurrent:
+        levels.append(n)
+        n *= 2
+    return levels + [max_concurrent]
+
+
+async def run_level(stream: StreamFn, concurrency: int, requests: int, text: str, stagger_s: float,
+                    progress: Progress, label: str) -> dict:
+    """Closed loop: `concurrency` workers, each making `requests` streams back to back."""
+    total, results = concurrency * requests, []
+
+    async def worker(index: int) -> None:
+        await asyncio.sleep(index * stagger_s / concurrency)
+        for k in range(requests):
+            results.append(await stream(text, (index * 7919 + k * 104729 + concurrency) % 2**31))
+            progress.update(label, len(results), total, sum(not r.ok for r in results))
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    wall = time.monotonic() - started
+    ok = [r for r in results if r.ok]
+    ttfb = np.array([r.ttfb_ms for r in ok if r.ttfb_ms is not None])
+    pct = (lambda q: float(np.percentile(ttfb, q))) if len(ttfb) else (lambda q: None)
+    errors = sorted({r.error for r in results if r.error})
+    return dict(
+        concurrency=concurrency, streams=total, wall_s=wall,
+        ttfb_p50_ms=pct(50), ttfb_p95_ms=pct(95), ttfb_p99_ms=pct(99),
+        realtime_share=float(np.mean([r.realtime for r in results])) if results else 0.0,
+        tokens_per_s=sum(r.tokens for r in ok) / wall if wall > 0 else 0.0,
+        success_rate=len(ok) / total if total else 0.0,
+        mean_audio_s=float(np.mean([r.audio_s for r in ok])) if ok else 0.0,
+        errors=errors[:5],
+    )
+
+
+def meets(row: dict, target_ttfb_ms: float) -> bool:
+    return (row["success_rate"] == 1.0 and row["realtime_share"] == 1.0
+            and row["ttfb_p95_ms"] is not None and row["ttfb_p95_ms"] <= target_ttfb_ms)
+
+
+def _describe(row: dict) -> str:
+    fmt = lambda v: "n/a" if v is None else f"{v:.0f}"  # noqa: E731
+    return (f"concurrency {row['concurrency']}: TTFB p50 {fmt(row['ttfb_p50_ms'])} p95 {fmt(row['ttfb_p95_ms'])} "
+            f"p99 {fmt(row['ttfb_p99_ms'])} ms, real-time {row['realtime_share']:.0%}, "
+            f"{row['tokens_per_s']:.0f} tok/s, success {row['success_rate']:.0%}")
+
+
+async def run_bench(target, mode: str, max_concurrent: int, requests: int, text: str, stagger_s: float,
+                    target_ttfb_ms: float, progress: Progress | None = None) -> dict:
+    progress = progress or Progress()
+    measured: dict[int, dict] = {}
+
+    async def level(n: int) -> dict:
+        if n not in measured:
+            row = await run_level(target.stream, n, requests, text, stagger_s, progress, f"concurrency {n}")
+            row["meets_target"] = meets(row, target_ttfb_ms)
+            measured[n] = row
+            progress.finish(_describe(row))
+        return measured[n]
+
+    out: dict = {}
+    async with target:
+        if mode in ("scaling", "all"):
+            out["scaling"] = [await level(n) for n in ramp(max_concurrent)]
+        if mode in ("tuning", "all"):
+            # Ramp until a level fails, then bisect between the last pass and the first failure.
+            best, failed = 0, None
+            for n in ramp(max_concurrent):
+                if (await level(n))["meets_target"]:
+                    best = n
+                else:
+                    failed = n
+                    break
+            while failed is not None and failed - best > 1:
+                mid = (best + failed) // 2
+                if (await level(mid))["meets_target"]:
+                    best = mid
+                else:
+                    failed = mid
+            out["tuning"] = dict(target_ttfb_ms=target_ttfb_ms, max_concurrent_meeting_target=best,
+                                 searched_up_to=max_concurrent)
+            progress.finish(f"tuning: largest concurrency with TTFB p95 <= {target_ttfb_ms:.0f} ms and every "
+                            f"stream real-time: {best}")
+    out["levels"] = [measured[n] for n in sorted(measured)]
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                              capture_output=True, text=True, timeout=10, check=True).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def plot(levels: list[dict], target_ttfb_ms: float, path: Path) -> bool:
+    """TTFB percentiles and real-time share against concurrency; False when matplotlib is absent."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    xs = [row["concurrency"] for row in levels]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, label in (("ttfb_p50_ms", "TTFB p50"), ("ttfb_p95_ms", "TTFB p95"), ("ttfb_p99_ms", "TTFB p99")):
+        ax.plot(xs, [row[key] if row[key] is not None else float("nan") for row in levels], marker="o", label=label)
+    ax.axhline(target_ttfb_ms, color="grey", linestyle=":", label=f"target {target_ttfb_ms:.0f} ms")
+    ax.set_xlabel("concurrent streams")
+    ax.set_ylabel("TTFB (ms)")
+    ax.set_xscale("log", base=2)
+    share = ax.twinx()
+    share.plot(xs, [row["realtime_share"] * 100 for row in levels], color="black", marker="s", linestyle="--",
+               label="real-time streams")
+    share.set_ylabel("streams real-time (%)")
+    share.set_ylim(0, 105)
+    lines = ax.get_legend_handles_labels()
+    more = share.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper left", fontsize=8)
+    ax.set_title("orpheus-tts bench")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(args, config, command: str) -> int:
+    """Run from `orpheus-tts bench`; writes the JSON (always) and a PNG beside it (with matplotlib)."""
+    if args.concurrent < 1 or args.requests < 1:
+        raise ValueError("--concurrent and --requests must be at least 1")
+    if not args.in_process and not args.server:
+        raise ValueError("give --server HOST:PORT or --in-process")
+    text = args.text or DEFAULT_TEXT
+    target_ttfb_ms = args.target_ttfb_ms or config.active_profile.target_ttfb_ms
+    if args.in_process:
+        if args.concurrent > config.scheduler.max_concurrent_sessions:
+            print(f"note: --concurrent {args.concurrent} exceeds scheduler.max_concurrent_sessions="
+                  f"{config.scheduler.max_concurrent_sessions}; the rest queue", file=sys.stderr)
+        target, where = EngineTarget(config), "in-process"
+    else:
+        target, where = GrpcTarget(args.server, args.timeout), args.server
+    started = time.time()
+    out = asyncio.run(run_bench(target, args.mode, args.concurrent, args.requests, text, args.stagger_s,
+                                target_ttfb_ms))
+    results = dict(command=command, git_commit=git_commit(), target=where, mode=args.mode,
+                   workload=dict(text=text, text_chars=len(text), concurrent=args.concurrent,
+                                 requests_per_stream=args.requests, stagger_s=args.stagger_s),
+                   profile=config.profile, target_ttfb_ms=target_ttfb_ms,
+                   started_unix=started, duration_s=time.time() - started, **out)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {output}")
+    png = output.with_suffix(".png")
+    if plot(results["levels"], target_ttfb_ms, png):
+        print(f"wrote {png}")
+    else:
+        print("note: matplotlib is not installed (pip install 'orpheus-tts[bench]'); no PNG written")
+    return 0 if all(row["success_rate"] > 0 for row in results["levels"]) else 1

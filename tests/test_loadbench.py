@@ -1,0 +1,64 @@
+"""`orpheus-tts bench`: the load benchmark, in-process and against a real gRPC server."""
+
+import json
+import subprocess
+import sys
+
+from orpheus_tts import cli
+from server_testkit import RunningServer, grpc_server_config
+
+SMALL = ["--set", "scheduler.max_context_tokens=512", "--set", "tuning.longform.max_text_chars=200"]
+SHORT = ["--text", "Hello there.", "--stagger-s", "0.2"]
+
+
+def _check_levels(results, levels, requests):
+    assert [row["concurrency"] for row in results["levels"]] == levels
+    for row in results["levels"]:
+        assert row["streams"] == row["concurrency"] * requests
+        assert row["success_rate"] == 1.0, row["errors"]
+        assert 0 < row["ttfb_p50_ms"] <= row["ttfb_p95_ms"] <= row["ttfb_p99_ms"]
+        assert 0.0 <= row["realtime_share"] <= 1.0
+        assert row["tokens_per_s"] > 0 and row["mean_audio_s"] > 0
+
+
+def test_bench_in_process_scaling_writes_each_level(tmp_path):
+    out = tmp_path / "results.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "orpheus_tts.cli", "bench", "--in-process", "--mode", "scaling", "--concurrent", "2",
+         "--requests", "2", "--device", "cpu", *SMALL, *SHORT, "--output", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "concurrency 2:" in result.stderr  # the progress/summary lines go to stderr
+    results = json.loads(out.read_text())
+    assert results["command"].startswith("orpheus-tts bench --in-process")
+    assert results["target"] == "in-process" and results["mode"] == "scaling"
+    assert results["target_ttfb_ms"] == 300.0  # the longform profile's target
+    _check_levels(results, [1, 2], 2)
+    assert [row["concurrency"] for row in results["scaling"]] == [1, 2]
+
+
+def test_bench_against_a_server_tunes_to_a_concurrency_within_range(tmp_path):
+    server = RunningServer(grpc_server_config())
+    try:
+        out = tmp_path / "server.json"
+        code = cli.main(["--log-level", "WARNING", "bench", "--server", server.address, "--mode", "all",
+                         "--concurrent", "2", "--requests", "1", "--target-ttfb-ms", "60000", *SHORT,
+                         "--output", str(out)])
+    finally:
+        server.close()
+    assert code == 0
+    results = json.loads(out.read_text())
+    assert results["target"] == server.address and results["command"].startswith("orpheus-tts")
+    _check_levels(results, [1, 2], 1)
+    assert 0 <= results["tuning"]["max_concurrent_meeting_target"] <= 2
+    assert results["tuning"]["target_ttfb_ms"] == 60000
+
+
+def test_bench_needs_a_target(capsys):
+    try:
+        cli.main(["bench", "--mode", "scaling"])
+    except SystemExit as exc:
+        assert exc.code == 2
+    else:
+        raise AssertionError("bench without --server or --in-process should fail")
