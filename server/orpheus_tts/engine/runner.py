@@ -36,16 +36,11 @@ class ModelRunner:
         return torch.tensor(values, dtype=dtype, device=self.device)
 
     def _sampling_batch(self, sessions: list[Session]) -> SamplingBatch:
-        f32 = torch.float32
-        return SamplingBatch(
-            slots=self._tensor([s.slot for s in sessions]),
-            temperature=self._tensor([s.request.temperature for s in sessions], f32),
-            top_p=self._tensor([s.request.top_p for s in sessions], f32),
-            repetition_penalty=self._tensor([s.request.repetition_penalty for s in sessions], f32),
-            seed=self._tensor([s.seed for s in sessions]),
-            counter=self._tensor([s.metrics.tokens for s in sessions]),
-            frame_position=self._tensor([s.accumulator.frame_position for s in sessions]),
-        )
+        """The sessions' sampling parameters on the device (eager path; graphs copy the arrays)."""
+        ints, floats = (torch.from_numpy(a).to(self.device) for a in self._sampling_arrays(sessions))
+        slots, seed, counter, frame_position = ints
+        return SamplingBatch(slots=slots, temperature=floats[0], top_p=floats[1], repetition_penalty=floats[2],
+                             seed=seed, counter=counter, frame_position=frame_position)
 
     @torch.inference_mode()
     def prefill(self, sessions: list[Session]) -> list[int]:
