@@ -50,7 +50,7 @@ def kernel_table(fn, repeats: int = 5) -> list[dict]:
     for event in prof.events():
         if event.device_type == torch.autograd.DeviceType.CUDA:
             entry = totals[event.name]
-            entry[0] += event.device_time
+            entry[0] += event.time_range.elapsed_us()
             entry[1] += 1
     rows = [dict(kernel=name[:160], us_per_call=t / repeats, launches_per_call=n / repeats)
             for name, (t, n) in totals.items()]
