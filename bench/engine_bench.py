@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import json
 import os
@@ -96,7 +97,7 @@ def measure_weight_bytes(model) -> int:
 
 
 @torch.inference_mode()
-def step_sweep(model, label, batches, contexts, copy_bw, results, max_tokens):
+def step_sweep(model, label, batches, contexts, copy_bw, results, max_tokens, compiled):
     """Time graph replays of the decode step at every (batch, context)."""
     args = model.args
     n_slots = max(batches)
@@ -105,6 +106,8 @@ def step_sweep(model, label, batches, contexts, copy_bw, results, max_tokens):
         kc.normal_()
         vc.normal_()
     sampler = Sampler(model, n_slots + 1)
+    if compiled:
+        sampler.compile()
     graphs = DecodeGraphs(model, cache, sampler, n_slots, cache.scratch_slot)
     t0 = time.time()
     graphs.capture()
@@ -114,12 +117,13 @@ def step_sweep(model, label, batches, contexts, copy_bw, results, max_tokens):
     rows = []
     for ctx in contexts:
         for b in batches:
-            ints = np.zeros((6, b), dtype=np.int64)
+            ints = np.zeros((7, b), dtype=np.int64)
             ints[0] = orpheus.AUDIO_TOKEN_BASE + rng.integers(0, 4096, b)
             ints[1] = np.arange(b)
             ints[2] = ctx - 1
             ints[3] = rng.integers(0, 2**31, b)
             ints[5] = np.arange(b) % 7
+            ints[6] = 1
             floats = np.array([[0.6] * b, [0.8] * b, [1.1] * b], dtype=np.float32)
             bucket = graphs.bucket_for(b)
             graphs.run(ints, floats)
@@ -148,13 +152,14 @@ def step_sweep(model, label, batches, contexts, copy_bw, results, max_tokens):
     runner.model, runner.kv_cache, runner.sampler, runner.device, runner.graphs = model, cache, sampler, "cuda", None
     agree = []
     for b in (1, 16, 64):
-        ints = np.zeros((6, b), dtype=np.int64)
+        ints = np.zeros((7, b), dtype=np.int64)
         ints[0] = orpheus.AUDIO_TOKEN_BASE + rng.integers(0, 4096, b)
-        ints[1], ints[2], ints[3], ints[5] = np.arange(b), 511, rng.integers(0, 2**31, b), np.arange(b) % 7
+        ints[1], ints[2], ints[3], ints[5], ints[6] = np.arange(b), 511, rng.integers(0, 2**31, b), np.arange(b) % 7, 1
         floats = np.array([[0.6] * b, [0.8] * b, [1.0] * b], dtype=np.float32)
         ti, tf = torch.from_numpy(ints).cuda(), torch.from_numpy(floats).cuda()
-        eager_ms = cuda_time_ms(lambda: runner._decode_eager(ti, tf), iters=10)  # noqa: SLF001
-        eager_tokens = runner._decode_eager(ti, tf)  # noqa: SLF001
+        with torch.compiler.set_stance("force_eager"):  # no graphs and no compiled code: the reference
+            eager_ms = cuda_time_ms(lambda: runner._decode_eager(ti, tf), iters=10)  # noqa: SLF001
+            eager_tokens = runner._decode_eager(ti, tf)  # noqa: SLF001
         graph_tokens = graphs.run(ints, floats)
         agree.append(float((eager_tokens == graph_tokens).float().mean()))
         results["eager_step_ms"].append(dict(precision=label, batch=b, context=512, step_ms=eager_ms))
@@ -261,11 +266,13 @@ def transformers_baseline(results, batches):
     torch.cuda.empty_cache()
 
 
-async def engine_load(results, levels, max_batch, quantization):
+async def engine_load(results, levels, max_batch, quantization, requests):
+    """The load benchmark's standard workload (`orpheus-tts bench --in-process`), plus where the
+    engine thread's time went at each level and the GPU memory in use."""
     from orpheus_tts.engine.engine import Engine
-    from orpheus_tts.engine.session import AudioChunk
+    from orpheus_tts.engine.observer import EngineObserver
+    from orpheus_tts.loadbench import DEFAULT_TEXT, EngineTarget, Progress, run_level
 
-    text = "The quick brown fox jumps over the lazy dog, again and again."  # ~62 chars: ~10 s budget
     max_sessions = max(levels)
     config = load_config(environ={}, overrides={
         "model.path": "random:orpheus-3b", "codec.path": "random", "codec.noise": False,
@@ -273,79 +280,51 @@ async def engine_load(results, levels, max_batch, quantization):
         "scheduler.max_context_tokens": 1024, "scheduler.max_pending_sessions": 4 * max_sessions,
         "model.quantization": quantization,
     })
-    from orpheus_tts.engine.observer import EngineObserver
 
-    class StepTimes(EngineObserver):
+    class StepSizes(EngineObserver):
         def __init__(self):
-            self.steps, self.snac_s = [], 0.0
+            self.steps = []
 
         def on_step(self, seconds, decode_batch, prefill_batch, stats):
             self.steps.append((seconds, decode_batch, prefill_batch))
 
-    observer = StepTimes()
+    observer = StepSizes()
     t = time.time()
     engine = Engine.from_config(config, observer=observer).start()
-    decode = engine.codec.decode
-
-    def timed_decode(frames):  # SNAC's share of each step (decode returns on the host: synchronous)
-        t0 = time.perf_counter()
-        out = decode(frames)
-        observer.snac_s += time.perf_counter() - t0
-        return out
-
-    engine.codec.decode = timed_decode
     await asyncio.to_thread(engine.warm_up)
     results["engine_start_s"] = time.time() - t
-    results["gpu_memory_allocated_gb"] = torch.cuda.memory_allocated() / 1e9
-    results["gpu_memory_reserved_gb"] = torch.cuda.memory_reserved() / 1e9
-
-    async def one(delay):
-        await asyncio.sleep(delay)
-        start = time.monotonic()
-        arrivals, audio_before, audio = [], [], 0.0
-        request = engine.make_request(text, seed=int(delay * 1e6) % 2**31)
-        end = None
-        async for event in engine.synthesize(request):
-            if isinstance(event, AudioChunk):
-                arrivals.append(time.monotonic() - start)
-                audio_before.append(audio)
-                audio += len(event.samples) / orpheus.SAMPLE_RATE_HZ
-            else:
-                end = event
-        first = arrivals[0] if arrivals else None
-        # Real time: every chunk arrives before the audio already delivered has finished playing.
-        realtime = bool(arrivals) and all(a <= first + before + 1e-3 for a, before in zip(arrivals, audio_before))
-        return dict(ttfb_ms=first * 1e3 if first else None, realtime=realtime, tokens=end.metrics.tokens,
-                    engine_ttfb_ms=end.metrics.ttfb_s * 1e3 if end.metrics.ttfb_s else None,
-                    queue_ms=(end.metrics.queue_s or 0) * 1e3,
-                    frames=end.metrics.frames, outcome=end.outcome.value)
-
+    target = EngineTarget(config)
+    target.engine = engine
     rows = []
     for n in levels:
-        observer.steps, observer.snac_s = [], 0.0
-        t = time.monotonic()
-        streams = await asyncio.gather(*(one(i * 1.0 / max(n, 1)) for i in range(n)))
-        wall = time.monotonic() - t
+        observer.steps = []
+        before = dataclasses.replace(engine.timings)
+        torch.cuda.reset_peak_memory_stats()
+        row = await run_level(target.stream, n, requests, DEFAULT_TEXT, 1.0, Progress(), f"concurrency {n}")
+        after = engine.timings
+        spent = {f: getattr(after, f) - getattr(before, f) for f in
+                 ("steps", "step_s", "prefill_s", "decode_s", "snac_launch_s", "snac_wait_s")}
         steps = np.array(observer.steps) if observer.steps else np.zeros((1, 3))
-        ttfb = np.array([s["ttfb_ms"] for s in streams if s["ttfb_ms"] is not None])
-        row = dict(concurrency=n, ttfb_p50_ms=float(np.percentile(ttfb, 50)), ttfb_p95_ms=float(np.percentile(ttfb, 95)),
-                   ttfb_p99_ms=float(np.percentile(ttfb, 99)), realtime_share=float(np.mean([s["realtime"] for s in streams])),
-                   tokens_per_s=sum(s["tokens"] for s in streams) / wall,
-                   mean_frames=float(np.mean([s["frames"] for s in streams])),
-                   success_rate=float(np.mean([s["outcome"] == "ok" for s in streams])),
-                   engine_ttfb_p50_ms=float(np.percentile([s["engine_ttfb_ms"] or 0 for s in streams], 50)),
-                   queue_p50_ms=float(np.percentile([s["queue_ms"] for s in streams], 50)),
-                   prefill_step_ms_mean=float(steps[steps[:, 2] > 0, 0].mean() * 1e3) if (steps[:, 2] > 0).any() else 0.0,
-                   steps=len(observer.steps), step_ms_mean=float(steps[:, 0].mean() * 1e3),
-                   decode_batch_mean=float(steps[:, 1].mean()), engine_busy_share=float(steps[:, 0].sum() / wall),
-                   snac_share_of_step_time=float(observer.snac_s / max(steps[:, 0].sum(), 1e-9)))
+        busy = max(spent["step_s"], 1e-9)
+        row.update(
+            steps=int(spent["steps"]), step_ms_mean=spent["step_s"] / max(spent["steps"], 1) * 1e3,
+            decode_batch_mean=float(steps[:, 1].mean()), engine_busy_share=busy / row["wall_s"],
+            prefill_steps=int((steps[:, 2] > 0).sum()),
+            time_share=dict(prefill=spent["prefill_s"] / busy, decode=spent["decode_s"] / busy,
+                            snac_launch=spent["snac_launch_s"] / busy, snac_wait=spent["snac_wait_s"] / busy,
+                            host_other=(busy - spent["prefill_s"] - spent["decode_s"] - spent["snac_launch_s"]) / busy),
+            gpu_memory_peak_gb=torch.cuda.max_memory_allocated() / 1e9,
+        )
         rows.append(row)
-        log(f"engine concurrency {n}: TTFB p50 {row['ttfb_p50_ms']:.0f} p95 {row['ttfb_p95_ms']:.0f} ms, "
-            f"(engine-side p50 {row['engine_ttfb_p50_ms']:.0f}, queue p50 {row['queue_p50_ms']:.0f}, prefill step "
-            f"{row['prefill_step_ms_mean']:.1f} ms), "
-            f"real-time {row['realtime_share']:.2f}, {row['tokens_per_s']:.0f} tok/s, frames {row['mean_frames']:.0f}, "
-            f"step {row['step_ms_mean']:.1f} ms (batch {row['decode_batch_mean']:.0f}, SNAC {row['snac_share_of_step_time']:.0%})")
+        share = row["time_share"]
+        log(f"engine concurrency {n}: TTFB p50 {row['ttfb_p50_ms']:.0f} p95 {row['ttfb_p95_ms']:.0f} "
+            f"p99 {row['ttfb_p99_ms']:.0f} ms, real-time {row['realtime_share']:.2f}, {row['tokens_per_s']:.0f} tok/s, "
+            f"success {row['success_rate']:.2f}, audio {row['mean_audio_s']:.2f} s, step {row['step_ms_mean']:.1f} ms "
+            f"(batch {row['decode_batch_mean']:.0f}; decode {share['decode']:.0%}, prefill {share['prefill']:.0%}, "
+            f"SNAC launch {share['snac_launch']:.0%} wait {share['snac_wait']:.0%}, host {share['host_other']:.0%})")
     results["engine_load"] = rows
+    results["gpu_memory_allocated_gb"] = torch.cuda.memory_allocated() / 1e9
+    results["gpu_memory_reserved_gb"] = torch.cuda.memory_reserved() / 1e9
     engine.stop()
 
 
@@ -406,6 +385,7 @@ def main():
     parser.add_argument("--contexts", default="128,512,1024")
     parser.add_argument("--levels", default="1,16,64,128,200,256")
     parser.add_argument("--max-batch", type=int, default=256)
+    parser.add_argument("--requests", type=int, default=2, help="load: streams each closed-loop worker makes")
     parser.add_argument("--skip", default="", help="comma list of: sweep,snac,baseline,load")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument("--load-quantization", default="auto")
@@ -438,7 +418,7 @@ def main():
         save()
     if "load" not in skip:
         asyncio.run(engine_load(results, [int(x) for x in opts.levels.split(",")], opts.max_batch,
-                                opts.load_quantization))
+                                opts.load_quantization, opts.requests))
         save()
     plots(results, out)
     save()
@@ -453,13 +433,13 @@ def sweeps(opts, results, batches, contexts, bw, save):
         bf16_logits = prompt_logits(model, tokens)
     if opts.compile:
         compile_model(model)
-    results["step_sweep"] += step_sweep(model, "bf16", batches, contexts, bw, results, max(contexts))
+    results["step_sweep"] += step_sweep(model, "bf16", batches, contexts, bw, results, max(contexts), opts.compile)
     save()
     results["fp8_scaling"] = quantize_to_fp8(model)
     fp8_matmul_accuracy(results)
     fp8_accuracy(bf16_logits, model, tokens, results)
     log("checks", results["checks"])
-    results["step_sweep"] += step_sweep(model, "fp8", batches, contexts, bw, results, max(contexts))
+    results["step_sweep"] += step_sweep(model, "fp8", batches, contexts, bw, results, max(contexts), opts.compile)
     save()
     del model
     gc.collect()

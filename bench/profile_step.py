@@ -104,15 +104,17 @@ def main():
         kc.normal_()
         vc.normal_()
     sampler = Sampler(model, n_slots + 1)
+    sampler.compile()
     graphs = DecodeGraphs(model, cache, sampler, n_slots, cache.scratch_slot)
     graphs.buckets = batches
     graphs.capture()
     results["decode_capture_s"] = time.time() - t
     rng = np.random.default_rng(0)
     for b in batches:
-        ints = np.zeros((6, b), dtype=np.int64)
+        ints = np.zeros((7, b), dtype=np.int64)
         ints[0] = orpheus.AUDIO_TOKEN_BASE + rng.integers(0, 4096, b)
-        ints[1], ints[2], ints[3], ints[5] = np.arange(b), opts.context - 1, rng.integers(0, 2**31, b), np.arange(b) % 7
+        ints[1], ints[2], ints[3], ints[5], ints[6] = (np.arange(b), opts.context - 1, rng.integers(0, 2**31, b),
+                                                       np.arange(b) % 7, 1)
         floats = np.array([[0.6] * b, [0.8] * b, [1.1] * b], dtype=np.float32)
         graphs.run(ints, floats)
         replay = cuda_time_ms(lambda: graphs._graphs[b].replay())  # noqa: SLF001
@@ -139,7 +141,7 @@ def main():
     results["prefill_capture_s"] = time.time() - t
     for b in (1, 8):
         prompts = [list(rng.integers(0, 128000, 40)) for _ in range(b)]
-        ints = np.stack([np.arange(b), rng.integers(0, 2**31, b), np.zeros(b), np.zeros(b)]).astype(np.int64)
+        ints = np.stack([np.arange(b), rng.integers(0, 2**31, b), np.zeros(b), np.zeros(b), np.ones(b)]).astype(np.int64)
         floats = np.array([[0.6] * b, [0.8] * b, [1.1] * b], dtype=np.float32)
         bb = next(s for s in prefill.BATCHES if s >= b)
         prefill.run(prompts, ints, floats)

@@ -108,6 +108,7 @@ async def test_same_seed_gives_the_same_audio(engine):
         ({"repetition_penalty": 0.9}, "repetition_penalty"),
         ({"seed": -1}, "seed"),
         ({"format": "ogg-vorbis"}, "format"),
+        ({"ignore_end_of_speech": "yes"}, "ignore_end_of_speech"),
     ],
 )
 async def test_bad_request_is_refused_before_taking_a_slot(engine, fields, field):

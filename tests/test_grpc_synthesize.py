@@ -129,3 +129,32 @@ async def test_list_voices_names_every_orpheus_voice(tts):
     response = await tts.ListVoices(tts_pb2.ListVoicesRequest())
     assert [v.name for v in response.voices] == list(orpheus.VOICES)
     assert response.default_voice == "tara" and "<laugh>" in response.emotion_tags
+
+
+
+
+async def test_ignore_end_of_speech_reaches_the_sampler_and_the_stream_speaks_its_whole_budget(tts, grpc_server):
+    """The benchmark switch: proto field -> request -> the sampler's per-row end-of-speech flag
+    (the sampler tests show the flag's effect), and a stream with it speaks its whole budget."""
+    from orpheus_tts.api.messages import speech_request
+    from orpheus_tts.engine.runner import ModelRunner
+    from orpheus_tts.engine.session import Session
+
+    engine = grpc_server.server.engine
+    text = "The quick brown fox."
+    sessions = []
+    for ignore in (True, False):
+        request = speech_request(engine, tts_pb2.SynthesizeRequest(text=text, ignore_end_of_speech=ignore), text)
+        session = Session(request=request, seed=1, emit=lambda event: None)
+        session.add_pieces(engine.make_pieces(request.voice, text), close=True)
+        session.take_incoming()
+        session.start_next_piece(1, 1)
+        session.slot = len(sessions)
+        sessions.append(session)
+    ints, _ = ModelRunner._sampling_arrays(sessions)  # noqa: SLF001
+    assert ints[4].tolist() == [0, 1]  # end of speech: suppressed, allowed
+
+    budget_frames = orpheus.audio_token_budget(text) // orpheus.TOKENS_PER_FRAME
+    responses = await collect(tts.Synthesize(tts_pb2.SynthesizeRequest(text=text, seed=3, ignore_end_of_speech=True)))
+    metrics = responses[-1].metrics
+    assert metrics.frames == budget_frames and metrics.tokens == budget_frames * orpheus.TOKENS_PER_FRAME

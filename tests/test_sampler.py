@@ -113,3 +113,23 @@ def test_hashed_uniform_is_in_the_open_unit_interval_and_uncorrelated():
     assert 0 < float(u.min()) and float(u.max()) < 1
     assert abs(float(u.mean()) - 0.5) < 0.01
     assert abs(float(torch.corrcoef(u)[0, 1])) < 0.02
+
+
+def test_suppressed_end_of_speech_gets_no_probability_where_it_would_win(demo_model):
+    """Rows with allow_eos=0 never end speech, even with end-of-speech the likeliest id; rows
+    with allow_eos=1 keep it (benchmarks suppress it so every stream speaks its whole budget)."""
+    eos_row = demo_model.output.weight[orpheus.END_OF_SPEECH]
+    hidden = (eos_row / eos_row.norm() * 50).expand(4, -1)  # end of speech dominates the logits
+    for constrained in (True, False):
+        sampler = Sampler(demo_model, n_slots=4, constrained=constrained)
+        batch = _batch(4, position=0, temperature=0.0)
+        batch.allow_eos = torch.tensor([1, 0, 1, 0])
+        ids, probs = sampler.probabilities(hidden, batch)
+        eos_prob = (probs * (ids == orpheus.END_OF_SPEECH)).sum(dim=1)
+        assert eos_prob[0] > 0.99 and eos_prob[2] > 0.99
+        assert eos_prob[1] == 0 and eos_prob[3] == 0
+        tokens = sampler.sample(hidden, batch).tolist()
+        assert tokens[0] == tokens[2] == orpheus.END_OF_SPEECH
+        assert orpheus.END_OF_SPEECH not in (tokens[1], tokens[3])
+        if constrained:
+            assert orpheus.token_to_code(tokens[1], 0) is not None and orpheus.token_to_code(tokens[3], 0) is not None

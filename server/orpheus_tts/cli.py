@@ -162,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--concurrent", type=int, default=16, help="highest concurrency (default: 16)")
     bench.add_argument("--requests", type=int, default=4,
                        help="streams each concurrent client makes back to back at each level (default: 4)")
-    bench.add_argument("--text", default=None, help="the sentence each stream speaks (default: a ~60-character one)")
+    bench.add_argument("--text", default=None, help="the sentence each stream speaks (default: a 57-character one, 118 frames)")
+    bench.add_argument("--stop-at-end-of-speech", action="store_true",
+                       help="let streams end where the model ends speech (default: the standard workload "
+                            "suppresses it, so every stream speaks its whole 118-frame budget)")
     bench.add_argument("--stagger-s", type=float, default=1.0, help="sessions start spread over this many seconds")
     bench.add_argument("--target-ttfb-ms", type=float,
                        help="TTFB p95 target for tuning (default: the active profile's target_ttfb_ms)")

@@ -1,8 +1,9 @@
 """`orpheus-tts bench`: the load benchmark, against a gRPC server or the engine in-process.
 
 The standard workload (so runs compare): closed-loop concurrency N. At each level, N streams
-start staggered over `stagger_s`; each sends a ~60-character sentence (~40 prompt tokens, about
-10 s of audio) and, when its stream ends, sends the next one, until it has made `requests`.
+start staggered over `stagger_s`; each sends a 57-character sentence (~40 prompt tokens) whose
+speech budget is 118 frames (10.07 s of audio), with end-of-speech suppressed so every stream
+speaks all of it, and when its stream ends sends the next one, until it has made `requests`.
 
 Per level: TTFB p50/p95/p99 (as the client sees it), the share of streams that stayed real
 time after their first chunk (every chunk arrives before the audio already delivered has
@@ -26,7 +27,7 @@ import numpy as np
 
 from orpheus_tts.orpheus import SAMPLE_RATE_HZ
 
-DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog, again and again."  # ~62 chars: ~10 s of audio
+DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog by the river."  # 57 chars: a 118-frame budget
 
 
 @dataclass
@@ -72,8 +73,8 @@ StreamFn = Callable[[str, int], Awaitable[StreamResult]]
 class GrpcTarget:
     """Streams over the server's gRPC `Synthesize` (PCM16, so audio length is exact)."""
 
-    def __init__(self, address: str, timeout_s: float):
-        self.address, self.timeout_s = address, timeout_s
+    def __init__(self, address: str, timeout_s: float, ignore_eos: bool = True):
+        self.address, self.timeout_s, self.ignore_eos = address, timeout_s, ignore_eos
         self.channel = None
 
     async def __aenter__(self):
@@ -91,7 +92,8 @@ class GrpcTarget:
 
         from orpheus_tts.api.gen import tts_pb2, tts_pb2_grpc
 
-        request = tts_pb2.SynthesizeRequest(text=text, seed=seed, encoding=tts_pb2.AUDIO_ENCODING_PCM_S16LE)
+        request = tts_pb2.SynthesizeRequest(text=text, seed=seed, encoding=tts_pb2.AUDIO_ENCODING_PCM_S16LE,
+                                            ignore_end_of_speech=self.ignore_eos)
         timeline, tokens, done = _Timeline(), 0, False
         try:
             call = tts_pb2_grpc.TextToSpeechStub(self.channel).Synthesize(request, timeout=self.timeout_s)
@@ -108,8 +110,8 @@ class GrpcTarget:
 class EngineTarget:
     """The engine in this process: no network in the way."""
 
-    def __init__(self, config):
-        self.config = config
+    def __init__(self, config, ignore_eos: bool = True):
+        self.config, self.ignore_eos = config, ignore_eos
         self.engine = None
 
     async def __aenter__(self):
@@ -127,7 +129,7 @@ class EngineTarget:
 
         timeline, end = _Timeline(), None
         try:
-            request = self.engine.make_request(text, seed=seed)
+            request = self.engine.make_request(text, seed=seed, ignore_end_of_speech=self.ignore_eos)
             async for event in self.engine.synthesize(request):
                 if isinstance(event, AudioChunk):
                     timeline.chunk(len(event.samples) / SAMPLE_RATE_HZ)
@@ -302,15 +304,16 @@ def main(args, config, command: str) -> int:
         if args.concurrent > config.scheduler.max_concurrent_sessions:
             print(f"note: --concurrent {args.concurrent} exceeds scheduler.max_concurrent_sessions="
                   f"{config.scheduler.max_concurrent_sessions}; the rest queue", file=sys.stderr)
-        target, where = EngineTarget(config), "in-process"
+        target, where = EngineTarget(config, not args.stop_at_end_of_speech), "in-process"
     else:
-        target, where = GrpcTarget(args.server, args.timeout), args.server
+        target, where = GrpcTarget(args.server, args.timeout, not args.stop_at_end_of_speech), args.server
     started = time.time()
     out = asyncio.run(run_bench(target, args.mode, args.concurrent, args.requests, text, args.stagger_s,
                                 target_ttfb_ms))
     results = dict(command=command, git_commit=git_commit(), target=where, mode=args.mode,
                    workload=dict(text=text, text_chars=len(text), concurrent=args.concurrent,
-                                 requests_per_stream=args.requests, stagger_s=args.stagger_s),
+                                 requests_per_stream=args.requests, stagger_s=args.stagger_s,
+                                 end_of_speech_suppressed=not args.stop_at_end_of_speech),
                    profile=config.profile, target_ttfb_ms=target_ttfb_ms,
                    started_unix=started, duration_s=time.time() - started, **out)
     output = Path(args.output)

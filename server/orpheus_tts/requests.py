@@ -43,6 +43,9 @@ class SpeechRequest:
     repetition_penalty: float
     seed: int | None
     format: str
+    # Benchmarks: speak the whole token budget, never stopping at the model's end of speech,
+    # so every run of a workload produces the same amount of audio.
+    ignore_end_of_speech: bool = False
 
     @classmethod
     def create(
@@ -58,6 +61,7 @@ class SpeechRequest:
         seed: int | None = None,
         format: str = "pcm",
         allow_empty_text: bool = False,
+        ignore_end_of_speech: bool = False,
     ) -> "SpeechRequest":
         if not isinstance(text, str):
             raise RequestError("text", "must be a string")
@@ -82,7 +86,10 @@ class SpeechRequest:
             raise RequestError("seed", f"must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}]")
         if format not in AUDIO_FORMATS:
             raise RequestError("format", f"unknown format {format!r}; supported: {', '.join(AUDIO_FORMATS)}")
-        return cls(text, voice, float(temperature), float(top_p), float(repetition_penalty), seed, format)
+        if not isinstance(ignore_end_of_speech, bool):
+            raise RequestError("ignore_end_of_speech", f"must be true or false, got {ignore_end_of_speech!r}")
+        return cls(text, voice, float(temperature), float(top_p), float(repetition_penalty), seed, format,
+                   ignore_end_of_speech)
 
 
 def _in_range(field: str, value: object, lo: float, hi: float) -> float:

@@ -28,7 +28,8 @@ def speech_request(engine: Engine, message, text: str, allow_empty_text: bool = 
         raise RequestError("encoding", f"unknown encoding {message.encoding}; supported: {supported}")
     fields = {name: getattr(message, name) for name in _OPTIONAL_FIELDS if message.HasField(name)}
     return engine.make_request(text, voice=message.voice or engine.config.default_voice,
-                               format=ENCODINGS[message.encoding], allow_empty_text=allow_empty_text, **fields)
+                               format=ENCODINGS[message.encoding], allow_empty_text=allow_empty_text,
+                               ignore_end_of_speech=message.ignore_end_of_speech, **fields)
 
 
 def audio_format(request: SpeechRequest, request_id: str) -> tts_pb2.AudioFormat:

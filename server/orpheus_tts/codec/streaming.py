@@ -14,6 +14,7 @@ one batched SNAC call (`decode_windows`).
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -90,19 +91,58 @@ class FrameAccumulator:
         return len(self.frames) - self.emitted_frames
 
 
-def decode_windows(codec: SnacCodec, jobs: list[tuple[FrameAccumulator, Window]]) -> list[np.ndarray]:
-    """Decode every job's window, batching windows of equal length; returns emitted samples per job."""
+class PendingAudio:
+    """Decoded windows on their way to the host: `samples()` waits for them.
+
+    On a GPU the decode and the copy to (pinned) host memory are queued on the caller's
+    stream and this returns at once, so SNAC can run beside the next language-model step.
+    """
+
+    def __init__(self, jobs: list[tuple[FrameAccumulator, Window]], parts: list[tuple[list[int], torch.Tensor]],
+                 event: torch.cuda.Event | None):
+        self.jobs, self._parts, self._event = jobs, parts, event
+
+    def samples(self) -> list[np.ndarray]:
+        """Each job's emitted samples, in job order."""
+        if self._event is not None:
+            self._event.synchronize()
+        out: list[np.ndarray | None] = [None] * len(self.jobs)
+        spf = orpheus.SAMPLES_PER_FRAME
+        for indices, audio in self._parts:
+            audio = audio.numpy()
+            for row, i in enumerate(indices):
+                window = self.jobs[i][1]
+                lo, hi = (window.emit_from - window.start) * spf, (window.emit_to - window.start) * spf
+                out[i] = audio[row, lo:hi]
+        return out  # type: ignore[return-value]
+
+
+def launch_windows(codec: SnacCodec, jobs: list[tuple[FrameAccumulator, Window]],
+                   stream: torch.cuda.Stream | None = None) -> PendingAudio:
+    """Queue the decode of every job's window, batching windows of equal length, and mark the
+    frames emitted (the next window of a session starts after them)."""
     by_length: dict[int, list[int]] = defaultdict(list)
     for i, (_, window) in enumerate(jobs):
         by_length[window.end - window.start].append(i)
-    out: list[np.ndarray | None] = [None] * len(jobs)
-    spf = orpheus.SAMPLES_PER_FRAME
-    for indices in by_length.values():
-        codes = torch.tensor([jobs[i][0].window_codes(jobs[i][1]) for i in indices], dtype=torch.int64)
-        audio = codec.decode(codes).cpu().numpy()
-        for row, i in enumerate(indices):
-            acc, window = jobs[i]
-            lo, hi = (window.emit_from - window.start) * spf, (window.emit_to - window.start) * spf
-            out[i] = audio[row, lo:hi]
-            acc.mark_emitted(window)
-    return out  # type: ignore[return-value]
+    parts, event = [], None
+    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+        for indices in by_length.values():
+            codes = torch.tensor([jobs[i][0].window_codes(jobs[i][1]) for i in indices], dtype=torch.int64)
+            audio = codec.decode(codes)
+            if audio.is_cuda:
+                host = torch.empty(audio.shape, dtype=audio.dtype, pin_memory=True)
+                audio = host.copy_(audio, non_blocking=True)
+            parts.append((indices, audio))
+        if stream is not None:
+            event = torch.cuda.Event()
+            event.record(stream)
+    for acc, window in jobs:
+        acc.mark_emitted(window)
+    return PendingAudio(jobs, parts, event)
+
+
+def decode_windows(codec: SnacCodec, jobs: list[tuple[FrameAccumulator, Window]]) -> list[np.ndarray]:
+    """Decode every job's window now (batched by length); returns emitted samples per job."""
+    if jobs and codec.device.type == "cuda":
+        return launch_windows(codec, jobs, torch.cuda.current_stream(codec.device)).samples()
+    return launch_windows(codec, jobs).samples()

@@ -20,7 +20,7 @@ from orpheus_tts.engine.sampler import Sampler, SamplingBatch
 
 log = logging.getLogger(__name__)
 
-_INT_FIELDS = ("tokens", "slots", "positions", "seed", "counter", "frame_position")
+_INT_FIELDS = ("tokens", "slots", "positions", "seed", "counter", "frame_position", "allow_eos")
 _FLOAT_FIELDS = ("temperature", "top_p", "repetition_penalty")
 
 
@@ -53,11 +53,11 @@ class DecodeGraphs:
     def _step(self, n: int) -> Tensor:
         f = lambda name: self._field(name, n)  # noqa: E731
         batch = self.model.make_decode_batch(f("slots"), f("positions"))
-        hidden = self.model.decode_forward(f("tokens")[:, None], batch, self.kv_cache)[:, 0]
+        hidden = self.model(f("tokens")[:, None], batch, self.kv_cache)[:, 0]
         sampling = SamplingBatch(
             slots=f("slots"), temperature=f("temperature"), top_p=f("top_p"),
             repetition_penalty=f("repetition_penalty"), seed=f("seed"), counter=f("counter"),
-            frame_position=f("frame_position"),
+            frame_position=f("frame_position"), allow_eos=f("allow_eos"),
         )
         return self.sampler.sample(hidden, sampling)
 
@@ -96,7 +96,7 @@ class DecodeGraphs:
 
     @torch.inference_mode()
     def run(self, ints: np.ndarray, floats: np.ndarray) -> Tensor:
-        """ints: [6, n] (see _INT_FIELDS), floats: [3, n]; returns the n sampled ids (on device)."""
+        """ints: [7, n] (see _INT_FIELDS), floats: [3, n]; returns the n sampled ids (on device)."""
         n = ints.shape[1]
         bucket = self.bucket_for(n)
         self._host_int.numpy()[:, :n] = ints
@@ -127,20 +127,21 @@ class PrefillGraphs:
         device = model.output.weight.device
         max_b, max_l = max(self.BATCHES), max(self.lengths)
         self._tokens = torch.full((max_b, max_l), orpheus.PAD, dtype=torch.int64, device=device)
-        self._int = torch.zeros(5, max_b, dtype=torch.int64, device=device)  # slots, lengths, seed, counter, position
+        # slots, lengths, seed, counter, frame position, end-of-speech allowed
+        self._int = torch.zeros(6, max_b, dtype=torch.int64, device=device)
         self._float = torch.ones(3, max_b, dtype=torch.float32, device=device)
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._outputs: dict[tuple[int, int], Tensor] = {}
 
     def _step(self, b: int, length: int) -> Tensor:
-        slots, lengths, seed, counter, position = self._int[:, :b]
+        slots, lengths, seed, counter, position, allow_eos = self._int[:, :b]
         batch = self.model.make_batch(slots, torch.zeros_like(lengths), lengths, length, kv_len=length)
         hidden = self.model(self._tokens[:b, :length], batch, self.kv_cache)
         last = hidden[torch.arange(b, device=hidden.device), lengths - 1]
         temperature, top_p, penalty = self._float[:, :b]
         return self.sampler.sample(last, SamplingBatch(
             slots=slots, temperature=temperature, top_p=top_p, repetition_penalty=penalty,
-            seed=seed, counter=counter, frame_position=position))
+            seed=seed, counter=counter, frame_position=position, allow_eos=allow_eos))
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -168,16 +169,16 @@ class PrefillGraphs:
 
     @torch.inference_mode()
     def run(self, prompts: list[list[int]], ints: np.ndarray, floats: np.ndarray) -> Tensor:
-        """prompts: token lists; ints [4, n] (slots, seed, counter, position); floats [3, n]."""
+        """prompts: token lists; ints [5, n] (slots, seed, counter, position, eos allowed); floats [3, n]."""
         n = len(prompts)
         b = next(size for size in self.BATCHES if size >= n)
         length = next(size for size in self.lengths if size >= max(map(len, prompts)))
         tokens = np.full((b, length), orpheus.PAD, dtype=np.int64)
         for row, prompt in enumerate(prompts):
             tokens[row, : len(prompt)] = prompt
-        host_int = np.zeros((5, b), dtype=np.int64)
+        host_int = np.zeros((6, b), dtype=np.int64)
         host_int[0], host_int[1] = self.scratch_slot, 1
-        host_int[[0, 2, 3, 4], :n] = ints
+        host_int[[0, 2, 3, 4, 5], :n] = ints
         host_int[1, :n] = [len(p) for p in prompts]
         host_float = np.ones((3, b), dtype=np.float32)
         host_float[:, :n] = floats

@@ -2,8 +2,10 @@
 
 Each loop iteration ends cancelled and timed-out sessions, admits queued ones into free
 slots, prefills new prompts (a bounded number of tokens), decodes one token for up to
-`max_batch_size` sessions in one batched forward, and decodes the audio frames that are due
-for every session in batched SNAC calls. Results travel to the caller's event loop through
+`max_batch_size` sessions in one batched forward, and queues the decode of the audio frames
+that are due for every session in batched SNAC calls. On a GPU those SNAC calls run on their
+own stream beside the next iteration's forward, and their audio is sent while that forward
+runs, so the codec adds little to a step. Results travel to the caller's event loop through
 `call_soon_threadsafe`; nothing on the asyncio side ever touches a tensor.
 """
 
@@ -22,7 +24,7 @@ from tokenizers import Tokenizer
 
 from orpheus_tts import orpheus
 from orpheus_tts.codec.snac_codec import SnacCodec
-from orpheus_tts.codec.streaming import decode_windows
+from orpheus_tts.codec.streaming import PendingAudio, launch_windows
 from orpheus_tts.config import ServerConfig
 from orpheus_tts.engine.kv_cache import KVCache
 from orpheus_tts.engine.observer import EngineObserver
@@ -58,6 +60,26 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 @dataclass
+class EngineTimings:
+    """Where the engine thread's time went, cumulative seconds (benchmarks read differences).
+
+    prefill/decode: queueing the forward and waiting for its tokens; snac_launch: planning and
+    queueing audio decodes; snac_wait: waiting for audio the GPU had not finished by the time
+    it was needed; host: everything else in a step (scheduling, bookkeeping, sending)."""
+
+    steps: int = 0
+    step_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    snac_launch_s: float = 0.0
+    snac_wait_s: float = 0.0
+
+    @property
+    def host_s(self) -> float:
+        return self.step_s - self.prefill_s - self.decode_s - self.snac_launch_s
+
+
+@dataclass
 class EngineStats:
     """The seed's stats: scheduler totals, cache use, tokens and batches."""
 
@@ -87,10 +109,18 @@ class Engine:
         self.kv_cache = KVCache(args.n_layers, sched.max_concurrent_sessions, args.n_kv_heads,
                                 sched.max_context_tokens, args.head_dim, cache_dtype, model.output.weight.device)
         self.sampler = Sampler(model, sched.max_concurrent_sessions + 1, constrained=config.sampling.constrained)
+        if config.model.compile and model.output.weight.device.type == "cuda":
+            self.sampler.compile()
         self.runner = ModelRunner(model, self.kv_cache, self.sampler, sched.max_batch_size, config.model.cuda_graphs)
         if config.model.cuda_graphs:
             codec.enable_graphs(config.codec.window_frames, sched.max_concurrent_sessions)
         self.scheduler = Scheduler(sched, self.kv_cache.allocator)
+        self.timings = EngineTimings()
+        # Audio decodes queued by the last step (and the sessions whose piece ended with it).
+        self._audio_stream = torch.cuda.Stream(codec.device) if codec.device.type == "cuda" else None
+        self._pending_audio: PendingAudio | None = None
+        self._pending_chunks: list[tuple[Session, int, int, int]] = []  # session, first frame, frames, piece
+        self._pending_ended: list[Session] = []
         self._wake = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -241,28 +271,40 @@ class Engine:
         prefill = self.scheduler.pick_prefill()
         decode = self.scheduler.pick_decode()
         if not prefill and not decode:
-            self.observer.on_idle(self.stats())
-            return False
+            if self._pending_audio is None:
+                self.observer.on_idle(self.stats())
+                return False
+            self._deliver_audio()  # the last audio of sessions that just ended
+            return True
         started = time.perf_counter()
         ended: list[Session] = []
+        # Audio queued by the last step is sent while this step's forward runs on the GPU.
+        deliver = self._deliver_audio
         if prefill:
             self.scheduler.counters.total_prefills += 1
-            ended += self._run(self.runner.prefill, prefill)
+            ended += self._run(self.runner.prefill, prefill, deliver, "prefill_s")
+            deliver = None
         if decode:
-            ended += self._run(self.runner.decode, decode)
+            ended += self._run(self.runner.decode, decode, deliver, "decode_s")
         self._flush([s for s in prefill + decode if s.state is SessionState.DECODING], ended)
-        self.observer.on_step(time.perf_counter() - started, len(decode), len(prefill), self.stats())
+        seconds = time.perf_counter() - started
+        self.timings.steps += 1
+        self.timings.step_s += seconds
+        self.observer.on_step(seconds, len(decode), len(prefill), self.stats())
         return True
 
-    def _run(self, fn, sessions: list[Session]) -> list[Session]:
+    def _run(self, fn, sessions: list[Session], while_running, timing: str) -> list[Session]:
         """Run one batched forward; on failure end only the sessions that were in it."""
+        started = time.perf_counter()
         try:
-            tokens = fn(sessions)
+            tokens = fn(sessions, while_running)
         except Exception as exc:
             log.exception("batched forward failed for %d sessions", len(sessions))
             for session in sessions:
                 self._finish(session, Outcome.ERROR, f"inference failed: {exc}")
             return []
+        finally:
+            setattr(self.timings, timing, getattr(self.timings, timing) + time.perf_counter() - started)
         ended = []
         max_context = self.config.scheduler.max_context_tokens
         for session, token in zip(sessions, tokens):
@@ -281,7 +323,11 @@ class Engine:
         return ended
 
     def _flush(self, sessions: list[Session], ended: list[Session]) -> None:
-        """Decode and send the audio that is due, batched across sessions."""
+        """Queue the decode of the audio that is due, batched across sessions.
+
+        Sessions whose piece ended wait (DRAINING) until their last audio has been sent."""
+        self._deliver_audio()  # normally sent during the forward already; never drop any
+        started = time.perf_counter()
         sched = self.config.scheduler
         ended_ids = {s.id for s in ended}
         jobs = []
@@ -297,30 +343,58 @@ class Engine:
             if final or session.tokens_since_flush >= threshold:
                 window = session.accumulator.next_window(final, startup)
                 if window is not None:
+                    session.tokens_since_flush = 0
                     jobs.append((session, window))
-        if jobs:
-            try:
-                audio = decode_windows(self.codec, [(s.accumulator, w) for s, w in jobs])
-            except Exception as exc:
-                log.exception("SNAC decode failed for %d sessions", len(jobs))
-                for session, _ in jobs:
-                    self._finish(session, Outcome.ERROR, f"audio decoding failed: {exc}")
-                return
-            now = time.monotonic()
-            for (session, window), samples in zip(jobs, audio):
-                if session.state is SessionState.FINISHED:
-                    continue
-                session.tokens_since_flush = 0
-                first = session.frames_emitted
-                frames = window.emit_to - window.emit_from
-                session.frames_emitted += frames
-                if session.metrics.ttfb_s is None:
-                    session.metrics.ttfb_s = now - session.created
-                    self.observer.on_first_audio(session.metrics.ttfb_s)
-                self._emit(session, AudioChunk(samples, first, frames, session.piece_index))
+        chunks = []
+        for session, window in jobs:  # frame numbers within the whole stream (all pieces)
+            frames = window.emit_to - window.emit_from
+            chunks.append((session, session.frames_emitted, frames, session.piece_index))
+            session.frames_emitted += frames
         for session in ended:
             if session.state is not SessionState.FINISHED:
+                session.state = SessionState.DRAINING
+        self._pending_ended = ended
+        try:
+            self._pending_audio = launch_windows(self.codec, [(s.accumulator, w) for s, w in jobs], self._audio_stream)
+            self._pending_chunks = chunks
+        except Exception as exc:
+            log.exception("SNAC decode failed for %d sessions", len(jobs))
+            self._pending_audio, self._pending_chunks = None, []
+            for session, _ in jobs:
+                self._finish(session, Outcome.ERROR, f"audio decoding failed: {exc}")
+            self._end_pieces()
+        self.timings.snac_launch_s += time.perf_counter() - started
+
+    def _deliver_audio(self) -> None:
+        """Send the audio queued by the last step, then move its ended pieces on."""
+        pending, chunks = self._pending_audio, self._pending_chunks
+        if pending is None:
+            return
+        self._pending_audio, self._pending_chunks = None, []
+        started = time.perf_counter()
+        try:
+            audio = pending.samples()
+        except Exception as exc:
+            log.exception("SNAC decode failed for %d sessions", len(chunks))
+            for session, *_ in chunks:
+                self._finish(session, Outcome.ERROR, f"audio decoding failed: {exc}")
+            audio = []
+        self.timings.snac_wait_s += time.perf_counter() - started
+        now = time.monotonic()
+        for (session, first, frames, piece), samples in zip(chunks, audio):
+            if session.state is SessionState.FINISHED:
+                continue
+            if session.metrics.ttfb_s is None:
+                session.metrics.ttfb_s = now - session.created
+                self.observer.on_first_audio(session.metrics.ttfb_s)
+            self._emit(session, AudioChunk(samples, first, frames, piece))
+        self._end_pieces()
+
+    def _end_pieces(self) -> None:
+        for session in self._pending_ended:
+            if session.state is SessionState.DRAINING:
                 session.state = SessionState.WAITING_TEXT
+        self._pending_ended = []
         self._advance_text()
 
     def _advance_text(self) -> None:

@@ -34,6 +34,7 @@ class SamplingBatch:
     seed: Tensor  # int64
     counter: Tensor  # int64 index of the token being sampled within its session
     frame_position: Tensor  # int64 0..6, position of the next audio token in its frame
+    allow_eos: Tensor | None = None  # int64 0/1; 0 suppresses end-of-speech (benchmarks). None: allowed
 
 
 def _fmix32(x: Tensor) -> Tensor:
@@ -64,6 +65,11 @@ class Sampler:
         self._audio_offsets = torch.arange(orpheus.CODEBOOK_SIZE, device=device, dtype=torch.int64)
         self._true = torch.ones((), dtype=torch.bool, device=device)  # a device value: graph-capturable
 
+    def compile(self) -> None:
+        """Compile `sample` for any batch size (GPU): penalty, temperature, top-p and the hash
+        fuse into a few kernels instead of about forty. The graphs capture it at start-up."""
+        self.sample = torch.compile(self.sample, dynamic=True)
+
     def reset_slot(self, slot: int) -> None:
         self.seen[slot].zero_()
 
@@ -80,14 +86,21 @@ class Sampler:
         """
         if not self.constrained:
             ids = torch.arange(self.vocab_size, device=hidden.device).expand(hidden.shape[0], -1)
-            return ids, self.model.logits(hidden)
+            logits = self.model.logits(hidden)
+            if batch.allow_eos is not None:
+                banned = (ids == orpheus.END_OF_SPEECH) & (batch.allow_eos[:, None] == 0)
+                logits = logits.masked_fill(banned, float("-inf"))
+            return ids, logits
         n, base = orpheus.CODEBOOK_SIZE, orpheus.AUDIO_TOKEN_BASE
         pos = batch.frame_position
         every_position = self.model.logits_for_rows(hidden, slice(base, base + orpheus.AUDIO_VOCAB_SIZE))
         audio = every_position.view(-1, orpheus.TOKENS_PER_FRAME, n).gather(
             1, pos[:, None, None].expand(-1, 1, n)).squeeze(1)
         eos = self.model.logits_for_rows(hidden, slice(orpheus.END_OF_SPEECH, orpheus.END_OF_SPEECH + 1))
-        eos = torch.where(pos[:, None] == 0, eos, torch.full_like(eos, float("-inf")))
+        eos_ok = pos[:, None] == 0
+        if batch.allow_eos is not None:
+            eos_ok = eos_ok & (batch.allow_eos[:, None] != 0)
+        eos = torch.where(eos_ok, eos, torch.full_like(eos, float("-inf")))
         audio_ids = base + n * pos[:, None] + self._audio_offsets[None, :]
         eos_ids = torch.full_like(pos, orpheus.END_OF_SPEECH)[:, None]
         return torch.cat([audio_ids, eos_ids], dim=1), torch.cat([audio, eos], dim=1)

@@ -30,6 +30,7 @@ class SessionState(enum.Enum):
     WAITING_TEXT = "waiting_text"  # holds a slot, has no piece to speak until more text arrives
     PREFILL = "prefill"  # its current piece's prompt must be prefilled
     DECODING = "decoding"  # generating audio tokens
+    DRAINING = "draining"  # its piece is done; the piece's last audio is still being decoded
     FINISHED = "finished"
 
 

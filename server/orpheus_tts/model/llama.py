@@ -156,8 +156,9 @@ class Attention(nn.Module):
         if batch.decode_lengths is not None:
             out = decode_attention(q[:, :, 0], k_cache, v_cache, batch.slots, batch.decode_lengths)
             return self.wo(out.reshape(bsz, 1, q_size))
-        keys = k_cache[batch.slots, :, : batch.kv_len].to(q.dtype)
-        values = v_cache[batch.slots, :, : batch.kv_len].to(q.dtype)
+        kv_len = batch.mask.shape[-1]  # a tensor size, not a Python int: one compiled block serves every length
+        keys = k_cache[batch.slots, :, :kv_len].to(q.dtype)
+        values = v_cache[batch.slots, :, :kv_len].to(q.dtype)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=batch.mask, enable_gqa=True)
         return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, q_size))
 
@@ -200,8 +201,7 @@ class AttentionBatch:
     sin: Tensor
     write_slots: Tensor  # [B * L] slot of every token position
     write_positions: Tensor  # [B * L] cache position of every token
-    mask: Tensor | None = None  # [B, 1, L, kv_len] True where a query may attend
-    kv_len: int = 0  # keys read per row: the longest real length in the batch
+    mask: Tensor | None = None  # [B, 1, L, kv_len] True where a query may attend; kv_len = keys read per row
     decode_lengths: Tensor | None = None  # [B] keys per row, the new one included (decode only)
 
 
@@ -216,7 +216,6 @@ class Transformer(nn.Module):
         if args.tie_word_embeddings:
             self.output.weight = self.tok_embeddings.weight
         self.register_buffer("rope", rope_table(args, max_positions), persistent=False)
-        self.decode_forward = self.forward  # replaced by a compiled version on GPU (loader.compile_model)
 
     def make_batch(self, slots: Tensor, starts: Tensor, lengths: Tensor, seqlen: int,
                    kv_len: int | None = None) -> AttentionBatch:
@@ -244,7 +243,6 @@ class Transformer(nn.Module):
             write_slots=slots.repeat_interleave(seqlen),
             write_positions=positions.reshape(-1),
             mask=mask.unsqueeze(1),
-            kv_len=kv_len,
         )
 
     def make_decode_batch(self, slots: Tensor, positions: Tensor) -> AttentionBatch:

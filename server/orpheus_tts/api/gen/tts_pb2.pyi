@@ -17,7 +17,7 @@ AUDIO_ENCODING_PCM_S16LE: AudioEncoding
 AUDIO_ENCODING_WAV: AudioEncoding
 
 class SynthesizeRequest(_message.Message):
-    __slots__ = ("text", "voice", "temperature", "top_p", "repetition_penalty", "seed", "encoding")
+    __slots__ = ("text", "voice", "temperature", "top_p", "repetition_penalty", "seed", "encoding", "ignore_end_of_speech")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     VOICE_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class SynthesizeRequest(_message.Message):
     REPETITION_PENALTY_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
+    IGNORE_END_OF_SPEECH_FIELD_NUMBER: _ClassVar[int]
     text: str
     voice: str
     temperature: float
@@ -32,7 +33,8 @@ class SynthesizeRequest(_message.Message):
     repetition_penalty: float
     seed: int
     encoding: AudioEncoding
-    def __init__(self, text: _Optional[str] = ..., voice: _Optional[str] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ...) -> None: ...
+    ignore_end_of_speech: bool
+    def __init__(self, text: _Optional[str] = ..., voice: _Optional[str] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., ignore_end_of_speech: _Optional[bool] = ...) -> None: ...
 
 class SynthesizeResponse(_message.Message):
     __slots__ = ("format", "audio", "metrics")
@@ -53,20 +55,22 @@ class StreamingSynthesizeRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[StreamingSynthesisConfig, _Mapping]] = ..., input: _Optional[_Union[TextInput, _Mapping]] = ...) -> None: ...
 
 class StreamingSynthesisConfig(_message.Message):
-    __slots__ = ("voice", "temperature", "top_p", "repetition_penalty", "seed", "encoding")
+    __slots__ = ("voice", "temperature", "top_p", "repetition_penalty", "seed", "encoding", "ignore_end_of_speech")
     VOICE_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     REPETITION_PENALTY_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
+    IGNORE_END_OF_SPEECH_FIELD_NUMBER: _ClassVar[int]
     voice: str
     temperature: float
     top_p: float
     repetition_penalty: float
     seed: int
     encoding: AudioEncoding
-    def __init__(self, voice: _Optional[str] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ...) -> None: ...
+    ignore_end_of_speech: bool
+    def __init__(self, voice: _Optional[str] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., ignore_end_of_speech: _Optional[bool] = ...) -> None: ...
 
 class TextInput(_message.Message):
     __slots__ = ("text", "text_utf8", "end_of_text")
