@@ -266,7 +266,7 @@ def transformers_baseline(results, batches):
     torch.cuda.empty_cache()
 
 
-async def engine_load(results, levels, max_batch, quantization, requests):
+async def engine_load(results, levels, max_batch, quantization, requests, overrides):
     """The load benchmark's standard workload (`orpheus-tts bench --in-process`), plus where the
     engine thread's time went at each level and the GPU memory in use."""
     from orpheus_tts.engine.engine import Engine
@@ -278,8 +278,9 @@ async def engine_load(results, levels, max_batch, quantization, requests):
         "model.path": "random:orpheus-3b", "codec.path": "random", "codec.noise": False,
         "scheduler.max_concurrent_sessions": max_sessions, "scheduler.max_batch_size": max_batch,
         "scheduler.max_context_tokens": 1024, "scheduler.max_pending_sessions": 4 * max_sessions,
-        "model.quantization": quantization,
+        "model.quantization": quantization, **overrides,
     })
+    results["load_config_overrides"] = overrides
 
     class StepSizes(EngineObserver):
         def __init__(self):
@@ -386,7 +387,12 @@ def main():
     parser.add_argument("--levels", default="1,16,64,128,200,256")
     parser.add_argument("--max-batch", type=int, default=256)
     parser.add_argument("--requests", type=int, default=2, help="load: streams each closed-loop worker makes")
-    parser.add_argument("--skip", default="", help="comma list of: sweep,snac,baseline,load")
+    parser.add_argument("--sections", default="sweep,snac,baseline,load",
+                        help="what to run, in this order: any of sweep,snac,baseline,load")
+    parser.add_argument("--skip", default="", help="sections to leave out")
+    parser.add_argument("--precisions", default="bf16,fp8", help="sweep: bf16, fp8 or both")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="load: an engine config override, e.g. codec.compile=false")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument("--load-quantization", default="auto")
     opts = parser.parse_args()
@@ -408,19 +414,33 @@ def main():
     log(f"copy bandwidth {bw / 1e12:.2f} TB/s")
     check_attention(results)
     log("checks", results["checks"])
-    if "sweep" not in skip:
-        sweeps(opts, results, batches, contexts, bw, save)
-    if "snac" not in skip:
-        snac_bench(results)
+    overrides = dict(item.split("=", 1) for item in opts.set)
+    sections = {
+        "sweep": lambda: sweeps(opts, results, batches, contexts, bw, save),
+        "snac": lambda: snac_bench(results),
+        "baseline": lambda: transformers_baseline(results, [1, 16, 64]),
+        "load": lambda: asyncio.run(engine_load(results, [int(x) for x in opts.levels.split(",")], opts.max_batch,
+                                                opts.load_quantization, opts.requests, overrides)),
+    }
+    for name in opts.sections.split(","):
+        if name in skip:
+            continue
+        started = time.time()
+        try:  # one failing section must not cost the others' results
+            sections[name]()
+        except Exception:  # noqa: BLE001
+            import traceback
+
+            log(f"section {name} failed:\n{traceback.format_exc()}")
+            results.setdefault("errors", {})[name] = traceback.format_exc()[-2000:]
+        results.setdefault("section_s", {})[name] = time.time() - started
+        gc.collect()
+        torch.cuda.empty_cache()
         save()
-    if "baseline" not in skip:
-        transformers_baseline(results, [1, 16, 64])
-        save()
-    if "load" not in skip:
-        asyncio.run(engine_load(results, [int(x) for x in opts.levels.split(",")], opts.max_batch,
-                                opts.load_quantization, opts.requests))
-        save()
-    plots(results, out)
+    try:
+        plots(results, out)
+    except Exception as exc:  # noqa: BLE001 (matplotlib missing or a plot bug: keep the JSON)
+        log(f"plots failed: {exc}")
     save()
     log(json.dumps(results["checks"], indent=1))
 
@@ -433,14 +453,16 @@ def sweeps(opts, results, batches, contexts, bw, save):
         bf16_logits = prompt_logits(model, tokens)
     if opts.compile:
         compile_model(model)
-    results["step_sweep"] += step_sweep(model, "bf16", batches, contexts, bw, results, max(contexts), opts.compile)
-    save()
+    if "bf16" in opts.precisions:
+        results["step_sweep"] += step_sweep(model, "bf16", batches, contexts, bw, results, max(contexts), opts.compile)
+        save()
     results["fp8_scaling"] = quantize_to_fp8(model)
     fp8_matmul_accuracy(results)
     fp8_accuracy(bf16_logits, model, tokens, results)
     log("checks", results["checks"])
-    results["step_sweep"] += step_sweep(model, "fp8", batches, contexts, bw, results, max(contexts), opts.compile)
-    save()
+    if "fp8" in opts.precisions:
+        results["step_sweep"] += step_sweep(model, "fp8", batches, contexts, bw, results, max(contexts), opts.compile)
+        save()
     del model
     gc.collect()
     torch.cuda.empty_cache()

@@ -77,6 +77,7 @@ def test_prefill_is_bounded_by_the_prompt_token_budget():
         s.start_next_piece(2, 1)
     chosen = scheduler.pick_prefill()
     assert len(chosen) == 2  # 15 + 15 fits in 40, a third would not
+    assert scheduler.pick_prefill(max_sessions=1) == chosen[:1]  # the runner's largest prefill graph
 
 
 def test_finished_session_frees_its_slot_for_the_next_one():

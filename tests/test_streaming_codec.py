@@ -6,7 +6,7 @@ import torch
 
 from orpheus_tts import orpheus
 from orpheus_tts.codec.snac_codec import SnacCodec
-from orpheus_tts.codec.streaming import FrameAccumulator, decode_windows
+from orpheus_tts.codec.streaming import FrameAccumulator, decode_windows, launch_windows
 
 # Measured with the demo codec, noise off, defaults (1 context frame, 1 lookahead, 4-frame windows),
 # chunks after 1 frame then every 2: see test_streamed_audio_matches_whole_decode_within_boundary.
@@ -132,6 +132,24 @@ def test_windows_of_many_sessions_decode_in_one_batch_like_alone(codec):
     together = decode_windows(codec, [(a, a.next_window(final=True)) for a in accs])
     for got, want in zip(together, expected):
         np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_batches_larger_than_a_graph_decode_in_parts_with_the_same_audio(codec):
+    """`max_batch` (the largest captured graph) splits a batch; every job keeps its own audio."""
+    def jobs():
+        accs = []
+        for seed in range(5):
+            acc = FrameAccumulator(1, 1, 4)
+            for tok in _tokens(6, seed)[1]:
+                acc.push(tok)
+            accs.append(acc)
+        return [(a, a.next_window(final=True)) for a in accs]
+
+    whole = launch_windows(codec, jobs()).samples()
+    parts = launch_windows(codec, jobs(), max_batch=2).samples()
+    assert len(parts) == 5
+    for got, want in zip(parts, whole):
+        np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 def test_invalid_token_for_its_position_is_skipped_and_counted():

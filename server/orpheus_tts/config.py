@@ -59,6 +59,11 @@ class CodecConfig:
     # Widen the left context until a window has this many frames (when the stream has them), so
     # windows of all sessions share one shape and decode in one call. 0 turns widening off.
     window_frames: int = 4
+    # GPU: compile the decoder (fused snake and depthwise convolutions) before capturing its
+    # graphs. Faster decodes, about two more minutes of start-up.
+    compile: bool = True
+    # GPU: the largest batch of windows one captured graph decodes; bigger batches go in parts.
+    graph_max_batch: int = 64
 
 
 @dataclass

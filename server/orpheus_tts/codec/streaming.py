@@ -118,15 +118,18 @@ class PendingAudio:
 
 
 def launch_windows(codec: SnacCodec, jobs: list[tuple[FrameAccumulator, Window]],
-                   stream: torch.cuda.Stream | None = None) -> PendingAudio:
-    """Queue the decode of every job's window, batching windows of equal length, and mark the
-    frames emitted (the next window of a session starts after them)."""
+                   stream: torch.cuda.Stream | None = None, max_batch: int = 0) -> PendingAudio:
+    """Queue the decode of every job's window, batching windows of equal length (at most
+    `max_batch` per call when given), and mark the frames emitted (the next window of a
+    session starts after them)."""
     by_length: dict[int, list[int]] = defaultdict(list)
     for i, (_, window) in enumerate(jobs):
         by_length[window.end - window.start].append(i)
+    groups = [same[i:i + (max_batch or len(same))] for same in by_length.values()
+              for i in range(0, len(same), max_batch or len(same))]
     parts, event = [], None
     with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-        for indices in by_length.values():
+        for indices in groups:
             codes = torch.tensor([jobs[i][0].window_codes(jobs[i][1]) for i in indices], dtype=torch.int64)
             audio = codec.decode(codes)
             if audio.is_cuda:

@@ -118,7 +118,7 @@ class PrefillGraphs:
     """
 
     BATCHES = (1, 2, 4, 8)
-    LENGTHS = (32, 64, 128, 256, 512)
+    LENGTHS = (32, 64, 96, 128, 192, 256, 384, 512)
 
     def __init__(self, model, kv_cache, sampler: Sampler, scratch_slot: int):
         self.model, self.kv_cache, self.sampler = model, kv_cache, sampler

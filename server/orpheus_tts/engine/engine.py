@@ -113,7 +113,10 @@ class Engine:
             self.sampler.compile()
         self.runner = ModelRunner(model, self.kv_cache, self.sampler, sched.max_batch_size, config.model.cuda_graphs)
         if config.model.cuda_graphs:
-            codec.enable_graphs(config.codec.window_frames, sched.max_concurrent_sessions)
+            if config.codec.compile:
+                codec.compile()
+            codec.enable_graphs(config.codec.window_frames,
+                                min(sched.max_concurrent_sessions, config.codec.graph_max_batch))
         self.scheduler = Scheduler(sched, self.kv_cache.allocator)
         self.timings = EngineTimings()
         # Audio decodes queued by the last step (and the sessions whose piece ended with it).
@@ -135,7 +138,7 @@ class Engine:
         if quantization == "fp8" and not fp8_supported(device):
             raise ValueError(f"model.quantization=fp8 needs a GPU with FP8 (sm_89 or newer); {device} has none")
         if quantization == "fp8" or (quantization == "auto" and fp8_supported(device)):
-            log.info("FP8 weights (%s scales)", quantize_to_fp8(model))
+            log.info("FP8 weights (%s)", quantize_to_fp8(model))
         if config.model.compile and device.type == "cuda":
             compile_model(model)
         codec_device = resolve_device(config.codec.device)
@@ -268,7 +271,7 @@ class Engine:
             elif session.metrics.queue_s is None:
                 session.metrics.queue_s = time.monotonic() - session.created
         self._advance_text()
-        prefill = self.scheduler.pick_prefill()
+        prefill = self.scheduler.pick_prefill(self.runner.max_prefill_batch)
         decode = self.scheduler.pick_decode()
         if not prefill and not decode:
             if self._pending_audio is None:
@@ -355,7 +358,8 @@ class Engine:
                 session.state = SessionState.DRAINING
         self._pending_ended = ended
         try:
-            self._pending_audio = launch_windows(self.codec, [(s.accumulator, w) for s, w in jobs], self._audio_stream)
+            self._pending_audio = launch_windows(self.codec, [(s.accumulator, w) for s, w in jobs], self._audio_stream,
+                                                 self.config.codec.graph_max_batch)
             self._pending_chunks = chunks
         except Exception as exc:
             log.exception("SNAC decode failed for %d sessions", len(jobs))

@@ -40,6 +40,11 @@ class ModelRunner:
             self.prefill_graphs = PrefillGraphs(model, kv_cache, sampler, kv_cache.scratch_slot)
             self.prefill_graphs.capture()
 
+    @property
+    def max_prefill_batch(self) -> int | None:
+        """The most prompts one prefill should take (the largest graph), None when eager."""
+        return max(self.prefill_graphs.BATCHES) if self.prefill_graphs is not None else None
+
     def _tensor(self, values, dtype=torch.int64) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype, device=self.device)
 

@@ -95,8 +95,10 @@ class Scheduler:
         session.state = SessionState.FINISHED
         self.counters.completed_sessions += 1
 
-    def pick_prefill(self) -> list[Session]:
-        """Sessions whose prompt to prefill this step, oldest first, within the prompt-token budget."""
+    def pick_prefill(self, max_sessions: int | None = None) -> list[Session]:
+        """Sessions whose prompt to prefill this step, oldest first, within the prompt-token budget
+        (and at most `max_sessions`: the largest prefill the runner has a CUDA graph for)."""
+        limit = min(self.config.max_batch_size, max_sessions or self.config.max_batch_size)
         chosen, tokens = [], 0
         for session in self.active:
             if session.state is SessionState.PREFILL:
@@ -105,7 +107,7 @@ class Scheduler:
                     break
                 chosen.append(session)
                 tokens += need
-                if len(chosen) == self.config.max_batch_size:
+                if len(chosen) == limit:
                     break
         return chosen
 

@@ -122,6 +122,9 @@ def compile_model(model: Transformer) -> Transformer:
     ones (compiling the whole forward took 209 s of an H100 start-up). Decode and prefill are
     the two variants; the graphs capture both at start-up, so no request compiles anything.
     """
+    # Variants: decode and prefill, one row or many, FP8 rows for Triton or cuBLAS (see fp8.py).
+    # Past the limit Dynamo would silently run a variant uncompiled.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
     for layer in model.layers:
         layer.forward = torch.compile(layer.forward, dynamic=True)
     return model
