@@ -46,11 +46,17 @@ def _fmix32(x: Tensor) -> Tensor:
     return x ^ (x >> 16)
 
 
-def hashed_uniform(seed: Tensor, counter: Tensor, n: int) -> Tensor:
+def column_keys(n: int, device) -> Tensor:
+    """Per-column hash keys, as a tensor in memory: under `torch.compile` an arange would
+    become 32-bit index arithmetic, and the key multiplication would overflow it."""
+    return torch.arange(n, device=device, dtype=torch.int64) * 0xC2B2AE3D
+
+
+def hashed_uniform(seed: Tensor, counter: Tensor, n: int, keys: Tensor | None = None) -> Tensor:
     """[B, n] uniforms in (0, 1), a pure function of (seed, counter, column)."""
     row = _fmix32((seed & _MASK32) ^ _fmix32((counter * 0x9E3779B1) & _MASK32))
-    cols = torch.arange(n, device=seed.device, dtype=torch.int64)
-    x = _fmix32((row[:, None] + cols[None, :] * 0xC2B2AE3D) & _MASK32)
+    keys = column_keys(n, seed.device) if keys is None else keys[:n]
+    x = _fmix32((row[:, None] + keys[None, :]) & _MASK32)
     return ((x >> 8).float() + 0.5) / float(1 << 24)
 
 
@@ -63,6 +69,7 @@ class Sampler:
         # Which ids each slot has produced so far (for the repetition penalty), allocated once.
         self.seen = torch.zeros(n_slots, self.vocab_size, dtype=torch.bool, device=device)
         self._audio_offsets = torch.arange(orpheus.CODEBOOK_SIZE, device=device, dtype=torch.int64)
+        self._column_keys = column_keys(self.vocab_size, device)
         self._true = torch.ones((), dtype=torch.bool, device=device)  # a device value: graph-capturable
 
     def compile(self) -> None:
@@ -128,7 +135,7 @@ class Sampler:
         """Next token id per row [B]; records it in the row's repetition history."""
         ids, probs = self.probabilities(hidden, batch)
         # Exponential race: argmax p_i / E_i with E_i ~ Exp(1) draws i with probability p_i.
-        exp_noise = -torch.log(hashed_uniform(batch.seed, batch.counter, probs.shape[1]))
+        exp_noise = -torch.log(hashed_uniform(batch.seed, batch.counter, probs.shape[1], self._column_keys))
         choice = torch.where(batch.temperature[:, None] > 0, probs / exp_noise, probs).argmax(dim=-1)
         tokens = ids.gather(1, choice[:, None]).squeeze(1)
         self.record(batch.slots, tokens)
