@@ -113,6 +113,7 @@ def step_sweep(model, label, batches, contexts, copy_bw, results, max_tokens, co
     t0 = time.time()
     graphs.capture()
     results["graph_capture_s"][label] = time.time() - t0
+    results["checks"][f"graph_vs_eager_hidden_rel_err_{label}"] = graphs.verify(tolerance=float("inf"))
     weight_bytes = measure_weight_bytes(model)
     rng = np.random.default_rng(0)
     rows = []

@@ -166,20 +166,7 @@ def main():
     (out / "profile.json").write_text(json.dumps(results, indent=2))
 
 
-class _Snake(torch.nn.Module):
-    """SNAC's snake activation as plain tensor code (the library's is TorchScript), compilable."""
-
-    def __init__(self, alpha):
-        super().__init__()
-        self.alpha = alpha
-
-    def forward(self, x):
-        return x + (self.alpha + 1e-9).reciprocal() * torch.sin(self.alpha * x).pow(2)
-
-
 def snac_profile() -> list[dict]:
-    from snac.layers import Snake1d
-
     from orpheus_tts.codec.snac_codec import SnacCodec
 
     rows = []
@@ -195,23 +182,20 @@ def snac_profile() -> list[dict]:
             log(f"   {r['us_per_call']:8.1f} us x{r['launches_per_call']:5.0f}  {r['kernel'][:110]}")
     check = torch.randint(0, 4096, (16, 4, 7), device="cuda")
     ref = codec._decode_codes(check)  # noqa: SLF001
-    for name, module in list(codec.model.decoder.named_modules()):
-        if isinstance(module, Snake1d):
-            parent, _, child = name.rpartition(".")
-            setattr(codec.model.decoder.get_submodule(parent), child, _Snake(module.alpha))
     t = time.time()
-    codec.model.decoder = torch.compile(codec.model.decoder, dynamic=False)
+    codec.compile()
+    compiled = codec.graph_decoder
     for b in (16, 64, 256):
         frames = torch.randint(0, 4096, (b, 4, 7), device="cuda")
-        codec._decode_codes(frames)  # noqa: SLF001
-        ms = cuda_time_ms(lambda: codec._decode_codes(frames), iters=10, warmup=2)  # noqa: SLF001
-        kernels = kernel_table(lambda: codec._decode_codes(frames), repeats=2)  # noqa: SLF001
+        codec._decode_codes(frames, compiled)  # noqa: SLF001
+        ms = cuda_time_ms(lambda: codec._decode_codes(frames, compiled), iters=10, warmup=2)  # noqa: SLF001
+        kernels = kernel_table(lambda: codec._decode_codes(frames, compiled), repeats=2)  # noqa: SLF001
         rows.append(dict(variant="compiled_fp16", batch=b, window=4, ms=ms, categories_us=categorise(kernels),
                          top_kernels=kernels[:20]))
         log(f"SNAC compiled fp16 b{b}: {ms:.2f} ms", {k: round(v) for k, v in categorise(kernels).items()})
         for r in kernels[:8]:
             log(f"   {r['us_per_call']:8.1f} us x{r['launches_per_call']:5.0f}  {r['kernel'][:110]}")
-    got = codec._decode_codes(check)  # noqa: SLF001
+    got = codec._decode_codes(check, compiled)  # noqa: SLF001
     noise = (got.float() - ref.float()).pow(2).sum()
     rows.append(dict(variant="compiled_vs_eager_snr_db", value=float(10 * torch.log10(ref.float().pow(2).sum() / noise)),
                      compile_s=time.time() - t))

@@ -4,7 +4,9 @@ A decode step is hundreds of small kernels; launching them one by one from Pytho
 than running them at small batch sizes. Each bucket's graph is captured once at start-up and
 replayed with the step's inputs copied into static buffers. A batch is padded up to its
 bucket with rows that point at a scratch KV slot no session owns, so padding never touches a
-real session's cache or history.
+real session's cache or history. After capture, `verify` replays one bucket against the same
+step run eagerly (no graph, no compiled code): a compiler or kernel fault on this GPU stops
+start-up instead of turning every stream into noise.
 """
 
 from __future__ import annotations
@@ -44,13 +46,14 @@ class DecodeGraphs:
         self._float = torch.ones(len(_FLOAT_FIELDS), max_batch, dtype=torch.float32, device=device)
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._outputs: dict[int, Tensor] = {}
+        self._hidden: dict[int, Tensor] = {}  # each graph's final hidden states (for `verify`)
 
     def _field(self, name: str, n: int) -> Tensor:
         if name in _INT_FIELDS:
             return self._int[_INT_FIELDS.index(name), :n]
         return self._float[_FLOAT_FIELDS.index(name), :n]
 
-    def _step(self, n: int) -> Tensor:
+    def _step(self, n: int) -> tuple[Tensor, Tensor]:
         f = lambda name: self._field(name, n)  # noqa: E731
         batch = self.model.make_decode_batch(f("slots"), f("positions"))
         hidden = self.model(f("tokens")[:, None], batch, self.kv_cache)[:, 0]
@@ -59,7 +62,7 @@ class DecodeGraphs:
             repetition_penalty=f("repetition_penalty"), seed=f("seed"), counter=f("counter"),
             frame_position=f("frame_position"), allow_eos=f("allow_eos"),
         )
-        return self.sampler.sample(hidden, sampling)
+        return self.sampler.sample(hidden, sampling), hidden
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -78,11 +81,37 @@ class DecodeGraphs:
         for n in sorted(self.buckets, reverse=True):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self._outputs[n] = self._step(n)
+                self._outputs[n], self._hidden[n] = self._step(n)
             pool = graph.pool()
             self._graphs[n] = graph
         torch.cuda.synchronize()
         log.info("captured decode graphs for batch sizes %s", self.buckets)
+
+    @torch.inference_mode()
+    def verify(self, rows: int = 8, tolerance: float = 0.3) -> float:
+        """Replay a bucket on the scratch slot, rows at different positions, then run the same
+        step eagerly; returns the relative difference of their final hidden states, and raises
+        past `tolerance`. Rounding differs between fused and eager code and random-weight
+        models amplify it, so the bound is loose: a faulty graph is off by order 1."""
+        n = self.bucket_for(min(rows, max(self.buckets)))
+        max_tokens = self.kv_cache.max_tokens
+        self._load_padding(0, n)
+        self._host_int.numpy()[_INT_FIELDS.index("positions"), :n] = (np.arange(n) * 37 + 5) % max_tokens
+        self._int[:, :n].copy_(self._host_int[:, :n])
+        self._float[:, :n].copy_(self._host_float[:, :n])
+        self._graphs[n].replay()
+        graphed = self._hidden[n].float().clone()
+        with torch.compiler.set_stance("force_eager"):
+            batch = self.model.make_decode_batch(self._field("slots", n), self._field("positions", n))
+            eager = self.model(self._field("tokens", n)[:, None], batch, self.kv_cache)[:, 0].float()
+        error = float((graphed - eager).norm() / eager.norm().clamp(min=1e-12))
+        if not error <= tolerance:
+            raise RuntimeError(
+                f"the captured decode step disagrees with eager execution (relative error {error:.3g} > "
+                f"{tolerance}): a compiler or kernel fault on this GPU; start with model.compile=false "
+                "or model.cuda_graphs=false")
+        log.info("decode graph matches eager execution (relative error %.2g)", error)
+        return error
 
     def _load_padding(self, start: int, end: int) -> None:
         ints, floats = self._host_int.numpy(), self._host_float.numpy()

@@ -37,6 +37,7 @@ class ModelRunner:
         if cuda_graphs and self.device.type == "cuda":
             self.graphs = DecodeGraphs(model, kv_cache, sampler, max_batch, kv_cache.scratch_slot)
             self.graphs.capture()
+            self.graphs.verify()
             self.prefill_graphs = PrefillGraphs(model, kv_cache, sampler, kv_cache.scratch_slot)
             self.prefill_graphs.capture()
 

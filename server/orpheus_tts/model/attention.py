@@ -113,6 +113,7 @@ def triton_decode_attention_splits(q: Tensor, k_cache: Tensor, v_cache: Tensor, 
                                    lengths: Tensor) -> tuple[Tensor, Tensor]:
     """The Triton kernel as an opaque operator: per split, the attention output [B, H, S, D] and
     its log-sum-exp [B, H, S] (fp32). q must be contiguous and in the cache's dtype."""
+    q = q.contiguous()  # the kernel reads head_dim with stride 1, whatever layout the compiler chose
     bsz, n_heads, head_dim = q.shape
     n_slots, n_kv_heads, max_tokens, _ = k_cache.shape
     group = n_heads // n_kv_heads

@@ -19,7 +19,10 @@ try:
 except ImportError:  # CPU installs need not have Triton
     triton = None
 
-MAX_ROWS = 64  # above this cuBLAS's tiles fill the GPU and its FP8 kernels are faster
+# Rows up to which the kernel runs (one 16-row block, the shape measured faster on an H100:
+# the batch-1 step went from 3.19 to 2.42 ms); at 64 rows the step was no faster than with
+# cuBLAS, and the crossover between was not measured (bench/fp8_gemm_bench.py measures it).
+MAX_ROWS = 16
 BLOCK_N = 64
 BLOCK_K = 256
 
@@ -75,6 +78,7 @@ if triton is not None:
 def fp8_matmul_splits(x: Tensor, w: Tensor, splits: int) -> Tensor:
     """x [M, K] and w [N, K], both float8_e4m3fn and row-major: partial x @ w.T per K split,
     [splits, M, N] in fp32 (sum over dim 0 for the product)."""
+    x, w = x.contiguous(), w.contiguous()  # the kernel steps along K with stride 1
     m, k = x.shape
     n = w.shape[0]
     block_m = 16 if m <= 16 else 32 if m <= 32 else 64
