@@ -195,6 +195,14 @@ def test_values_schema_rejects_misspelled_and_mistyped_values(bad, where):
             chart.render(values=bad, name="orpheus", namespace=NAMESPACE)
 
 
+def test_a_voice_may_leave_its_gpu_profile_to_the_chart_default_but_not_with_none_set():
+    voice = {"name": "tara", "spec": {"model": {"hub": {"repo": "canopylabs/orpheus-3b-0.1-ft"}}}}
+    with helm.Chart.load(CHART) as chart:
+        chart.validate_schema({"voices": [voice], "voiceDefaults": {"gpuProfile": "l4"}})
+        with pytest.raises(helm.HelmValuesError, match="gpuProfile"):
+            chart.validate_schema({"voices": [voice]})  # voiceDefaults.gpuProfile is "" by default
+
+
 def test_values_schema_accepts_the_defaults_and_every_flag_on():
     with helm.Chart.load(CHART) as chart:
         chart.validate_schema(None)
