@@ -192,3 +192,15 @@ async def test_stopping_the_engine_ends_sessions_in_flight(engine):
     await asyncio.to_thread(engine.stop)
     events = [e async for e in stream.events()]
     assert events[-1].outcome in (Outcome.OK, Outcome.ERROR)
+
+
+async def test_step_timings_account_for_every_step(engine):
+    """The breakdown benchmarks report: forward, audio decode, and the host's share of each step."""
+    before = engine.timings.steps
+    chunks, end = await collect(engine, engine.make_request("Timing this.", seed=3))
+    assert end.outcome is Outcome.OK and chunks
+    t = engine.timings
+    assert t.steps - before >= end.metrics.tokens  # one decode (or prefill) step per token at least
+    assert t.decode_s > 0 and t.prefill_s > 0 and t.snac_launch_s > 0 and t.snac_wait_s >= 0
+    assert 0 <= t.host_s < t.step_s
+    assert t.prefill_s + t.decode_s + t.snac_launch_s <= t.step_s
