@@ -63,9 +63,10 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 class EngineTimings:
     """Where the engine thread's time went, cumulative seconds (benchmarks read differences).
 
-    prefill/decode: queueing the forward and waiting for its tokens; snac_launch: planning and
-    queueing audio decodes; snac_wait: waiting for audio the GPU had not finished by the time
-    it was needed; host: everything else in a step (scheduling, bookkeeping, sending)."""
+    prefill/decode: queueing the forward, sending the last step's audio while it runs, and
+    waiting for its tokens; snac_wait: the part of that spent waiting for audio the GPU had not
+    finished decoding; snac_launch: planning and queueing audio decodes; host: everything else
+    in a step (scheduling, bookkeeping)."""
 
     steps: int = 0
     step_s: float = 0.0
