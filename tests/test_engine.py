@@ -204,3 +204,22 @@ async def test_step_timings_account_for_every_step(engine):
     assert t.decode_s > 0 and t.prefill_s > 0 and t.snac_launch_s > 0 and t.snac_wait_s >= 0
     assert 0 <= t.host_s < t.step_s
     assert t.prefill_s + t.decode_s + t.snac_launch_s <= t.step_s
+
+
+def test_a_session_cancelled_while_its_audio_is_decoding_reports_only_the_frames_it_was_sent():
+    """Audio queued by one step is sent during the next; a cancel in between drops that chunk,
+    and the session's metrics count only what the receiver got. Steps are driven by hand."""
+    engine = Engine.from_config(small_config())
+    events = []
+    session = engine.submit(engine.make_request("Cut me off mid-sentence, please.", seed=4), events.append)
+    while not any(s is session for s, *_ in engine._pending_chunks):  # noqa: SLF001
+        assert engine.step()
+    session.cancel()
+    engine.step()
+    end = events[-1]
+    assert isinstance(end, SessionEnd) and end.outcome is Outcome.CANCELLED
+    received = sum(e.frames for e in events if isinstance(e, AudioChunk))
+    assert end.metrics.frames == received
+    assert session.frames_emitted > received  # the queued chunk was never sent
+    engine.step()  # the dropped chunk's decode completes; nothing more reaches the receiver
+    assert events[-1] is end

@@ -392,6 +392,7 @@ class Engine:
             if session.metrics.ttfb_s is None:
                 session.metrics.ttfb_s = now - session.created
                 self.observer.on_first_audio(session.metrics.ttfb_s)
+            session.frames_sent += frames
             self._emit(session, AudioChunk(samples, first, frames, piece))
         self._end_pieces()
 
@@ -441,7 +442,7 @@ class Engine:
         self.scheduler.release(session)
         m = session.metrics
         m.elapsed_s = time.monotonic() - session.created
-        m.frames = session.frames_emitted
+        m.frames = session.frames_sent
         m.audio_s = m.frames * orpheus.FRAME_SECONDS
         m.pieces = session.piece_index + 1
         self.observer.on_session_end(outcome, m)

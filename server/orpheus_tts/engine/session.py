@@ -100,7 +100,8 @@ class Session:
     piece_tokens: int = 0  # ids generated for the current piece
     last_served: int = -1  # when it was last picked for a decode step (for round-robin)
     tokens_since_flush: int = 0
-    frames_emitted: int = 0
+    frames_emitted: int = 0  # frames whose decode has been queued (numbers the stream's frames)
+    frames_sent: int = 0  # frames whose audio reached the receiver (what metrics report)
     metrics: SessionMetrics = field(default_factory=SessionMetrics)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _incoming: list[Piece] = field(default_factory=list)
