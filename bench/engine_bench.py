@@ -305,8 +305,8 @@ async def engine_load(results, levels, max_batch, quantization, requests, overri
         torch.cuda.reset_peak_memory_stats()
         row = await run_level(target.stream, n, requests, DEFAULT_TEXT, 1.0, Progress(), f"concurrency {n}")
         after = engine.timings
-        spent = {f: getattr(after, f) - getattr(before, f) for f in
-                 ("steps", "step_s", "prefill_s", "decode_s", "snac_launch_s", "snac_wait_s")}
+        spent = {f.name: getattr(after, f.name) - getattr(before, f.name) for f in dataclasses.fields(after)}
+        spent["host_s"] = after.host_s - before.host_s
         steps = np.array(observer.steps) if observer.steps else np.zeros((1, 3))
         busy = max(spent["step_s"], 1e-9)
         row.update(
@@ -315,7 +315,7 @@ async def engine_load(results, levels, max_batch, quantization, requests, overri
             prefill_steps=int((steps[:, 2] > 0).sum()),
             time_share=dict(prefill=spent["prefill_s"] / busy, decode=spent["decode_s"] / busy,
                             snac_launch=spent["snac_launch_s"] / busy, snac_wait=spent["snac_wait_s"] / busy,
-                            host_other=(busy - spent["prefill_s"] - spent["decode_s"] - spent["snac_launch_s"]) / busy),
+                            host_other=spent["host_s"] / busy),
             gpu_memory_peak_gb=torch.cuda.max_memory_allocated() / 1e9,
         )
         rows.append(row)

@@ -125,8 +125,8 @@ def launch_windows(codec: SnacCodec, jobs: list[tuple[FrameAccumulator, Window]]
     by_length: dict[int, list[int]] = defaultdict(list)
     for i, (_, window) in enumerate(jobs):
         by_length[window.end - window.start].append(i)
-    groups = [same[i:i + (max_batch or len(same))] for same in by_length.values()
-              for i in range(0, len(same), max_batch or len(same))]
+    size = max_batch or len(jobs)
+    groups = [same[i:i + size] for same in by_length.values() for i in range(0, len(same), size)]
     parts, event = [], None
     with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
         for indices in groups:
@@ -146,6 +146,5 @@ def launch_windows(codec: SnacCodec, jobs: list[tuple[FrameAccumulator, Window]]
 
 def decode_windows(codec: SnacCodec, jobs: list[tuple[FrameAccumulator, Window]]) -> list[np.ndarray]:
     """Decode every job's window now (batched by length); returns emitted samples per job."""
-    if jobs and codec.device.type == "cuda":
-        return launch_windows(codec, jobs, torch.cuda.current_stream(codec.device)).samples()
-    return launch_windows(codec, jobs).samples()
+    stream = torch.cuda.current_stream(codec.device) if codec.device.type == "cuda" else None
+    return launch_windows(codec, jobs, stream).samples()
