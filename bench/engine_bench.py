@@ -167,10 +167,43 @@ def step_sweep(model, label, batches, contexts, copy_bw, results, max_tokens, co
         results["eager_step_ms"].append(dict(precision=label, batch=b, context=512, step_ms=eager_ms))
         log(f"{label} eager batch {b}: {eager_ms:.2f} ms")
     results["checks"][f"graph_vs_eager_token_agreement_{label}"] = float(np.mean(agree))
+    if compiled:
+        compiled_parts_vs_eager(model, cache, sampler, label, results)
     del graphs, cache, sampler, runner
     gc.collect()
     torch.cuda.empty_cache()
     return rows
+
+
+@torch.inference_mode()
+def compiled_parts_vs_eager(model, cache, sampler, label, results, b=16):
+    """Locate a graph/eager disagreement: one compiled block and the compiled sampler, each
+    against eager on identical inputs. A random-weight model amplifies rounding through 28
+    layers, so the whole model can disagree where every part agrees."""
+    from orpheus_tts.engine.sampler import SamplingBatch
+
+    device = model.output.weight.device
+    gen = torch.Generator(device=device).manual_seed(1)
+    slots = torch.arange(b, device=device)
+    positions = torch.randint(1, 500, (b,), device=device, generator=gen)
+    x = torch.randn(b, 1, model.args.dim, device=device, dtype=torch.bfloat16, generator=gen)
+    batch = model.make_decode_batch(slots, positions)
+    k_cache, v_cache = cache.layers[0]
+    fused = model.layers[0](x, batch, k_cache, v_cache)
+    with torch.compiler.set_stance("force_eager"):
+        eager = model.layers[0](x, batch, k_cache, v_cache)
+    results["checks"][f"compiled_block_vs_eager_rel_err_{label}"] = rel_err(fused, eager)
+    hidden = torch.randn(b, model.args.dim, device=device, dtype=torch.bfloat16, generator=gen)
+    sampling = SamplingBatch(
+        slots=slots, temperature=torch.full((b,), 0.6, device=device), top_p=torch.full((b,), 0.8, device=device),
+        repetition_penalty=torch.ones(b, device=device),
+        seed=torch.randint(0, 2**31, (b,), device=device, generator=gen), counter=positions,
+        frame_position=slots % 7, allow_eos=torch.ones(b, dtype=torch.int64, device=device))
+    fused_tokens = sampler.sample(hidden, sampling)
+    with torch.compiler.set_stance("force_eager"):
+        eager_tokens = sampler.sample(hidden, sampling)
+    results["checks"][f"compiled_sampler_vs_eager_token_agreement_{label}"] = float(
+        (fused_tokens == eager_tokens).float().mean())
 
 
 def fp8_matmul_accuracy(results):
@@ -321,7 +354,8 @@ async def engine_load(results, levels, max_batch, quantization, requests, overri
         rows.append(row)
         share = row["time_share"]
         log(f"engine concurrency {n}: TTFB p50 {row['ttfb_p50_ms']:.0f} p95 {row['ttfb_p95_ms']:.0f} "
-            f"p99 {row['ttfb_p99_ms']:.0f} ms, real-time {row['realtime_share']:.2f}, {row['tokens_per_s']:.0f} tok/s, "
+            f"p99 {row['ttfb_p99_ms']:.0f} ms, real-time {row['realtime_share']:.2f} (stall p50 {row['stall_p50_ms'] or 0:.0f} "
+            f"max {row['stall_max_ms'] or 0:.0f} ms), {row['tokens_per_s']:.0f} tok/s, "
             f"success {row['success_rate']:.2f}, audio {row['mean_audio_s']:.2f} s, step {row['step_ms_mean']:.1f} ms "
             f"(batch {row['decode_batch_mean']:.0f}; decode {share['decode']:.0%}, prefill {share['prefill']:.0%}, "
             f"SNAC launch {share['snac_launch']:.0%} wait {share['snac_wait']:.0%}, host {share['host_other']:.0%})")

@@ -4,7 +4,9 @@ import json
 import subprocess
 import sys
 
-from orpheus_tts import cli
+import pytest
+
+from orpheus_tts import cli, loadbench
 from server_testkit import RunningServer, grpc_server_config
 
 SMALL = ["--set", "scheduler.max_context_tokens=512", "--set", "tuning.longform.max_text_chars=200"]
@@ -18,7 +20,19 @@ def _check_levels(results, levels, requests):
         assert row["success_rate"] == 1.0, row["errors"]
         assert 0 < row["ttfb_p50_ms"] <= row["ttfb_p95_ms"] <= row["ttfb_p99_ms"]
         assert 0.0 <= row["realtime_share"] <= 1.0
+        assert row["stall_p50_ms"] <= row["stall_max_ms"]
         assert row["tokens_per_s"] > 0 and row["mean_audio_s"] > 0
+
+
+def test_stall_is_the_worst_wait_for_a_chunk_after_playback_starts():
+    # Chunks of 0.1 s: the third arrives 0.25 s after the first, when 0.2 s had been playing.
+    arrivals, before = [1.0, 1.05, 1.25], [0.0, 0.1, 0.2]
+    assert loadbench.lateness_ms(arrivals, before) == pytest.approx(50.0)
+    assert not loadbench.is_realtime(arrivals, before)
+    on_time = [1.0, 1.05, 1.15]
+    assert loadbench.lateness_ms(on_time, before) == pytest.approx(-50.0)
+    assert loadbench.is_realtime(on_time, before)
+    assert loadbench.lateness_ms([], []) is None and not loadbench.is_realtime([], [])
 
 
 def test_bench_in_process_scaling_writes_each_level(tmp_path):

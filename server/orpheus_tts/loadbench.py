@@ -7,9 +7,11 @@ speaks all of it, and when its stream ends sends the next one, until it has made
 
 Per level: TTFB p50/p95/p99 (as the client sees it), the share of streams that stayed real
 time after their first chunk (every chunk arrives before the audio already delivered has
-finished playing), tokens/s (from each stream's final metrics, over the level's wall time) and
-the success rate. `tuning` finds the largest concurrency whose TTFB p95 meets the target with
-every stream real time; `all` runs the scaling ramp and then the tuning search.
+finished playing), the worst playback stall of each stream (p50 and max over streams: how late
+its latest chunk was; negative is the margin it kept), tokens/s (from each stream's final
+metrics, over the level's wall time) and the success rate. `tuning` finds the largest
+concurrency whose TTFB p95 meets the target with every stream real time; `all` runs the
+scaling ramp and then the tuning search.
 """
 
 from __future__ import annotations
@@ -38,14 +40,23 @@ class StreamResult:
     tokens: int
     audio_s: float
     error: str | None = None
+    late_ms: float | None = None  # the worst gap in playback (see `lateness_ms`); <= 0 is real time
+
+
+def lateness_ms(arrivals: list[float], audio_before: list[float]) -> float | None:
+    """How long playback, started at the first chunk, would have stalled at its worst waiting
+    for a chunk (negative: the smallest margin any chunk had)."""
+    if not arrivals:
+        return None
+    first = arrivals[0]
+    later = zip(arrivals[1:], audio_before[1:])
+    return max((a - first - before for a, before in later), default=0.0) * 1e3
 
 
 def is_realtime(arrivals: list[float], audio_before: list[float]) -> bool:
     """Every chunk arrives before the audio already delivered has finished playing."""
-    if not arrivals:
-        return False
-    first = arrivals[0]
-    return all(a <= first + before + 1e-3 for a, before in zip(arrivals, audio_before))
+    late = lateness_ms(arrivals, audio_before)
+    return late is not None and late <= 1.0
 
 
 class _Timeline:
@@ -64,7 +75,8 @@ class _Timeline:
 
     def result(self, ok: bool, tokens: int, error: str | None = None) -> StreamResult:
         ttfb = self.arrivals[0] * 1e3 if self.arrivals else None
-        return StreamResult(ok, ttfb, ok and is_realtime(self.arrivals, self.audio_before), tokens, self.audio_s, error)
+        return StreamResult(ok, ttfb, ok and is_realtime(self.arrivals, self.audio_before), tokens, self.audio_s, error,
+                            lateness_ms(self.arrivals, self.audio_before))
 
 
 StreamFn = Callable[[str, int], Awaitable[StreamResult]]
@@ -188,11 +200,14 @@ async def run_level(stream: StreamFn, concurrency: int, requests: int, text: str
     ok = [r for r in results if r.ok]
     ttfb = np.array([r.ttfb_ms for r in ok if r.ttfb_ms is not None])
     pct = (lambda q: float(np.percentile(ttfb, q))) if len(ttfb) else (lambda q: None)
+    late = np.array([r.late_ms for r in ok if r.late_ms is not None])
     errors = sorted({r.error for r in results if r.error})
     return dict(
         concurrency=concurrency, streams=total, wall_s=wall,
         ttfb_p50_ms=pct(50), ttfb_p95_ms=pct(95), ttfb_p99_ms=pct(99),
         realtime_share=float(np.mean([r.realtime for r in results])) if results else 0.0,
+        stall_p50_ms=float(np.percentile(late, 50)) if len(late) else None,
+        stall_max_ms=float(late.max()) if len(late) else None,
         tokens_per_s=sum(r.tokens for r in ok) / wall if wall > 0 else 0.0,
         success_rate=len(ok) / total if total else 0.0,
         mean_audio_s=float(np.mean([r.audio_s for r in ok])) if ok else 0.0,
@@ -208,7 +223,8 @@ def meets(row: dict, target_ttfb_ms: float) -> bool:
 def _describe(row: dict) -> str:
     fmt = lambda v: "n/a" if v is None else f"{v:.0f}"  # noqa: E731
     return (f"concurrency {row['concurrency']}: TTFB p50 {fmt(row['ttfb_p50_ms'])} p95 {fmt(row['ttfb_p95_ms'])} "
-            f"p99 {fmt(row['ttfb_p99_ms'])} ms, real-time {row['realtime_share']:.0%}, "
+            f"p99 {fmt(row['ttfb_p99_ms'])} ms, real-time {row['realtime_share']:.0%} "
+            f"(worst stall {fmt(row['stall_max_ms'])} ms), "
             f"{row['tokens_per_s']:.0f} tok/s, success {row['success_rate']:.0%}")
 
 
