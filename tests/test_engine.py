@@ -49,8 +49,9 @@ async def test_one_request_streams_whole_frames_and_reports_metrics(engine):
     samples = sum(len(c.samples) for c in chunks)
     assert samples > 0 and samples % orpheus.SAMPLES_PER_FRAME == 0
     assert end.metrics.frames * orpheus.SAMPLES_PER_FRAME == samples
-    # The first chunks go out one frame at a time (start-up), then they grow.
-    assert [c.frames for c in chunks[:4]] == [1, 1, 1, 1] and max(c.frames for c in chunks) == 2
+    # The first chunks go out one frame at a time (start-up), then they may grow (see below): at
+    # most a held-back lookahead frame and two new ones.
+    assert [c.frames for c in chunks[:4]] == [1, 1, 1, 1] and max(c.frames for c in chunks) <= 3
     assert [c.first_frame for c in chunks] == list(np.cumsum([0] + [c.frames for c in chunks[:-1]]))
     assert end.metrics.ttfb_s is not None and end.metrics.tokens >= end.metrics.frames * 7
     assert end.metrics.audio_s == pytest.approx(end.metrics.frames * orpheus.FRAME_SECONDS)
@@ -223,3 +224,27 @@ def test_a_session_cancelled_while_its_audio_is_decoding_reports_only_the_frames
     assert session.frames_emitted > received  # the queued chunk was never sent
     engine.step()  # the dropped chunk's decode completes; nothing more reaches the receiver
     assert events[-1] is end
+
+
+@pytest.mark.parametrize("clock_shift_s, chunk_frames", [(+60.0, {2}), (-60.0, {1})])
+def test_chunks_grow_only_while_the_client_holds_enough_audio(clock_shift_s, chunk_frames):
+    """After start-up, two-frame chunks (with a lookahead frame held back) while the client is
+    far ahead; one frame at a time, nothing held back, while it is about to run dry. The play
+    clock is moved instead of the steps slowed: steps are driven by hand."""
+    engine = Engine.from_config(small_config())
+    events = []
+    session = engine.submit(engine.make_request("A sentence long enough to stream many chunks.", seed=5),
+                            events.append)
+    while session.playback_started is None:
+        assert engine.step()
+    # As if the client had started playing a minute later (it holds a minute of audio) or a
+    # minute earlier (it ran dry long ago).
+    session.playback_started += clock_shift_s
+    while not (events and isinstance(events[-1], SessionEnd)):
+        engine.step()
+    chunks = [e for e in events if isinstance(e, AudioChunk)]
+    # After start-up; the first bigger chunk holds a frame back, and the last one emits the tail.
+    after_startup = chunks[engine.config.scheduler.flush_startup_frames + 1:-1]
+    assert len(after_startup) >= 3
+    assert {c.frames for c in after_startup} == chunk_frames
+    assert events[-1].metrics.frames == sum(c.frames for c in chunks)

@@ -77,7 +77,8 @@ class SchedulerConfig:
     flush_every_n_tokens: int = 14  # then a chunk every this many tokens
     # The first frames of a stream go out one per chunk, without waiting for lookahead, so the
     # client's buffer grows before chunks get bigger (a 2-frame chunk right after a 1-frame one
-    # would need steps under 6.1 ms to arrive before the first frame has played).
+    # would need steps under 6.1 ms to arrive before the first frame has played). Later, a
+    # stream whose client holds too little audio for the wait goes back to frame by frame.
     flush_startup_frames: int = 4
     session_timeout_s: float = 300.0  # a session older than this is ended with a timeout
     max_context_tokens: int = 4096  # prompt + generated tokens per session (the KV slot length)

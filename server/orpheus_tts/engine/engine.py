@@ -120,6 +120,7 @@ class Engine:
                                 min(sched.max_concurrent_sessions, config.codec.graph_max_batch))
         self.scheduler = Scheduler(sched, self.kv_cache.allocator)
         self.timings = EngineTimings()
+        self._step_estimate_s = 0.0  # recent step duration (moving average): how fast tokens come
         # Audio decodes queued by the last step (and the sessions whose piece ended with it).
         self._audio_stream = torch.cuda.Stream(codec.device) if codec.device.type == "cuda" else None
         self._pending_audio: PendingAudio | None = None
@@ -294,6 +295,7 @@ class Engine:
         seconds = time.perf_counter() - started
         self.timings.steps += 1
         self.timings.step_s += seconds
+        self._step_estimate_s += 0.1 * (seconds - self._step_estimate_s)
         self.observer.on_step(seconds, len(decode), len(prefill), self.stats())
         return True
 
@@ -329,15 +331,24 @@ class Engine:
     def _flush(self, sessions: list[Session], ended: list[Session]) -> None:
         """Queue the decode of the audio that is due, batched across sessions.
 
-        Sessions whose piece ended wait (DRAINING) until their last audio has been sent."""
+        A stream goes frame by frame with no lookahead (as at its start) while its client holds
+        less audio than waiting for a lookahead frame and a two-frame chunk would take at the
+        current step time: under load the steps approach real time, and the bigger chunks would
+        arrive after the audio before them has played. Sessions whose piece ended wait
+        (DRAINING) until their last audio has been sent."""
         self._deliver_audio()  # normally sent during the forward already; never drop any
         started = time.perf_counter()
         sched = self.config.scheduler
+        now = time.monotonic()
+        lookahead_tokens = orpheus.TOKENS_PER_FRAME * self.config.codec.lookahead_frames
+        tokens_to_bigger_chunk = sched.flush_every_n_tokens + lookahead_tokens
+        lead_needed_s = (tokens_to_bigger_chunk + 1) * self._step_estimate_s  # + 1: the decode's own step
         ended_ids = {s.id for s in ended}
         jobs = []
         for session in sessions:
             final = session.id in ended_ids
-            startup = session.frames_emitted < sched.flush_startup_frames
+            startup = (session.frames_emitted < sched.flush_startup_frames
+                       or session.playback_lead_s(now) < lead_needed_s)
             if session.in_ttfb_priority:
                 threshold = sched.flush_first_n_tokens
             elif startup:
@@ -391,6 +402,7 @@ class Engine:
                 continue
             if session.metrics.ttfb_s is None:
                 session.metrics.ttfb_s = now - session.created
+                session.playback_started = now
                 self.observer.on_first_audio(session.metrics.ttfb_s)
             session.frames_sent += frames
             self._emit(session, AudioChunk(samples, first, frames, piece))

@@ -102,6 +102,7 @@ class Session:
     tokens_since_flush: int = 0
     frames_emitted: int = 0  # frames whose decode has been queued (numbers the stream's frames)
     frames_sent: int = 0  # frames whose audio reached the receiver (what metrics report)
+    playback_started: float | None = None  # when the first audio went out: the client's play clock
     metrics: SessionMetrics = field(default_factory=SessionMetrics)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _incoming: list[Piece] = field(default_factory=list)
@@ -127,6 +128,13 @@ class Session:
             self._text_closed = False
 
     # -- engine thread only -------------------------------------------------------------
+    def playback_lead_s(self, now: float) -> float:
+        """How much audio the client holds beyond what has played by `now`, if it started
+        playing at the first chunk: the time this stream's next chunk has before it stalls."""
+        if self.playback_started is None:
+            return 0.0
+        return self.playback_started + self.frames_emitted * orpheus.FRAME_SECONDS - now
+
     def take_incoming(self) -> bool:
         """Move newly arrived pieces into the queue; True if the text is complete."""
         with self._lock:
