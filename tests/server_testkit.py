@@ -10,11 +10,13 @@ from orpheus_tts.config import load_config
 
 
 def small_config(**overrides):
-    """Engine config for tests: CPU, short contexts, short texts, deterministic codec."""
+    """Engine config for tests: CPU, short contexts, short texts, deterministic codec and chunk
+    joins (a slow CPU step would otherwise send every chunk frame by frame)."""
     base = {
         "model.device": "cpu",
         "codec.device": "cpu",
         "codec.noise": False,
+        "scheduler.adaptive_chunks": False,
         "scheduler.max_context_tokens": 1024,
         "scheduler.max_concurrent_sessions": 4,
         "scheduler.max_batch_size": 4,

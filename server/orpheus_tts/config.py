@@ -77,9 +77,13 @@ class SchedulerConfig:
     flush_every_n_tokens: int = 14  # then a chunk every this many tokens
     # The first frames of a stream go out one per chunk, without waiting for lookahead, so the
     # client's buffer grows before chunks get bigger (a 2-frame chunk right after a 1-frame one
-    # would need steps under 6.1 ms to arrive before the first frame has played). Later, a
-    # stream whose client holds too little audio for the wait goes back to frame by frame.
+    # would need steps under 6.1 ms to arrive before the first frame has played).
     flush_startup_frames: int = 4
+    # Later, a stream whose client holds too little audio for the wait of a bigger chunk goes
+    # back to frame by frame, judged by the time steps take now. Chunk joins then follow the
+    # load, so the same seed gives the same tokens but samples near joins may differ slightly;
+    # false fixes the joins (bit-identical audio per seed) at the cost of stalls under load.
+    adaptive_chunks: bool = True
     session_timeout_s: float = 300.0  # a session older than this is ended with a timeout
     max_context_tokens: int = 4096  # prompt + generated tokens per session (the KV slot length)
 
