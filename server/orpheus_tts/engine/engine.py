@@ -64,10 +64,10 @@ class EngineTimings:
     """Where the engine thread's time went, cumulative seconds (benchmarks read differences);
     the parts are disjoint.
 
-    prefill/decode: queueing a forward and waiting for its tokens, less the audio work done
-    while it ran; snac_launch: planning and queueing audio decodes (normally while a forward
-    runs); snac_wait: waiting for audio the GPU had not finished decoding; host: everything
-    else in a step (scheduling, bookkeeping, sending audio)."""
+    prefill/decode: queueing a forward and waiting for its tokens, less the audio sending done
+    while it ran; snac_wait: waiting for audio the GPU had not finished decoding; snac_launch:
+    planning and queueing audio decodes; host: everything else in a step (scheduling,
+    bookkeeping, sending audio to the sessions' receivers)."""
 
     steps: int = 0
     step_s: float = 0.0
@@ -122,14 +122,12 @@ class Engine:
         self.scheduler = Scheduler(sched, self.kv_cache.allocator)
         self.timings = EngineTimings()
         self._step_estimate_s = 0.0  # recent step duration (moving average): how fast tokens come
-        # The sessions whose tokens of the last step may make audio due (and those whose piece
-        # ended); the next step plans, decodes and sends that audio while its forward runs.
+        # Audio decodes queued by the last step (and the sessions whose piece ended with it).
         self._audio_stream = torch.cuda.Stream(codec.device) if codec.device.type == "cuda" else None
-        self._audio_due: tuple[list[Session], list[Session]] | None = None
         self._pending_audio: PendingAudio | None = None
         self._pending_chunks: list[tuple[Session, int, int, int]] = []  # session, first frame, frames, piece
         self._pending_ended: list[Session] = []
-        self._audio_work_s = 0.0  # time the audio work took inside the forward being timed
+        self._delivery_s = 0.0  # time the audio sending took inside the forward being timed
         self._wake = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -280,30 +278,25 @@ class Engine:
         prefill = self.scheduler.pick_prefill(self.runner.max_prefill_batch)
         decode = self.scheduler.pick_decode()
         if not prefill and not decode:
-            if self._audio_due is None:
+            if self._pending_audio is None:
                 self.observer.on_idle(self.stats())
                 return False
             started = time.perf_counter()
-            self._audio_work()  # the last audio of sessions that just ended
+            self._deliver_audio()  # the last audio of sessions that just ended
             self.timings.steps += 1
             self.timings.step_s += time.perf_counter() - started
             return True
         started = time.perf_counter()
         ended: list[Session] = []
-        # The audio the last step's tokens made due is planned, decoded (on its own CUDA stream)
-        # and sent while this step's forward runs: the GPU does not wait for the host's share.
-        audio_work = self._audio_work if self._audio_due is not None else None
+        # Audio queued by the last step is sent while this step's forward runs on the GPU.
+        deliver = self._deliver_audio
         if prefill:
             self.scheduler.counters.total_prefills += 1
-            ended += self._run(self.runner.prefill, prefill, audio_work, "prefill_s")
-            audio_work = None
+            ended += self._run(self.runner.prefill, prefill, deliver, "prefill_s")
+            deliver = None
         if decode:
-            ended += self._run(self.runner.decode, decode, audio_work, "decode_s")
-        due = [s for s in prefill + decode if s.state is SessionState.DECODING]
-        for session in ended:  # not decoded again until its last audio is out
-            if session.state is not SessionState.FINISHED:
-                session.state = SessionState.DRAINING
-        self._audio_due = (due, ended)
+            ended += self._run(self.runner.decode, decode, deliver, "decode_s")
+        self._flush([s for s in prefill + decode if s.state is SessionState.DECODING], ended)
         seconds = time.perf_counter() - started
         self.timings.steps += 1
         self.timings.step_s += seconds
@@ -314,7 +307,7 @@ class Engine:
     def _run(self, fn, sessions: list[Session], while_running, timing: str) -> list[Session]:
         """Run one batched forward; on failure end only the sessions that were in it."""
         started = time.perf_counter()
-        self._audio_work_s = 0.0
+        self._delivery_s = 0.0
         try:
             tokens = fn(sessions, while_running)
         except Exception as exc:
@@ -323,7 +316,7 @@ class Engine:
                 self._finish(session, Outcome.ERROR, f"inference failed: {exc}")
             return []
         finally:
-            forward_s = time.perf_counter() - started - self._audio_work_s
+            forward_s = time.perf_counter() - started - self._delivery_s
             setattr(self.timings, timing, getattr(self.timings, timing) + forward_s)
         ended = []
         max_context = self.config.scheduler.max_context_tokens
@@ -342,15 +335,6 @@ class Engine:
                 ended.append(session)
         return ended
 
-    def _audio_work(self) -> None:
-        """Queue the decode of the audio the last step made due, wait for it and send it."""
-        started = time.perf_counter()
-        sessions, ended = self._audio_due
-        self._audio_due = None
-        self._flush(sessions, ended)
-        self._deliver_audio()
-        self._audio_work_s = time.perf_counter() - started
-
     def _flush(self, sessions: list[Session], ended: list[Session]) -> None:
         """Queue the decode of the audio that is due, batched across sessions.
 
@@ -358,8 +342,8 @@ class Engine:
         less audio than waiting for a lookahead frame and a two-frame chunk would take at the
         current step time: under load the steps approach real time, and the bigger chunks would
         arrive after the audio before them has played. Sessions whose piece ended wait
-        (DRAINING) until their last audio has been sent; a session finished (cancelled)
-        since has none decoded."""
+        (DRAINING) until their last audio has been sent."""
+        self._deliver_audio()  # normally sent during the forward already; never drop any
         started = time.perf_counter()
         sched = self.config.scheduler
         now = time.monotonic()
@@ -369,8 +353,6 @@ class Engine:
         ended_ids = {s.id for s in ended}
         jobs = []
         for session in sessions:
-            if session.state is SessionState.FINISHED:
-                continue
             final = session.id in ended_ids
             startup = (session.frames_emitted < sched.flush_startup_frames
                        or (sched.adaptive_chunks and session.playback_lead_s(now) < lead_needed_s))
@@ -390,6 +372,9 @@ class Engine:
             frames = window.emit_to - window.emit_from
             chunks.append((session, session.frames_emitted, frames, session.piece_index))
             session.frames_emitted += frames
+        for session in ended:
+            if session.state is not SessionState.FINISHED:
+                session.state = SessionState.DRAINING
         self._pending_ended = ended
         try:
             self._pending_audio = launch_windows(self.codec, [(s.accumulator, w) for s, w in jobs], self._audio_stream,
@@ -429,6 +414,7 @@ class Engine:
             session.frames_sent += frames
             self._emit(session, AudioChunk(samples, first, frames, piece))
         self._end_pieces()
+        self._delivery_s = time.perf_counter() - started
 
     def _end_pieces(self) -> None:
         for session in self._pending_ended:
