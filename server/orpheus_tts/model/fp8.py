@@ -6,8 +6,9 @@ fly with a scale per row (token). Where the GPU or this torch build lacks row-wi
 scale per tensor is used instead. Only GPUs with FP8 tensor cores (Ada sm_89, Hopper sm_90 and
 newer) qualify; elsewhere the model keeps bf16/fp32 weights. Embeddings, norms and the output
 head stay in the model dtype: they are a small share of the bytes and matter most for accuracy.
-Up to `fp8_gemm.MAX_ROWS` rows (decode steps) the matmul is our split-K Triton kernel, which
-keeps every SM busy where cuBLAS's tiles do not (see fp8_gemm); above it, `torch._scaled_mm`.
+Where cuBLAS's tiles leave SMs idle (K longer than N: the MLP down projection) and up to
+`fp8_gemm.MAX_ROWS` rows (decode steps), the matmul is our split-K Triton kernel (see
+fp8_gemm); everywhere else, `torch._scaled_mm`.
 """
 
 from __future__ import annotations

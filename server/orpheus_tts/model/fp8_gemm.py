@@ -1,11 +1,11 @@
 """A Triton FP8 matmul for the decode step's few rows: split-K so every SM streams weights.
 
-cuBLAS picks 128x128 tiles for FP8 at 1-64 rows: a 3072-wide output (the attention output
-and MLP down projections, a third of the weight bytes) is then 24 tiles on an H100's 132 SMs,
-and the 28 layers' FP8 matmuls ran at about half the copy bandwidth (1.9 ms of a 3.2 ms
-batch-1 step). Here each program multiplies a BLOCK_M x BLOCK_N tile over one K split;
-splits are sized so the grid covers the GPU twice, and their fp32 partial sums are added
-outside the kernel, where `torch.compile` fuses the sum with the scales and the cast.
+cuBLAS picks 128x128 tiles for FP8 at 1-64 rows: a 3072-wide output is then 24 tiles on an
+H100's 132 SMs, each walking all of K. Where K is long (the MLP down projection, 3072x8192)
+that left cuBLAS at 39% of the copy bandwidth. Here each program multiplies a BLOCK_M x
+BLOCK_N tile over one K split; splits are sized so the grid covers the GPU twice, and their
+fp32 partial sums are added outside the kernel, where `torch.compile` fuses the sum with the
+scales and the cast.
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ try:
 except ImportError:  # CPU installs need not have Triton
     triton = None
 
-# Rows up to which the kernel runs (one 16-row block, the shape measured faster on an H100:
-# the batch-1 step went from 3.19 to 2.42 ms); at 64 rows the step was no faster than with
-# cuBLAS, and the crossover between was not measured (bench/fp8_gemm_bench.py measures it).
-MAX_ROWS = 16
+# Where the kernel beats cuBLAS, measured per shape on an H100 (bench/fp8_gemm_bench.py,
+# bench/results/h100-fp8-gemm/): only where K is longer than N, up to 32 rows (down projection:
+# 13.6 against 21.8 us at 1 row, 17.7 against 21.8 at 32, even at 64). For the other layer
+# shapes cuBLAS was as fast or faster at every row count (the QKV, output and gate/up
+# projections: 10.6-24 us against 11.4-34 us at 1-16 rows).
+MAX_ROWS = 32
 BLOCK_N = 64
 BLOCK_K = 256
 
@@ -95,5 +97,5 @@ def _(x: Tensor, w: Tensor, splits: int) -> Tensor:
 
 
 def fits(n: int, k: int) -> bool:
-    """Shapes the kernel takes: whole tiles along N and K."""
-    return n % BLOCK_N == 0 and k % BLOCK_K == 0
+    """Shapes the kernel takes (whole tiles along N and K) and is faster for (K longer than N)."""
+    return n % BLOCK_N == 0 and k % BLOCK_K == 0 and k > n
