@@ -21,9 +21,9 @@ except ImportError:  # CPU installs need not have Triton
 
 # Where the kernel beats cuBLAS, measured per shape on an H100 (bench/fp8_gemm_bench.py,
 # bench/results/h100-fp8-gemm/): only where K is longer than N, up to 32 rows (down projection:
-# 13.6 against 21.8 us at 1 row, 17.7 against 21.8 at 32, even at 64). For the other layer
-# shapes cuBLAS was as fast or faster at every row count (the QKV, output and gate/up
-# projections: 10.6-24 us against 11.4-34 us at 1-16 rows).
+# 13.6 against 21.8 us at 1 row, 17.7 against 21.8 at 32, even at 64). For the QKV, output and
+# gate/up projections cuBLAS was faster at every row count but one (QKV at one row: 12.6
+# against 13.5 us), by up to 1.5x at 16 rows.
 MAX_ROWS = 32
 BLOCK_N = 64
 BLOCK_K = 256
