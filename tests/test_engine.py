@@ -269,3 +269,44 @@ def test_adaptive_chunks_change_only_the_joins_not_the_speech():
     np.testing.assert_array_equal(first[:startup - orpheus.SAMPLES_PER_FRAME], second[:startup - orpheus.SAMPLES_PER_FRAME])
     snr_db = 10 * np.log10(np.sum(first**2) / np.sum((first - second) ** 2))
     assert snr_db > 20, snr_db  # 23.6 dB measured with the demo model's random codec, seeds 5-7
+
+
+async def test_decoding_during_the_next_forward_sends_the_same_audio_and_frees_every_slot():
+    """codec.decode_during_next_forward moves when audio is decoded and sent, nothing else:
+    the same chunks, samples and metrics as the default, and every session ends cleanly."""
+    texts = [f"Voice {i} overlaps the next step." for i in range(6)]
+    results = {}
+    for overlap in (False, True):
+        engine = make_engine(**{"codec.decode_during_next_forward": overlap, "scheduler.max_concurrent_sessions": 6,
+                                "scheduler.max_batch_size": 6})
+        results[overlap] = await asyncio.gather(*(collect(engine, engine.make_request(t, seed=i))
+                                                  for i, t in enumerate(texts)))
+        stats = engine.stats()
+        engine.stop()
+        assert stats.free_slots == 6 and stats.active_sessions == 0 and stats.completed_sessions == 6
+    for (chunks, end), (chunks_overlap, end_overlap) in zip(results[False], results[True]):
+        assert end.outcome is end_overlap.outcome is Outcome.OK
+        assert [(c.first_frame, c.frames) for c in chunks] == [(c.first_frame, c.frames) for c in chunks_overlap]
+        np.testing.assert_array_equal(np.concatenate([c.samples for c in chunks]),
+                                      np.concatenate([c.samples for c in chunks_overlap]))
+        assert end.metrics.frames == end_overlap.metrics.frames and end.metrics.tokens == end_overlap.metrics.tokens
+
+
+def test_with_decoding_during_the_next_forward_a_cancel_drops_only_unsent_audio():
+    """A cancel between a step and the next: the audio its tokens made due is never decoded,
+    and the metrics count what the receiver got. Steps are driven by hand."""
+    engine = Engine.from_config(small_config(**{"codec.decode_during_next_forward": True}))
+    events = []
+    session = engine.submit(engine.make_request("Cut me off mid-sentence, please.", seed=4), events.append)
+    while not (session.frames_sent and engine._audio_due and session in engine._audio_due[0]  # noqa: SLF001
+               and len(session.accumulator.frames) > session.frames_emitted):
+        assert engine.step()
+    session.cancel()
+    engine.step()
+    end = events[-1]
+    assert isinstance(end, SessionEnd) and end.outcome is Outcome.CANCELLED
+    received = sum(e.frames for e in events if isinstance(e, AudioChunk))
+    assert end.metrics.frames == received < len(session.accumulator.frames)
+    while engine.step():
+        pass
+    assert events[-1] is end

@@ -127,7 +127,10 @@ class Engine:
         self._pending_audio: PendingAudio | None = None
         self._pending_chunks: list[tuple[Session, int, int, int]] = []  # session, first frame, frames, piece
         self._pending_ended: list[Session] = []
-        self._delivery_s = 0.0  # time the audio sending took inside the forward being timed
+        # With codec.decode_during_next_forward: the sessions whose last tokens may make audio
+        # due (and those whose piece ended), planned and queued during the next forward.
+        self._audio_due: tuple[list[Session], list[Session]] | None = None
+        self._overlapped_s = 0.0  # audio work done while the forward being timed ran
         self._wake = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -278,25 +281,32 @@ class Engine:
         prefill = self.scheduler.pick_prefill(self.runner.max_prefill_batch)
         decode = self.scheduler.pick_decode()
         if not prefill and not decode:
-            if self._pending_audio is None:
+            if self._pending_audio is None and self._audio_due is None:
                 self.observer.on_idle(self.stats())
                 return False
             started = time.perf_counter()
-            self._deliver_audio()  # the last audio of sessions that just ended
+            self._audio_work()  # the last audio of sessions that just ended
+            self._deliver_audio()
             self.timings.steps += 1
             self.timings.step_s += time.perf_counter() - started
             return True
         started = time.perf_counter()
         ended: list[Session] = []
-        # Audio queued by the last step is sent while this step's forward runs on the GPU.
-        deliver = self._deliver_audio
+        audio_work = self._audio_work  # done while this step's forward runs on the GPU
         if prefill:
             self.scheduler.counters.total_prefills += 1
-            ended += self._run(self.runner.prefill, prefill, deliver, "prefill_s")
-            deliver = None
+            ended += self._run(self.runner.prefill, prefill, audio_work, "prefill_s")
+            audio_work = None
         if decode:
-            ended += self._run(self.runner.decode, decode, deliver, "decode_s")
-        self._flush([s for s in prefill + decode if s.state is SessionState.DECODING], ended)
+            ended += self._run(self.runner.decode, decode, audio_work, "decode_s")
+        due = [s for s in prefill + decode if s.state is SessionState.DECODING]
+        for session in ended:  # not decoded again until its last audio is out
+            if session.state is not SessionState.FINISHED:
+                session.state = SessionState.DRAINING
+        if self.config.codec.decode_during_next_forward:
+            self._audio_due = (due, ended)
+        else:
+            self._flush(due, ended)
         seconds = time.perf_counter() - started
         self.timings.steps += 1
         self.timings.step_s += seconds
@@ -307,7 +317,7 @@ class Engine:
     def _run(self, fn, sessions: list[Session], while_running, timing: str) -> list[Session]:
         """Run one batched forward; on failure end only the sessions that were in it."""
         started = time.perf_counter()
-        self._delivery_s = 0.0
+        self._overlapped_s = 0.0
         try:
             tokens = fn(sessions, while_running)
         except Exception as exc:
@@ -316,7 +326,7 @@ class Engine:
                 self._finish(session, Outcome.ERROR, f"inference failed: {exc}")
             return []
         finally:
-            forward_s = time.perf_counter() - started - self._delivery_s
+            forward_s = time.perf_counter() - started - self._overlapped_s
             setattr(self.timings, timing, getattr(self.timings, timing) + forward_s)
         ended = []
         max_context = self.config.scheduler.max_context_tokens
@@ -335,6 +345,17 @@ class Engine:
                 ended.append(session)
         return ended
 
+    def _audio_work(self) -> None:
+        """Send the audio queued before (its decode ran beside the forward), then, with
+        codec.decode_during_next_forward, plan and queue the decodes the last step made due."""
+        started = time.perf_counter()
+        self._deliver_audio()
+        if self._audio_due is not None:
+            due, ended = self._audio_due
+            self._audio_due = None
+            self._flush(due, ended)
+        self._overlapped_s = time.perf_counter() - started
+
     def _flush(self, sessions: list[Session], ended: list[Session]) -> None:
         """Queue the decode of the audio that is due, batched across sessions.
 
@@ -342,17 +363,21 @@ class Engine:
         less audio than waiting for a lookahead frame and a two-frame chunk would take at the
         current step time: under load the steps approach real time, and the bigger chunks would
         arrive after the audio before them has played. Sessions whose piece ended wait
-        (DRAINING) until their last audio has been sent."""
+        (DRAINING) until their last audio has been sent; one finished (cancelled) since its
+        tokens came gets none decoded."""
         self._deliver_audio()  # normally sent during the forward already; never drop any
         started = time.perf_counter()
         sched = self.config.scheduler
         now = time.monotonic()
         lookahead_tokens = orpheus.TOKENS_PER_FRAME * self.config.codec.lookahead_frames
         tokens_to_bigger_chunk = sched.flush_every_n_tokens + lookahead_tokens
-        lead_needed_s = (tokens_to_bigger_chunk + 1) * self._step_estimate_s  # + 1: the decode's own step
+        decode_steps = 2 if self.config.codec.decode_during_next_forward else 1  # until a chunk is sent
+        lead_needed_s = (tokens_to_bigger_chunk + decode_steps) * self._step_estimate_s
         ended_ids = {s.id for s in ended}
         jobs = []
         for session in sessions:
+            if session.state is SessionState.FINISHED:
+                continue
             final = session.id in ended_ids
             startup = (session.frames_emitted < sched.flush_startup_frames
                        or (sched.adaptive_chunks and session.playback_lead_s(now) < lead_needed_s))
@@ -372,9 +397,6 @@ class Engine:
             frames = window.emit_to - window.emit_from
             chunks.append((session, session.frames_emitted, frames, session.piece_index))
             session.frames_emitted += frames
-        for session in ended:
-            if session.state is not SessionState.FINISHED:
-                session.state = SessionState.DRAINING
         self._pending_ended = ended
         try:
             self._pending_audio = launch_windows(self.codec, [(s.accumulator, w) for s, w in jobs], self._audio_stream,
@@ -414,7 +436,6 @@ class Engine:
             session.frames_sent += frames
             self._emit(session, AudioChunk(samples, first, frames, piece))
         self._end_pieces()
-        self._delivery_s = time.perf_counter() - started
 
     def _end_pieces(self) -> None:
         for session in self._pending_ended:
