@@ -298,7 +298,7 @@ def transformers_baseline(results, batches):
     torch.cuda.empty_cache()
 
 
-async def engine_load(results, levels, max_batch, quantization, requests, overrides):
+async def engine_load(levels, max_batch, quantization, requests, overrides) -> dict:
     """The load benchmark's standard workload (`orpheus-tts bench --in-process`), plus where the
     engine thread's time went at each level and the GPU memory in use."""
     from orpheus_tts.engine.engine import Engine
@@ -312,7 +312,8 @@ async def engine_load(results, levels, max_batch, quantization, requests, overri
         "scheduler.max_context_tokens": 1024, "scheduler.max_pending_sessions": 4 * max_sessions,
         "model.quantization": quantization, **overrides,
     })
-    results["load_config_overrides"] = overrides
+    run = dict(load_config_overrides=overrides)
+    label = "".join(f" {key}={value}" for key, value in overrides.items())
 
     class StepSizes(EngineObserver):
         def __init__(self):
@@ -325,7 +326,7 @@ async def engine_load(results, levels, max_batch, quantization, requests, overri
     t = time.time()
     engine = Engine.from_config(config, observer=observer).start()
     await asyncio.to_thread(engine.warm_up)
-    results["engine_start_s"] = time.time() - t
+    run["engine_start_s"] = time.time() - t
     target = EngineTarget(config)
     target.engine = engine
     rows = []
@@ -350,16 +351,30 @@ async def engine_load(results, levels, max_batch, quantization, requests, overri
         )
         rows.append(row)
         share = row["time_share"]
-        log(f"engine concurrency {n}: TTFB p50 {row['ttfb_p50_ms']:.0f} p95 {row['ttfb_p95_ms']:.0f} "
+        log(f"engine{label} concurrency {n}: TTFB p50 {row['ttfb_p50_ms']:.0f} p95 {row['ttfb_p95_ms']:.0f} "
             f"p99 {row['ttfb_p99_ms']:.0f} ms, real-time {row['realtime_share']:.2f} (stall p50 {row['stall_p50_ms'] or 0:.0f} "
             f"max {row['stall_max_ms'] or 0:.0f} ms), {row['tokens_per_s']:.0f} tok/s, "
             f"success {row['success_rate']:.2f}, audio {row['mean_audio_s']:.2f} s, step {row['step_ms_mean']:.1f} ms "
             f"(batch {row['decode_batch_mean']:.0f}; decode {share['decode']:.0%}, prefill {share['prefill']:.0%}, "
             f"SNAC launch {share['snac_launch']:.0%} wait {share['snac_wait']:.0%}, host {share['host_other']:.0%})")
-    results["engine_load"] = rows
-    results["gpu_memory_allocated_gb"] = torch.cuda.memory_allocated() / 1e9
-    results["gpu_memory_reserved_gb"] = torch.cuda.memory_reserved() / 1e9
+    run.update(engine_load=rows, gpu_memory_allocated_gb=torch.cuda.memory_allocated() / 1e9,
+               gpu_memory_reserved_gb=torch.cuda.memory_reserved() / 1e9)
     engine.stop()
+    return run
+
+
+def load_runs(results, opts, overrides):
+    """The load section: the engine as configured, then once more per `--variant` (an A/B in
+    one call, on the same GPU)."""
+    levels = [int(x) for x in opts.levels.split(",")]
+    run = lambda extra: asyncio.run(engine_load(  # noqa: E731
+        levels, opts.max_batch, opts.load_quantization, opts.requests, {**overrides, **extra}))
+    results.update(run({}))
+    for variant in opts.variant:
+        key, value = variant.split("=", 1)
+        gc.collect()
+        torch.cuda.empty_cache()
+        results.setdefault("engine_load_variants", []).append(run({key: value}))
 
 
 def plots(results, out: Path):
@@ -426,6 +441,9 @@ def main():
     parser.add_argument("--precisions", default="bf16,fp8", help="sweep: bf16, fp8 or both")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="load: an engine config override, e.g. codec.compile=false")
+    parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE",
+                        help="load: run it again with this override too (repeatable), e.g. "
+                             "codec.decode_during_next_forward=true")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument("--load-quantization", default="auto")
     opts = parser.parse_args()
@@ -452,8 +470,7 @@ def main():
         "sweep": lambda: sweeps(opts, results, batches, contexts, bw, save),
         "snac": lambda: snac_bench(results),
         "baseline": lambda: transformers_baseline(results, [1, 16, 64]),
-        "load": lambda: asyncio.run(engine_load(results, [int(x) for x in opts.levels.split(",")], opts.max_batch,
-                                                opts.load_quantization, opts.requests, overrides)),
+        "load": lambda: load_runs(results, opts, overrides),
     }
     for name in opts.sections.split(","):
         if name in skip:
