@@ -37,7 +37,8 @@ from orpheus_tts.engine.kv_cache import KVCache  # noqa: E402
 from orpheus_tts.engine.sampler import Sampler  # noqa: E402
 from orpheus_tts.model.attention import decode_attention, decode_attention_reference  # noqa: E402
 from orpheus_tts.model.fp8 import quantize_to_fp8  # noqa: E402
-from orpheus_tts.model.loader import compile_model, compiled_block_difference, load_model  # noqa: E402
+from orpheus_tts.model.loader import (  # noqa: E402
+    compile_model, compiled_block_difference, load_model, relative_difference)
 
 
 def log(*a):
@@ -70,10 +71,6 @@ def copy_bandwidth() -> float:
     return bw
 
 
-def rel_err(a, b) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm())
-
-
 def check_attention(results):
     torch.manual_seed(0)
     k = torch.randn(9, 8, 1024, 128, device="cuda", dtype=torch.bfloat16)
@@ -83,7 +80,7 @@ def check_attention(results):
     lengths = torch.tensor([1, 17, 256, 257, 700, 1024], device="cuda")
     got = decode_attention(q, k, v, slots, lengths)
     ref = decode_attention_reference(q.double(), k.double(), v.double(), slots, lengths)
-    results["checks"]["triton_attention_rel_err_vs_fp64"] = rel_err(got, ref)
+    results["checks"]["triton_attention_rel_err_vs_fp64"] = relative_difference(got, ref)
 
 
 def measure_weight_bytes(model) -> int:
@@ -212,14 +209,14 @@ def fp8_matmul_accuracy(results):
     x = torch.randn(64, 3072, device="cuda", dtype=torch.bfloat16)
     with torch.inference_mode():
         ref = x.double() @ lin.weight.double().t()
-        results["checks"]["fp8_matmul_rel_err_vs_fp64"] = rel_err(Fp8Linear(lin, rowwise=True)(x), ref)
-        results["checks"]["bf16_matmul_rel_err_vs_fp64"] = rel_err(lin(x), ref)
+        results["checks"]["fp8_matmul_rel_err_vs_fp64"] = relative_difference(Fp8Linear(lin, rowwise=True)(x), ref)
+        results["checks"]["bf16_matmul_rel_err_vs_fp64"] = relative_difference(lin(x), ref)
 
 
 def fp8_accuracy(model_bf16_logits, model, tokens, results):
     with torch.inference_mode():
         logits = prompt_logits(model, tokens)
-    results["checks"]["fp8_logits_rel_err_vs_bf16"] = rel_err(logits, model_bf16_logits)
+    results["checks"]["fp8_logits_rel_err_vs_bf16"] = relative_difference(logits, model_bf16_logits)
     results["checks"]["fp8_top1_agreement_vs_bf16"] = float(
         (logits.argmax(-1) == model_bf16_logits.argmax(-1)).float().mean())
 

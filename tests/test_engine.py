@@ -206,19 +206,31 @@ async def test_step_timings_account_for_every_step(engine):
     assert t.prefill_s + t.decode_s + t.snac_launch_s + t.snac_wait_s <= t.step_s
 
 
-def test_a_session_cancelled_while_its_audio_is_decoding_reports_only_the_frames_it_was_sent():
-    """Audio queued by one step is sent during the next; a cancel in between drops that chunk,
-    and the session's metrics count only what the receiver got. Steps are driven by hand."""
-    engine = Engine.from_config(small_config())
+def _submit_by_hand(text: str, seed: int, **overrides):
+    """An engine whose steps the test drives (no engine thread), with one session submitted."""
+    engine = Engine.from_config(small_config(**overrides))
     events = []
-    session = engine.submit(engine.make_request("Cut me off mid-sentence, please.", seed=4), events.append)
-    while not any(s is session for s, *_ in engine._pending_chunks):  # noqa: SLF001
+    return engine, engine.submit(engine.make_request(text, seed=seed), events.append), events
+
+
+def _cancel_when(engine, session, events, ready):
+    """Step until `ready()`, cancel, take one more step; returns the session's end and the
+    frames its receiver got."""
+    while not ready():
         assert engine.step()
     session.cancel()
     engine.step()
     end = events[-1]
     assert isinstance(end, SessionEnd) and end.outcome is Outcome.CANCELLED
-    received = sum(e.frames for e in events if isinstance(e, AudioChunk))
+    return end, sum(e.frames for e in events if isinstance(e, AudioChunk))
+
+
+def test_a_session_cancelled_while_its_audio_is_decoding_reports_only_the_frames_it_was_sent():
+    """Audio queued by one step is sent during the next; a cancel in between drops that chunk,
+    and the session's metrics count only what the receiver got. Steps are driven by hand."""
+    engine, session, events = _submit_by_hand("Cut me off mid-sentence, please.", 4)
+    end, received = _cancel_when(engine, session, events,
+                                 lambda: any(s is session for s, *_ in engine._pending_chunks))  # noqa: SLF001
     assert end.metrics.frames == received
     assert session.frames_emitted > received  # the queued chunk was never sent
     engine.step()  # the dropped chunk's decode completes; nothing more reaches the receiver
@@ -229,10 +241,8 @@ def _stream_by_hand(clock_shift_s: float, adaptive: bool, seed: int = 5) -> list
     """One stream with steps driven by hand; once its first audio is out, its client's play
     clock is moved: as if it had started playing a minute later (it holds a minute of audio,
     shift > 0) or a minute earlier (it ran dry long ago, shift < 0)."""
-    engine = Engine.from_config(small_config(**{"scheduler.adaptive_chunks": adaptive}))
-    events = []
-    session = engine.submit(engine.make_request("A sentence long enough to stream many chunks.", seed=seed),
-                            events.append)
+    engine, session, events = _submit_by_hand("A sentence long enough to stream many chunks.", seed,
+                                              **{"scheduler.adaptive_chunks": adaptive})
     while session.playback_started is None:
         assert engine.step()
     session.playback_started += clock_shift_s
@@ -295,17 +305,11 @@ async def test_decoding_during_the_next_forward_sends_the_same_audio_and_frees_e
 def test_with_decoding_during_the_next_forward_a_cancel_drops_only_unsent_audio():
     """A cancel between a step and the next: the audio its tokens made due is never decoded,
     and the metrics count what the receiver got. Steps are driven by hand."""
-    engine = Engine.from_config(small_config(**{"codec.decode_during_next_forward": True}))
-    events = []
-    session = engine.submit(engine.make_request("Cut me off mid-sentence, please.", seed=4), events.append)
-    while not (session.frames_sent and engine._audio_due and session in engine._audio_due[0]  # noqa: SLF001
-               and len(session.accumulator.frames) > session.frames_emitted):
-        assert engine.step()
-    session.cancel()
-    engine.step()
-    end = events[-1]
-    assert isinstance(end, SessionEnd) and end.outcome is Outcome.CANCELLED
-    received = sum(e.frames for e in events if isinstance(e, AudioChunk))
+    engine, session, events = _submit_by_hand("Cut me off mid-sentence, please.", 4,
+                                              **{"codec.decode_during_next_forward": True})
+    end, received = _cancel_when(engine, session, events, lambda: (
+        session.frames_sent and engine._audio_due and session in engine._audio_due[0]  # noqa: SLF001
+        and len(session.accumulator.frames) > session.frames_emitted))
     assert end.metrics.frames == received < len(session.accumulator.frames)
     while engine.step():
         pass

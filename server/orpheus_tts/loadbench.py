@@ -36,11 +36,14 @@ DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog by the river."  # 57
 class StreamResult:
     ok: bool
     ttfb_ms: float | None
-    realtime: bool
     tokens: int
     audio_s: float
     error: str | None = None
     late_ms: float | None = None  # the worst gap in playback (see `lateness_ms`); <= 0 is real time
+
+    @property
+    def realtime(self) -> bool:
+        return self.ok and _in_time(self.late_ms)
 
 
 def lateness_ms(arrivals: list[float], audio_before: list[float]) -> float | None:
@@ -55,8 +58,11 @@ def lateness_ms(arrivals: list[float], audio_before: list[float]) -> float | Non
 
 def is_realtime(arrivals: list[float], audio_before: list[float]) -> bool:
     """Every chunk arrives before the audio already delivered has finished playing."""
-    late = lateness_ms(arrivals, audio_before)
-    return late is not None and late <= 1.0
+    return _in_time(lateness_ms(arrivals, audio_before))
+
+
+def _in_time(late_ms: float | None) -> bool:
+    return late_ms is not None and late_ms <= 1.0
 
 
 class _Timeline:
@@ -75,8 +81,7 @@ class _Timeline:
 
     def result(self, ok: bool, tokens: int, error: str | None = None) -> StreamResult:
         ttfb = self.arrivals[0] * 1e3 if self.arrivals else None
-        return StreamResult(ok, ttfb, ok and is_realtime(self.arrivals, self.audio_before), tokens, self.audio_s, error,
-                            lateness_ms(self.arrivals, self.audio_before))
+        return StreamResult(ok, ttfb, tokens, self.audio_s, error, lateness_ms(self.arrivals, self.audio_before))
 
 
 StreamFn = Callable[[str, int], Awaitable[StreamResult]]
