@@ -18,8 +18,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from orpheus_tts import orpheus  # noqa: E402
+from engine_bench import load_rows  # noqa: E402
+
 from orpheus_tts.engine.kv_cache import KVCache  # noqa: E402
 from orpheus_tts.engine.runner import ModelRunner  # noqa: E402
 from orpheus_tts.engine.sampler import Sampler  # noqa: E402
@@ -38,21 +40,16 @@ def main() -> None:
     cache = KVCache(a.n_layers, max(batches), a.n_kv_heads, 1024, a.head_dim, torch.float32, "cpu")
     sampler = Sampler(model, max(batches) + 1)
     runner = ModelRunner(model, cache, sampler, max(batches), cuda_graphs=False)
-    rng = np.random.default_rng(0)
     rows = []
     for b in batches:
-        ints = np.stack([orpheus.AUDIO_TOKEN_BASE + rng.integers(0, 4096, b), np.arange(b),
-                         np.full(b, opts.context), rng.integers(0, 2**31, b), np.zeros(b, dtype=np.int64),
-                         np.arange(b) % 7]).astype(np.int64)
-        floats = np.array([[0.6] * b, [0.8] * b, [1.1] * b], dtype=np.float32)
-        ti, tf = torch.from_numpy(ints), torch.from_numpy(floats)
+        slots = torch.from_numpy(load_rows(runner, b, opts.context))
         with torch.inference_mode():
             for _ in range(5):
-                runner._decode_eager(ti, tf)  # noqa: SLF001
+                runner.decode_step(slots)
             times = []
-            for _ in range(50):
+            for _ in range(50):  # each step moves the rows one position on: 55 past `context` at the end
                 t = time.perf_counter()
-                runner._decode_eager(ti, tf)  # noqa: SLF001
+                runner.decode_step(slots)
                 times.append(time.perf_counter() - t)
         ms = float(np.median(times) * 1e3)
         rows.append(dict(batch=b, context=opts.context, step_ms=ms, tokens_per_s=b / ms * 1e3))

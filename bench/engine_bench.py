@@ -93,19 +93,43 @@ def measure_weight_bytes(model) -> int:
     return total + head_rows * model.args.dim * model.output.weight.element_size()
 
 
-@torch.inference_mode()
-def step_sweep(model, label, batches, contexts, copy_bw, results, max_tokens, compiled):
-    """Time graph replays of the decode step at every (batch, context)."""
+def load_rows(runner, b: int, context: int, seed: int = 0, repetition_penalty: float = 1.1) -> np.ndarray:
+    """Slots 0..b-1 set up as streams `context` tokens in (random last ids and seeds, every frame
+    position): a decode step's inputs. Each step moves them one position on, so load them
+    again before each timed run. Returns the slots."""
+    rng = np.random.default_rng(seed)
+    values = dict(token=orpheus.AUDIO_TOKEN_BASE + rng.integers(0, 4096, b), position=np.full(b, context - 1),
+                  counter=np.zeros(b, dtype=np.int64), frame_position=np.arange(b) % 7,
+                  seed=rng.integers(0, 2**31, b), allow_eos=np.ones(b, dtype=np.int64),
+                  temperature=np.full(b, 0.6, dtype=np.float32), top_p=np.full(b, 0.8, dtype=np.float32),
+                  repetition_penalty=np.full(b, repetition_penalty, dtype=np.float32))
+    for name, array in values.items():
+        runner.state.field(name)[:b].copy_(torch.from_numpy(np.asarray(array)))
+    return np.arange(b, dtype=np.int64)
+
+
+def synthetic_runner(model, n_slots: int, max_tokens: int, compiled: bool):
+    """The engine's runner around a KV cache of random keys and values (no graphs yet)."""
+    from orpheus_tts.engine.runner import ModelRunner
+
     args = model.args
-    n_slots = max(batches)
-    cache = KVCache(args.n_layers, n_slots, args.n_kv_heads, max_tokens, args.head_dim, torch.bfloat16, "cuda")
+    device = model.output.weight.device
+    cache = KVCache(args.n_layers, n_slots, args.n_kv_heads, max_tokens, args.head_dim, torch.bfloat16, device)
     for kc, vc in cache.layers:
         kc.normal_()
         vc.normal_()
     sampler = Sampler(model, n_slots + 1)
     if compiled:
         sampler.compile()
-    graphs = DecodeGraphs(model, cache, sampler, n_slots, cache.scratch_slot)
+    return ModelRunner(model, cache, sampler, n_slots, cuda_graphs=False)
+
+
+@torch.inference_mode()
+def step_sweep(model, label, batches, contexts, copy_bw, results, max_tokens, compiled):
+    """Time graph replays of the decode step at every (batch, context)."""
+    args = model.args
+    runner = synthetic_runner(model, max(batches), max_tokens, compiled)
+    graphs = DecodeGraphs(runner, max(batches))
     graphs.buckets = sorted(set(batches))  # the sweep's sizes only: capture what is timed
     t0 = time.time()
     graphs.capture()
@@ -113,28 +137,21 @@ def step_sweep(model, label, batches, contexts, copy_bw, results, max_tokens, co
     checks = graphs.verify(tolerance=float("inf"))
     results["checks"][f"graph_replay_vs_uncaptured_rel_err_{label}"] = checks["graph"]
     weight_bytes = measure_weight_bytes(model)
-    rng = np.random.default_rng(0)
     rows = []
     for ctx in contexts:
         for b in batches:
-            ints = np.zeros((7, b), dtype=np.int64)
-            ints[0] = orpheus.AUDIO_TOKEN_BASE + rng.integers(0, 4096, b)
-            ints[1] = np.arange(b)
-            ints[2] = ctx - 1
-            ints[3] = rng.integers(0, 2**31, b)
-            ints[5] = np.arange(b) % 7
-            ints[6] = 1
-            floats = np.array([[0.6] * b, [0.8] * b, [1.1] * b], dtype=np.float32)
             bucket = graphs.bucket_for(b)
-            graphs.run(ints, floats)
+            slots = load_rows(runner, b, ctx)
+            graphs.run(slots)
             replay_ms = cuda_time_ms(lambda: graphs._graphs[bucket].replay())  # noqa: SLF001
             # Whole step as the engine sees it: host staging, copies, replay, token readback.
+            slots = load_rows(runner, b, ctx)
             for _ in range(3):
-                graphs.run(ints, floats).tolist()
+                graphs.run(slots).tolist()
             t = time.perf_counter()
             n = 20
             for _ in range(n):
-                graphs.run(ints, floats).tolist()
+                graphs.run(slots).tolist()
             host_ms = (time.perf_counter() - t) / n * 1e3
             kv_bytes = b * ctx * args.kv_bytes_per_token
             moved = weight_bytes + kv_bytes
@@ -146,28 +163,24 @@ def step_sweep(model, label, batches, contexts, copy_bw, results, max_tokens, co
             log(f"{label:5s} ctx {ctx:5d} batch {b:4d}: replay {replay_ms:6.2f} ms, step {host_ms:6.2f} ms, "
                 f"{row['tokens_per_s']:8.0f} tok/s, BW util {row['bandwidth_util']:.2f}")
     # Eager (no graph) reference at a few sizes, and graph-vs-eager agreement.
-    from orpheus_tts.engine.runner import ModelRunner
-
-    runner = ModelRunner.__new__(ModelRunner)
-    runner.model, runner.kv_cache, runner.sampler, runner.device, runner.graphs = model, cache, sampler, "cuda", None
     agree = []
     for b in (1, 16, 64):
-        ints = np.zeros((7, b), dtype=np.int64)
-        ints[0] = orpheus.AUDIO_TOKEN_BASE + rng.integers(0, 4096, b)
-        ints[1], ints[2], ints[3], ints[5], ints[6] = np.arange(b), 511, rng.integers(0, 2**31, b), np.arange(b) % 7, 1
-        floats = np.array([[0.6] * b, [0.8] * b, [1.0] * b], dtype=np.float32)
-        ti, tf = torch.from_numpy(ints).cuda(), torch.from_numpy(floats).cuda()
+        # No repetition penalty: each run records its ids in the history the next one reads.
+        slots = load_rows(runner, b, 512, seed=b, repetition_penalty=1.0)
+        device_slots = torch.from_numpy(slots).cuda()
         with torch.compiler.set_stance("force_eager"):  # no graphs and no compiled code: the reference
-            eager_ms = cuda_time_ms(lambda: runner._decode_eager(ti, tf), iters=10)  # noqa: SLF001
-            eager_tokens = runner._decode_eager(ti, tf)  # noqa: SLF001
-        graph_tokens = graphs.run(ints, floats)
+            eager_ms = cuda_time_ms(lambda: runner.decode_step(device_slots), iters=10)
+            load_rows(runner, b, 512, seed=b, repetition_penalty=1.0)
+            eager_tokens, _ = runner.decode_step(device_slots)
+        load_rows(runner, b, 512, seed=b, repetition_penalty=1.0)
+        graph_tokens = graphs.run(slots)
         agree.append(float((eager_tokens == graph_tokens).float().mean()))
         results["eager_step_ms"].append(dict(precision=label, batch=b, context=512, step_ms=eager_ms))
         log(f"{label} eager batch {b}: {eager_ms:.2f} ms")
     results["checks"][f"graph_vs_eager_token_agreement_{label}"] = float(np.mean(agree))
     if compiled:
-        compiled_parts_vs_eager(model, cache, sampler, label, results)
-    del graphs, cache, sampler, runner
+        compiled_parts_vs_eager(model, runner.kv_cache, runner.sampler, label, results)
+    del graphs, runner
     gc.collect()
     torch.cuda.empty_cache()
     return rows
@@ -295,9 +308,29 @@ def transformers_baseline(results, batches):
     torch.cuda.empty_cache()
 
 
-async def engine_load(levels, max_batch, quantization, requests, overrides) -> dict:
+# Settings the engine reads at every step: a variant of these reuses the running engine (no
+# second start-up) and runs level by level beside the configured engine.
+LIVE_KEYS = ("scheduler.overlap_steps", "scheduler.adaptive_chunks", "scheduler.flush_every_n_tokens",
+             "scheduler.flush_startup_frames", "scheduler.ttfb_priority_tokens", "scheduler.max_prefill_tokens")
+
+
+def _typed_values(overrides: dict) -> dict:
+    """Config overrides given as text, with the types the config gives them."""
+    typed = load_config(environ={}, overrides=overrides)
+    return {key: getattr(getattr(typed, key.split(".")[0]), key.split(".")[1]) for key in overrides}
+
+
+def _apply_live(config, values: dict) -> None:
+    for key, value in values.items():
+        section, name = key.split(".")
+        setattr(getattr(config, section), name, value)
+
+
+async def engine_load(levels, max_batch, quantization, requests, overrides, live_variants=()) -> dict:
     """The load benchmark's standard workload (`orpheus-tts bench --in-process`), plus where the
-    engine thread's time went at each level and the GPU memory in use."""
+    engine thread's time went at each level and the GPU memory in use. Each live variant runs
+    every level right after the configured engine on the same engine, so the A/B shares one
+    start-up and the GPU's state."""
     from orpheus_tts.engine.engine import Engine
     from orpheus_tts.engine.observer import EngineObserver
     from orpheus_tts.loadbench import DEFAULT_TEXT, EngineTarget, Progress, run_level
@@ -310,7 +343,9 @@ async def engine_load(levels, max_batch, quantization, requests, overrides) -> d
         "model.quantization": quantization, **overrides,
     })
     run = dict(load_config_overrides=overrides)
-    label = "".join(f" {key}={value}" for key, value in overrides.items())
+    settings = [{}] + [_typed_values(variant) for variant in live_variants]
+    base_values = {key: getattr(getattr(config, key.split(".")[0]), key.split(".")[1])
+                   for key in {"scheduler.adaptive_chunks", *(k for variant in settings for k in variant)}}
 
     class StepSizes(EngineObserver):
         def __init__(self):
@@ -326,52 +361,91 @@ async def engine_load(levels, max_batch, quantization, requests, overrides) -> d
     run["engine_start_s"] = time.time() - t
     target = EngineTarget(config)
     target.engine = engine
-    rows = []
+    if len(settings) > 1:
+        run["same_seed_stream_vs_configured"] = await _same_seed_streams(engine, settings, base_values, DEFAULT_TEXT)
+    rows: list[list[dict]] = [[] for _ in settings]
     for n in levels:
-        observer.steps = []
-        before = dataclasses.replace(engine.timings)
-        torch.cuda.reset_peak_memory_stats()
-        row = await run_level(target.stream, n, requests, DEFAULT_TEXT, 1.0, Progress(), f"concurrency {n}")
-        after = engine.timings
-        spent = {f.name: getattr(after, f.name) - getattr(before, f.name) for f in dataclasses.fields(after)}
-        spent["host_s"] = after.host_s - before.host_s
-        steps = np.array(observer.steps) if observer.steps else np.zeros((1, 3))
-        busy = max(spent["step_s"], 1e-9)
-        row.update(
-            steps=int(spent["steps"]), step_ms_mean=spent["step_s"] / max(spent["steps"], 1) * 1e3,
-            decode_batch_mean=float(steps[:, 1].mean()), engine_busy_share=busy / row["wall_s"],
-            prefill_steps=int((steps[:, 2] > 0).sum()),
-            time_share=dict(prefill=spent["prefill_s"] / busy, decode=spent["decode_s"] / busy,
-                            snac_launch=spent["snac_launch_s"] / busy, snac_wait=spent["snac_wait_s"] / busy,
-                            host_other=spent["host_s"] / busy),
-            gpu_memory_peak_gb=torch.cuda.max_memory_allocated() / 1e9,
-        )
-        rows.append(row)
-        share = row["time_share"]
-        log(f"engine{label} concurrency {n}: TTFB p50 {row['ttfb_p50_ms']:.0f} p95 {row['ttfb_p95_ms']:.0f} "
-            f"p99 {row['ttfb_p99_ms']:.0f} ms, real-time {row['realtime_share']:.2f} (stall p50 {row['stall_p50_ms'] or 0:.0f} "
-            f"max {row['stall_max_ms'] or 0:.0f} ms), {row['tokens_per_s']:.0f} tok/s, "
-            f"success {row['success_rate']:.2f}, audio {row['mean_audio_s']:.2f} s, step {row['step_ms_mean']:.1f} ms "
-            f"(batch {row['decode_batch_mean']:.0f}; decode {share['decode']:.0%}, prefill {share['prefill']:.0%}, "
-            f"SNAC launch {share['snac_launch']:.0%} wait {share['snac_wait']:.0%}, host {share['host_other']:.0%})")
-    run.update(engine_load=rows, gpu_memory_allocated_gb=torch.cuda.memory_allocated() / 1e9,
+        for index, variant in enumerate(settings):
+            _apply_live(engine.config, {**base_values, **variant})
+            label = "".join(f" {key}={value}" for key, value in {**overrides, **variant}.items())
+            rows[index].append(await _measure_level(engine, target, observer, n, requests, label,
+                                                    DEFAULT_TEXT, run_level, Progress))
+    _apply_live(engine.config, base_values)
+    run.update(engine_load=rows[0], gpu_memory_allocated_gb=torch.cuda.memory_allocated() / 1e9,
                gpu_memory_reserved_gb=torch.cuda.memory_reserved() / 1e9)
+    run["live_variants"] = [dict(load_config_overrides={k: str(v) for k, v in variant.items()},
+                                 same_engine=True, engine_load=variant_rows)
+                            for variant, variant_rows in zip(settings[1:], rows[1:])]
     engine.stop()
     return run
 
 
+async def _same_seed_streams(engine, settings, base_values, text) -> list[dict]:
+    """One stream with a fixed seed under each setting (chunk joins fixed, so only the setting
+    differs): whether its audio equals the configured engine's, sample for sample."""
+    from orpheus_tts.engine.session import AudioChunk
+
+    audio = []
+    for variant in settings:
+        _apply_live(engine.config, {**base_values, "scheduler.adaptive_chunks": False, **variant})
+        request = engine.make_request(text, seed=7, ignore_end_of_speech=True)
+        audio.append(np.concatenate([e.samples async for e in engine.synthesize(request) if isinstance(e, AudioChunk)]))
+    _apply_live(engine.config, base_values)
+    rows = []
+    for variant, samples in zip(settings[1:], audio[1:]):
+        same_length = samples.shape == audio[0].shape
+        rows.append(dict(load_config_overrides={k: str(v) for k, v in variant.items()}, samples=int(samples.size),
+                         identical=bool(same_length and np.array_equal(samples, audio[0])),
+                         max_abs_difference=float(np.abs(samples - audio[0]).max()) if same_length else None))
+        log(f"same seed, one stream, {rows[-1]['load_config_overrides']}: identical audio {rows[-1]['identical']}")
+    return rows
+
+
+async def _measure_level(engine, target, observer, n, requests, label, text, run_level, progress) -> dict:
+    observer.steps = []
+    before = dataclasses.replace(engine.timings)
+    torch.cuda.reset_peak_memory_stats()
+    row = await run_level(target.stream, n, requests, text, 1.0, progress(), f"concurrency {n}")
+    after = engine.timings
+    spent = {f.name: getattr(after, f.name) - getattr(before, f.name) for f in dataclasses.fields(after)}
+    spent["host_s"] = after.host_s - before.host_s
+    steps = np.array(observer.steps) if observer.steps else np.zeros((1, 3))
+    busy = max(spent["step_s"], 1e-9)
+    row.update(
+        steps=int(spent["steps"]), step_ms_mean=spent["step_s"] / max(spent["steps"], 1) * 1e3,
+        decode_batch_mean=float(steps[:, 1].mean()), engine_busy_share=busy / row["wall_s"],
+        prefill_steps=int((steps[:, 2] > 0).sum()),
+        time_share=dict(prefill=spent["prefill_s"] / busy, decode=spent["decode_s"] / busy,
+                        snac_launch=spent["snac_launch_s"] / busy, snac_wait=spent["snac_wait_s"] / busy,
+                        host_other=spent["host_s"] / busy),
+        gpu_memory_peak_gb=torch.cuda.max_memory_allocated() / 1e9,
+    )
+    share = row["time_share"]
+    log(f"engine{label} concurrency {n}: TTFB p50 {row['ttfb_p50_ms']:.0f} p95 {row['ttfb_p95_ms']:.0f} "
+        f"p99 {row['ttfb_p99_ms']:.0f} ms, real-time {row['realtime_share']:.2f} (stall p50 {row['stall_p50_ms'] or 0:.0f} "
+        f"max {row['stall_max_ms'] or 0:.0f} ms), {row['tokens_per_s']:.0f} tok/s, "
+        f"success {row['success_rate']:.2f}, audio {row['mean_audio_s']:.2f} s, step {row['step_ms_mean']:.1f} ms "
+        f"(batch {row['decode_batch_mean']:.0f}; decode {share['decode']:.0%}, prefill {share['prefill']:.0%}, "
+        f"SNAC launch {share['snac_launch']:.0%} wait {share['snac_wait']:.0%}, host {share['host_other']:.0%})")
+    return row
+
+
 def load_runs(results, opts, overrides):
-    """The load section: the engine as configured, then once more per `--variant` (an A/B in
-    one call, on the same GPU)."""
+    """The load section: the engine as configured, then per `--variant` (an A/B in one call, on
+    the same GPU): live settings on the same engine, level by level; others on a new engine."""
     levels = [int(x) for x in opts.levels.split(",")]
-    run = lambda extra: asyncio.run(engine_load(  # noqa: E731
-        levels, opts.max_batch, opts.load_quantization, opts.requests, {**overrides, **extra}))
-    results.update(run({}))
-    for variant in opts.variant:
-        key, value = variant.split("=", 1)
+    variants = [dict([variant.split("=", 1)]) for variant in opts.variant]
+    live = [v for v in variants if set(v) <= set(LIVE_KEYS)]
+    run = lambda extra, live_variants=(): asyncio.run(engine_load(  # noqa: E731
+        levels, opts.max_batch, opts.load_quantization, opts.requests, {**overrides, **extra}, live_variants))
+    results.update(run({}, live))
+    results["engine_load_variants"] = results.pop("live_variants")
+    for variant in variants:
+        if variant in live:
+            continue
         gc.collect()
         torch.cuda.empty_cache()
-        results.setdefault("engine_load_variants", []).append(run({key: value}))
+        results["engine_load_variants"].append(run(variant))
 
 
 def plots(results, out: Path):
@@ -440,7 +514,7 @@ def main():
                         help="load: an engine config override, e.g. codec.compile=false")
     parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE",
                         help="load: run it again with this override too (repeatable), e.g. "
-                             "codec.decode_during_next_forward=true")
+                             "scheduler.overlap_steps=false (live settings reuse the running engine)")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument("--load-quantization", default="auto")
     opts = parser.parse_args()

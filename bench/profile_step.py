@@ -28,12 +28,9 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine_bench import cuda_time_ms, log  # noqa: E402
+from engine_bench import cuda_time_ms, load_rows, log, synthetic_runner  # noqa: E402
 
-from orpheus_tts import orpheus  # noqa: E402
 from orpheus_tts.engine.cuda_graphs import DecodeGraphs, PrefillGraphs  # noqa: E402
-from orpheus_tts.engine.kv_cache import KVCache  # noqa: E402
-from orpheus_tts.engine.sampler import Sampler  # noqa: E402
 from orpheus_tts.model.fp8 import fp8_supported, quantize_to_fp8  # noqa: E402
 from orpheus_tts.model.loader import compile_model, load_model  # noqa: E402
 
@@ -97,32 +94,21 @@ def main():
         results["fp8_scaling"] = quantize_to_fp8(model)
     t = time.time()
     compile_model(model)
-    args = model.args
-    n_slots = max(batches)
-    cache = KVCache(args.n_layers, n_slots, args.n_kv_heads, 1024, args.head_dim, torch.bfloat16, device)
-    for kc, vc in cache.layers:
-        kc.normal_()
-        vc.normal_()
-    sampler = Sampler(model, n_slots + 1)
-    sampler.compile()
-    graphs = DecodeGraphs(model, cache, sampler, n_slots, cache.scratch_slot)
+    runner = synthetic_runner(model, max(batches), 1024, compiled=True)
+    graphs = DecodeGraphs(runner, max(batches))
     graphs.buckets = batches
     graphs.capture()
     results["decode_capture_s"] = time.time() - t
     rng = np.random.default_rng(0)
     for b in batches:
-        ints = np.zeros((7, b), dtype=np.int64)
-        ints[0] = orpheus.AUDIO_TOKEN_BASE + rng.integers(0, 4096, b)
-        ints[1], ints[2], ints[3], ints[5], ints[6] = (np.arange(b), opts.context - 1, rng.integers(0, 2**31, b),
-                                                       np.arange(b) % 7, 1)
-        floats = np.array([[0.6] * b, [0.8] * b, [1.1] * b], dtype=np.float32)
-        graphs.run(ints, floats)
+        graphs.run(load_rows(runner, b, opts.context))
         replay = cuda_time_ms(lambda: graphs._graphs[b].replay())  # noqa: SLF001
+        slots = load_rows(runner, b, opts.context)
         for _ in range(3):
-            graphs.run(ints, floats).tolist()
+            graphs.run(slots).tolist()
         t = time.perf_counter()
         for _ in range(20):
-            graphs.run(ints, floats).tolist()
+            graphs.run(slots).tolist()
         step = (time.perf_counter() - t) / 20 * 1e3
         kernels = kernel_table(lambda: graphs._graphs[b].replay())  # noqa: SLF001
         busy = sum(r["us_per_call"] for r in kernels) / 1e3
@@ -135,13 +121,14 @@ def main():
             log(f"   {r['us_per_call']:8.1f} us x{r['launches_per_call']:5.0f}  {r['kernel'][:110]}")
     del graphs
     t = time.time()
-    prefill = PrefillGraphs(model, cache, sampler, cache.scratch_slot)
+    prefill = PrefillGraphs(runner)
     prefill.lengths = [64]
     prefill.capture()
     results["prefill_capture_s"] = time.time() - t
     for b in (1, 8):
         prompts = [list(rng.integers(0, 128000, 40)) for _ in range(b)]
-        ints = np.stack([np.arange(b), rng.integers(0, 2**31, b), np.zeros(b), np.zeros(b), np.ones(b)]).astype(np.int64)
+        # slot, prompt length, seed, counter, end-of-speech allowed
+        ints = np.stack([np.arange(b), np.full(b, 40), rng.integers(0, 2**31, b), np.zeros(b), np.ones(b)]).astype(np.int64)
         floats = np.array([[0.6] * b, [0.8] * b, [1.1] * b], dtype=np.float32)
         bb = next(s for s in prefill.BATCHES if s >= b)
         prefill.run(prompts, ints, floats)
@@ -160,7 +147,7 @@ def main():
         for r in kernels[:14]:
             log(f"   {r['us_per_call']:8.1f} us x{r['launches_per_call']:5.0f}  {r['kernel'][:110]}")
     (out / "profile.json").write_text(json.dumps(results, indent=2))
-    del prefill, cache, sampler, model
+    del prefill, runner, model
     torch.cuda.empty_cache()
     results["snac"] = snac_profile()
     (out / "profile.json").write_text(json.dumps(results, indent=2))

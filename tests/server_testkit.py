@@ -6,6 +6,9 @@ A module of its own (not conftest.py) so test files can import it by a unique na
 import asyncio
 import threading
 
+import torch
+
+from orpheus_tts import orpheus
 from orpheus_tts.config import load_config
 
 
@@ -90,3 +93,14 @@ class RunningHttpServer(RunningServer):
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.server.http_port}/v1/audio/stream"
+
+
+def teach_to_stop(model, strength: float = 0.7) -> None:
+    """End-of-speech becomes likely after each whole frame, never before the first."""
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        direction = torch.randn(model.tok_embeddings.weight.shape[1], generator=generator)
+        direction /= direction.norm()
+        last_position = orpheus.AUDIO_TOKEN_BASE + 6 * orpheus.CODEBOOK_SIZE
+        model.tok_embeddings.weight[last_position:last_position + orpheus.CODEBOOK_SIZE] += 0.5 * direction
+        model.output.weight[orpheus.END_OF_SPEECH] = strength * direction

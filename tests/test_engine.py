@@ -12,7 +12,7 @@ from orpheus_tts.engine.scheduler import QueueFullError
 from orpheus_tts.engine.session import AudioChunk, Outcome, SessionEnd
 from orpheus_tts.requests import RequestError
 
-from server_testkit import small_config
+from server_testkit import small_config, teach_to_stop
 
 
 def make_engine(**overrides) -> Engine:
@@ -281,36 +281,49 @@ def test_adaptive_chunks_change_only_the_joins_not_the_speech():
     assert snr_db > 20, snr_db  # 23.6 dB measured with the demo model's random codec, seeds 5-7
 
 
-async def test_decoding_during_the_next_forward_sends_the_same_audio_and_frees_every_slot():
-    """codec.decode_during_next_forward moves when audio is decoded and sent, nothing else:
-    the same chunks, samples and metrics as the default, and every session ends cleanly."""
-    texts = [f"Voice {i} overlaps the next step." for i in range(6)]
+async def test_overlapped_steps_send_the_same_audio_and_free_every_slot():
+    """scheduler.overlap_steps moves when ids are read, nothing else: with end-of-speech
+    (whose spare id in flight is dropped) and several pieces per session (each restarting its
+    slot's state), the same chunks, samples and metrics as reading every step at once, and
+    every session ends cleanly. Samples match to float rounding: pieces start a step apart in
+    the two modes, so SNAC batches other windows beside a session's."""
+    texts = [f"Voice {i} overlaps the next step. " * 3 for i in range(6)]
     results = {}
     for overlap in (False, True):
-        engine = make_engine(**{"codec.decode_during_next_forward": overlap, "scheduler.max_concurrent_sessions": 6,
-                                "scheduler.max_batch_size": 6})
+        engine = Engine.from_config(small_config(**{
+            "scheduler.overlap_steps": overlap, "scheduler.max_concurrent_sessions": 6,
+            "scheduler.max_batch_size": 6, "scheduler.max_context_tokens": 256}))
+        teach_to_stop(engine.runner.model)
+        engine.start()
         results[overlap] = await asyncio.gather(*(collect(engine, engine.make_request(t, seed=i))
                                                   for i, t in enumerate(texts)))
         stats = engine.stats()
         engine.stop()
         assert stats.free_slots == 6 and stats.active_sessions == 0 and stats.completed_sessions == 6
-    for (chunks, end), (chunks_overlap, end_overlap) in zip(results[False], results[True]):
+    budgets = [sum(p.budget for p in engine.make_pieces(engine.config.default_voice, t)) for t in texts]
+    pieces = set()
+    for (chunks, end), (chunks_overlap, end_overlap), budget in zip(results[False], results[True], budgets):
         assert end.outcome is end_overlap.outcome is Outcome.OK
-        assert [(c.first_frame, c.frames) for c in chunks] == [(c.first_frame, c.frames) for c in chunks_overlap]
-        np.testing.assert_array_equal(np.concatenate([c.samples for c in chunks]),
-                                      np.concatenate([c.samples for c in chunks_overlap]))
+        assert [(c.first_frame, c.frames, c.piece) for c in chunks] == \
+            [(c.first_frame, c.frames, c.piece) for c in chunks_overlap]
+        np.testing.assert_allclose(np.concatenate([c.samples for c in chunks]),
+                                   np.concatenate([c.samples for c in chunks_overlap]), rtol=0, atol=1e-5)
         assert end.metrics.frames == end_overlap.metrics.frames and end.metrics.tokens == end_overlap.metrics.tokens
+        pieces.add(end.metrics.pieces)
+        assert end.metrics.tokens < budget  # end-of-speech, not the budget, ended pieces
+    assert max(pieces) > 1
 
 
-def test_with_decoding_during_the_next_forward_a_cancel_drops_only_unsent_audio():
-    """A cancel between a step and the next: the audio its tokens made due is never decoded,
-    and the metrics count what the receiver got. Steps are driven by hand."""
+def test_with_overlapped_steps_a_cancel_drops_the_id_in_flight():
+    """A cancel while a step for the session is queued but not read: that id is dropped, the
+    end counts only the ids read and the frames sent, and later steps send nothing more."""
     engine, session, events = _submit_by_hand("Cut me off mid-sentence, please.", 4,
-                                              **{"codec.decode_during_next_forward": True})
-    end, received = _cancel_when(engine, session, events, lambda: (
-        session.frames_sent and engine._audio_due and session in engine._audio_due[0]  # noqa: SLF001
-        and len(session.accumulator.frames) > session.frames_emitted))
-    assert end.metrics.frames == received < len(session.accumulator.frames)
+                                              **{"scheduler.overlap_steps": True})
+    end, received = _cancel_when(engine, session, events,
+                                 lambda: session.frames_sent and session.ids_requested > session.piece_tokens)
+    assert end.metrics.frames == received
+    assert end.metrics.tokens == session.piece_tokens < session.ids_requested
+    assert engine.stats().free_slots == engine.config.scheduler.max_concurrent_sessions
     while engine.step():
         pass
     assert events[-1] is end

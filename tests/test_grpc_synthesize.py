@@ -151,7 +151,7 @@ async def test_ignore_end_of_speech_reaches_the_sampler_and_the_stream_speaks_it
         session.start_next_piece(1, 1)
         session.slot = len(sessions)
         sessions.append(session)
-    ints, _ = ModelRunner._sampling_arrays(sessions)  # noqa: SLF001
+    ints, _ = ModelRunner.prefill_inputs(sessions)
     assert ints[4].tolist() == [0, 1]  # end of speech: suppressed, allowed
 
     budget_frames = orpheus.audio_token_budget(text) // orpheus.TOKENS_PER_FRAME

@@ -13,27 +13,15 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-import torch
 
 from orpheus_tts import orpheus
 from orpheus_tts.api.gen import tts_pb2, tts_pb2_grpc
 from orpheus_tts.codec.joins import join_steps, typical_step
-from server_testkit import RunningHttpServer, grpc_server_config
+from server_testkit import RunningHttpServer, grpc_server_config, teach_to_stop
 
 WORDS = "The quick brown fox jumps over the lazy dog near the river bank today."
 TEXT = " ".join(f"Sentence number {i} says: {WORDS}" for i in range(100))[:5000]
 SEED = 1
-
-
-def teach_to_stop(model, strength: float = 0.7) -> None:
-    """End-of-speech becomes likely after each whole frame, never before the first."""
-    with torch.no_grad():
-        generator = torch.Generator().manual_seed(0)
-        direction = torch.randn(model.tok_embeddings.weight.shape[1], generator=generator)
-        direction /= direction.norm()
-        last_position = orpheus.AUDIO_TOKEN_BASE + 6 * orpheus.CODEBOOK_SIZE
-        model.tok_embeddings.weight[last_position:last_position + orpheus.CODEBOOK_SIZE] += 0.5 * direction
-        model.output.weight[orpheus.END_OF_SPEECH] = strength * direction
 
 
 @pytest.fixture(scope="module")

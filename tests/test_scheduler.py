@@ -26,6 +26,7 @@ def _running(scheduler, n, first_audio=True):
     scheduler.admit()
     for s in sessions:
         s.state = SessionState.DECODING
+        s.piece = Piece("Hi.", [1, 2, 3], budget=10_000)
         if first_audio:
             s.metrics.ttfb_s = 0.1
     return sessions
@@ -88,3 +89,18 @@ def test_finished_session_frees_its_slot_for_the_next_one():
     assert scheduler.admit() == [first]
     scheduler.release(first)
     assert scheduler.admit() == [second] and second.slot == 0
+
+
+def test_no_decode_is_queued_past_a_pieces_budget_or_slot_while_its_last_ids_are_unread():
+    """With overlapped steps the ids of queued steps are read later: the scheduler counts them,
+    so a piece is never asked for an id beyond its budget or its KV slot."""
+    scheduler = _scheduler(batch=3, max_context_tokens=6)
+    budget_bound, slot_bound = _running(scheduler, 2)
+    budget_bound.piece = Piece("Hi.", [1, 2, 3], budget=2)
+    slot_bound.piece = Piece("Hi.", [1, 2, 3, 4], budget=100)  # feeding id k writes position 4 + k - 1
+    budget_bound.ids_requested = slot_bound.ids_requested = 1
+    assert set(scheduler.pick_decode()) == {budget_bound, slot_bound}
+    budget_bound.ids_requested = slot_bound.ids_requested = 2
+    assert scheduler.pick_decode() == [slot_bound]
+    slot_bound.ids_requested = 3
+    assert scheduler.pick_decode() == []

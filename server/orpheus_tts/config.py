@@ -64,11 +64,6 @@ class CodecConfig:
     compile: bool = True
     # GPU: the largest batch of windows one captured graph decodes; bigger batches go in parts.
     graph_max_batch: int = 64
-    # Plan and queue a step's audio decodes while the next forward runs, and send them during
-    # the one after, instead of queueing them between the two forwards: the GPU no longer idles
-    # for that host work (0.9 ms a step at 200 streams on an H100), but every chunk arrives one
-    # step later. Not yet measured on a GPU, hence off.
-    decode_during_next_forward: bool = False
 
 
 @dataclass
@@ -89,6 +84,11 @@ class SchedulerConfig:
     # load, so the same seed gives the same tokens but samples near joins may differ slightly;
     # false fixes the joins (bit-identical audio per seed) at the cost of stalls under load.
     adaptive_chunks: bool = True
+    # Queue each decode step before reading the ids of the one before, and do that host work
+    # (tokens, audio planning, scheduling) while the GPU runs: the GPU never waits for the
+    # host. Each id is read one step later, and a session that says end-of-speech is decoded
+    # once more (that id is dropped). False: the GPU idles while the host works.
+    overlap_steps: bool = True
     session_timeout_s: float = 300.0  # a session older than this is ended with a timeout
     max_context_tokens: int = 4096  # prompt + generated tokens per session (the KV slot length)
 

@@ -1,11 +1,13 @@
 """The engine: one thread that owns the model and loops, and an asyncio-facing front.
 
 Each loop iteration ends cancelled and timed-out sessions, admits queued ones into free
-slots, prefills new prompts (a bounded number of tokens), decodes one token for up to
-`max_batch_size` sessions in one batched forward, and queues the decode of the audio frames
-that are due for every session in batched SNAC calls. On a GPU those SNAC calls run on their
-own stream beside the next iteration's forward, and their audio is sent while that forward
-runs, so the codec adds little to a step. Results travel to the caller's event loop through
+slots, queues a prefill of new prompts (a bounded number of tokens) and one batched decode
+step for up to `max_batch_size` sessions, then handles the ids a step sampled: it feeds them
+to each session's frame accumulator and queues the decode of the audio frames that are due
+in batched SNAC calls. With `scheduler.overlap_steps` those ids are the previous iteration's,
+so the host does this work while the GPU runs the step just queued and never waits for it.
+On a GPU the SNAC calls run on their own stream beside the next forward, and their audio is
+sent while a forward runs. Results travel to the caller's event loop through
 `call_soon_threadsafe`; nothing on the asyncio side ever touches a tensor.
 """
 
@@ -28,7 +30,7 @@ from orpheus_tts.codec.streaming import PendingAudio, launch_windows
 from orpheus_tts.config import ServerConfig
 from orpheus_tts.engine.kv_cache import KVCache
 from orpheus_tts.engine.observer import EngineObserver
-from orpheus_tts.engine.runner import ModelRunner
+from orpheus_tts.engine.runner import LaunchedStep, ModelRunner
 from orpheus_tts.engine.sampler import Sampler
 from orpheus_tts.engine.scheduler import Scheduler
 from orpheus_tts.engine.session import AudioChunk, Outcome, Piece, Session, SessionEnd, SessionState
@@ -64,10 +66,10 @@ class EngineTimings:
     """Where the engine thread's time went, cumulative seconds (benchmarks read differences);
     the parts are disjoint.
 
-    prefill/decode: queueing a forward and waiting for its tokens, less the audio sending done
-    while it ran; snac_wait: waiting for audio the GPU had not finished decoding; snac_launch:
-    planning and queueing audio decodes; host: everything else in a step (scheduling,
-    bookkeeping, sending audio to the sessions' receivers)."""
+    prefill/decode: waiting for a forward's sampled ids; snac_wait: waiting for audio the GPU
+    had not finished decoding; snac_launch: planning and queueing audio decodes; host:
+    everything else in a step (scheduling, queueing forwards, bookkeeping, sending audio to
+    the sessions' receivers)."""
 
     steps: int = 0
     step_s: float = 0.0
@@ -127,10 +129,8 @@ class Engine:
         self._pending_audio: PendingAudio | None = None
         self._pending_chunks: list[tuple[Session, int, int, int]] = []  # session, first frame, frames, piece
         self._pending_ended: list[Session] = []
-        # With codec.decode_during_next_forward: the sessions whose last tokens may make audio
-        # due (and those whose piece ended), planned and queued during the next forward.
-        self._audio_due: tuple[list[Session], list[Session]] | None = None
-        self._overlapped_s = 0.0  # audio work done while the forward being timed ran
+        # With scheduler.overlap_steps: the forwards queued by the last step, read during the next.
+        self._in_flight: list[tuple[LaunchedStep, str]] = []
         self._wake = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -278,60 +278,86 @@ class Engine:
             elif session.metrics.queue_s is None:
                 session.metrics.queue_s = time.monotonic() - session.created
         self._advance_text()
+        started = time.perf_counter()
+        launched = []
         prefill = self.scheduler.pick_prefill(self.runner.max_prefill_batch)
-        decode = self.scheduler.pick_decode()
-        if not prefill and not decode:
-            if self._pending_audio is None and self._audio_due is None:
+        if prefill:
+            self.scheduler.counters.total_prefills += 1
+            launched += self._launch(self.runner.launch_prefill, prefill, "prefill_s")
+        decode = self.scheduler.pick_decode()  # just prefilled sessions too: their first ids are on the device
+        if decode:
+            launched += self._launch(self.runner.launch_decode, decode, "decode_s")
+        if not prefill and not decode and not self._in_flight:
+            if self._pending_audio is None:
                 self.observer.on_idle(self.stats())
                 return False
-            started = time.perf_counter()
-            self._audio_work()  # the last audio of sessions that just ended
-            self._deliver_audio()
+            self._deliver_audio()  # the last audio of sessions that just ended
             self.timings.steps += 1
             self.timings.step_s += time.perf_counter() - started
             return True
-        started = time.perf_counter()
-        ended: list[Session] = []
-        audio_work = self._audio_work  # done while this step's forward runs on the GPU
-        if prefill:
-            self.scheduler.counters.total_prefills += 1
-            ended += self._run(self.runner.prefill, prefill, audio_work, "prefill_s")
-            audio_work = None
-        if decode:
-            ended += self._run(self.runner.decode, decode, audio_work, "decode_s")
-        due = [s for s in prefill + decode if s.state is SessionState.DECODING]
-        for session in ended:  # not decoded again until its last audio is out
-            if session.state is not SessionState.FINISHED:
-                session.state = SessionState.DRAINING
-        if self.config.codec.decode_during_next_forward:
-            self._audio_due = (due, ended)
+        previous, self._in_flight = self._in_flight, []
+        if self.config.scheduler.overlap_steps:  # read the last step's ids while this one runs
+            launched, self._in_flight = previous, launched
         else:
-            self._flush(due, ended)
+            launched = previous + launched
+        self._complete(launched)
         seconds = time.perf_counter() - started
         self.timings.steps += 1
         self.timings.step_s += seconds
         self._step_estimate_s += 0.1 * (seconds - self._step_estimate_s)
-        self.observer.on_step(seconds, len(decode), len(prefill), self.stats())
+        if prefill or decode:
+            self.observer.on_step(seconds, len(decode), len(prefill), self.stats())
         return True
 
-    def _run(self, fn, sessions: list[Session], while_running, timing: str) -> list[Session]:
-        """Run one batched forward; on failure end only the sessions that were in it."""
-        started = time.perf_counter()
-        self._overlapped_s = 0.0
+    def _launch(self, fn, sessions: list[Session], timing: str) -> list[tuple[LaunchedStep, str]]:
+        """Queue one batched forward; on failure end only the sessions that were in it."""
         try:
-            tokens = fn(sessions, while_running)
+            launched = fn(sessions)
         except Exception as exc:
             log.exception("batched forward failed for %d sessions", len(sessions))
             for session in sessions:
                 self._finish(session, Outcome.ERROR, f"inference failed: {exc}")
             return []
+        for session in sessions:
+            session.state = SessionState.DECODING  # after a prefill: its first id is on the way
+            session.ids_requested += 1
+        return [(launched, timing)]
+
+    def _complete(self, launched: list[tuple[LaunchedStep, str]]) -> None:
+        """Send the audio queued last time (its decode ran beside the forward now running), read
+        the ids of `launched`, and queue the audio they make due."""
+        self._deliver_audio()
+        ended: list[Session] = []
+        due: list[Session] = []
+        for step, timing in launched:
+            ended += self._take_tokens(step, timing)
+            due += [s for s in step.sessions if s.state is SessionState.DECODING]
+        for session in ended:  # not decoded again until its last audio is out
+            if session.state is not SessionState.FINISHED:
+                session.state = SessionState.DRAINING
+        if due or ended:
+            self._flush(list(dict.fromkeys(due)), ended)  # a session prefilled and decoded in one step is due once
+
+    def _take_tokens(self, step: LaunchedStep, timing: str) -> list[Session]:
+        """Wait for a step's ids and hand them to their sessions; returns those whose piece ended.
+
+        A row whose session finished, or whose piece ended, after the step was queued (possible
+        with overlap_steps) sampled a spare id: it is dropped, as if never asked for."""
+        started = time.perf_counter()
+        try:
+            tokens = step.tokens()
+        except Exception as exc:
+            log.exception("batched forward failed for %d sessions", len(step.sessions))
+            for session in step.sessions:
+                self._finish(session, Outcome.ERROR, f"inference failed: {exc}")
+            return []
         finally:
-            forward_s = time.perf_counter() - started - self._overlapped_s
-            setattr(self.timings, timing, getattr(self.timings, timing) + forward_s)
+            setattr(self.timings, timing, getattr(self.timings, timing) + time.perf_counter() - started)
         ended = []
         max_context = self.config.scheduler.max_context_tokens
-        for session, token in zip(sessions, tokens):
-            session.state = SessionState.DECODING
+        for session, piece, token in zip(step.sessions, step.pieces, tokens):
+            if session.state is not SessionState.DECODING or session.piece_index != piece:
+                continue
             session.metrics.tokens += 1
             session.piece_tokens += 1
             self.scheduler.counters.total_tokens += 1
@@ -340,21 +366,9 @@ class Engine:
                     session.tokens_since_flush += 1
                 else:
                     session.metrics.invalid_tokens += 1
-            session.next_input = token
             if session.piece_done(token, max_context):
                 ended.append(session)
         return ended
-
-    def _audio_work(self) -> None:
-        """Send the audio queued before (its decode ran beside the forward), then, with
-        codec.decode_during_next_forward, plan and queue the decodes the last step made due."""
-        started = time.perf_counter()
-        self._deliver_audio()
-        if self._audio_due is not None:
-            due, ended = self._audio_due
-            self._audio_due = None
-            self._flush(due, ended)
-        self._overlapped_s = time.perf_counter() - started
 
     def _flush(self, sessions: list[Session], ended: list[Session]) -> None:
         """Queue the decode of the audio that is due, batched across sessions.
@@ -365,13 +379,13 @@ class Engine:
         arrive after the audio before them has played. Sessions whose piece ended wait
         (DRAINING) until their last audio has been sent; one finished (cancelled) since its
         tokens came gets none decoded."""
-        self._deliver_audio()  # normally sent during the forward already; never drop any
+        self._deliver_audio()  # normally sent already; never drop any
         started = time.perf_counter()
         sched = self.config.scheduler
         now = time.monotonic()
         lookahead_tokens = orpheus.TOKENS_PER_FRAME * self.config.codec.lookahead_frames
         tokens_to_bigger_chunk = sched.flush_every_n_tokens + lookahead_tokens
-        decode_steps = 2 if self.config.codec.decode_during_next_forward else 1  # until a chunk is sent
+        decode_steps = 2 if sched.overlap_steps else 1  # steps from an id to its audio being sent
         lead_needed_s = (tokens_to_bigger_chunk + decode_steps) * self._step_estimate_s
         ended_ids = {s.id for s in ended}
         jobs = []

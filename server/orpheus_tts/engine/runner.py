@@ -1,28 +1,40 @@
-"""Tensors in, token ids out: one batched forward (and sample) per prefill or decode step.
+"""Sessions in, queued forwards out: one batched forward (and sample) per prefill or decode step.
 
-The runner owns the model, the KV cache and the sampler, and knows nothing of scheduling;
-it turns a list of sessions into the step's input tensors and returns one new id per session.
+The runner owns the model, the KV cache, the sampler and each slot's decode state, and knows
+nothing of scheduling. `launch_prefill` and `launch_decode` queue a step and return at once;
+the sampled ids arrive in host memory, and `LaunchedStep.tokens()` waits for them. A decode
+step needs only the sessions' slots from the host (its inputs are in `SlotState`), so the
+engine may queue the next step before it has read this one's ids.
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import torch
+from torch import Tensor
 
 from orpheus_tts import orpheus
-from orpheus_tts.engine.cuda_graphs import DecodeGraphs, PrefillGraphs
+from orpheus_tts.engine.cuda_graphs import DecodeGraphs, PrefillGraphs, StagingRing
 from orpheus_tts.engine.kv_cache import KVCache
 from orpheus_tts.engine.sampler import Sampler, SamplingBatch
 from orpheus_tts.engine.session import Session
+from orpheus_tts.engine.slot_state import SlotState
 from orpheus_tts.model.llama import Transformer
 
 
-def _collect(tokens: torch.Tensor, while_running: Callable[[], None] | None) -> list[int]:
-    if while_running is not None:
-        while_running()
-    return tokens.tolist()
+class LaunchedStep:
+    """A queued forward: which sessions (and pieces) it samples for, and where its ids land."""
+
+    def __init__(self, sessions: list[Session], ids: Tensor, event: torch.cuda.Event | None):
+        self.sessions = sessions
+        self.pieces = [s.piece_index for s in sessions]  # a row whose session moved on is stale
+        self._ids, self._event = ids, event
+
+    def tokens(self) -> list[int]:
+        """The sampled ids, one per session; waits for the device if it has not finished."""
+        if self._event is not None:
+            self._event.synchronize()
+        return self._ids.tolist()
 
 
 class ModelRunner:
@@ -32,90 +44,98 @@ class ModelRunner:
         self.kv_cache = kv_cache
         self.sampler = sampler
         self.device = model.output.weight.device
+        self.state = SlotState(kv_cache.n_slots + 1, kv_cache.max_tokens, self.device)
         self.graphs: DecodeGraphs | None = None
         self.prefill_graphs: PrefillGraphs | None = None
+        self._decode_ids: StagingRing | None = None
+        self._prefill_ids: StagingRing | None = None
         if cuda_graphs and self.device.type == "cuda":
-            self.graphs = DecodeGraphs(model, kv_cache, sampler, max_batch, kv_cache.scratch_slot)
+            self.graphs = DecodeGraphs(self, max_batch)
             self.graphs.capture()
             self.graphs.verify()
-            self.prefill_graphs = PrefillGraphs(model, kv_cache, sampler, kv_cache.scratch_slot)
+            self.prefill_graphs = PrefillGraphs(self)
             self.prefill_graphs.capture()
+            self._decode_ids = StagingRing((max_batch,), torch.int64)
+            self._prefill_ids = StagingRing((max(PrefillGraphs.BATCHES),), torch.int64)
 
     @property
     def max_prefill_batch(self) -> int | None:
         """The most prompts one prefill should take (the largest graph), None when eager."""
         return max(self.prefill_graphs.BATCHES) if self.prefill_graphs is not None else None
 
-    def _tensor(self, values, dtype=torch.int64) -> torch.Tensor:
-        return torch.tensor(values, dtype=dtype, device=self.device)
+    # -- the steps as tensor programs (captured as graphs on a GPU, run directly elsewhere) --
+    def decode_step(self, slots: Tensor) -> tuple[Tensor, Tensor]:
+        """Feed each slot its last id at its own position, sample the next one and advance the
+        slot's state; returns (ids, final hidden states)."""
+        tokens, positions, sampling = self.state.inputs(slots)
+        batch = self.model.make_decode_batch(slots, positions)
+        hidden = self.model(tokens[:, None], batch, self.kv_cache)[:, 0]
+        sampled = self.sampler.sample(hidden, sampling)
+        self.state.advance(slots, sampled, positions, sampling)
+        return sampled, hidden
 
-    def _sampling_batch(self, sessions: list[Session]) -> SamplingBatch:
-        """The sessions' sampling parameters on the device (eager path; graphs copy the arrays)."""
-        ints, floats = (torch.from_numpy(a).to(self.device) for a in self._sampling_arrays(sessions))
-        slots, seed, counter, frame_position, allow_eos = ints
-        return SamplingBatch(slots=slots, temperature=floats[0], top_p=floats[1], repetition_penalty=floats[2],
-                             seed=seed, counter=counter, frame_position=frame_position, allow_eos=allow_eos)
+    def prefill_step(self, prompts: Tensor, ints: Tensor, floats: Tensor, kv_len: int | None = None) -> Tensor:
+        """Run right-padded prompts [B, L] from position 0, sample each one's first audio id and
+        start its slot's state. ints [5, B]: slot, prompt length, seed, counter, end-of-speech
+        allowed; floats [3, B]: temperature, top-p, repetition penalty."""
+        slots, lengths, seed, counter, allow_eos = ints
+        temperature, top_p, penalty = floats
+        self.sampler.start_slots(slots, prompts, lengths)
+        batch = self.model.make_batch(slots, torch.zeros_like(lengths), lengths, prompts.shape[1], kv_len=kv_len)
+        hidden = self.model(prompts, batch, self.kv_cache)
+        last = hidden[torch.arange(prompts.shape[0], device=hidden.device), lengths - 1]
+        sampling = SamplingBatch(slots=slots, temperature=temperature, top_p=top_p, repetition_penalty=penalty,
+                                 seed=seed, counter=counter, frame_position=torch.zeros_like(seed),
+                                 allow_eos=allow_eos)
+        sampled = self.sampler.sample(last, sampling)
+        self.state.start(slots, lengths - 1, sampling)
+        self.state.advance(slots, sampled, lengths - 1, sampling)
+        return sampled
+
+    # -- queueing steps for sessions --------------------------------------------------------
+    @staticmethod
+    def prefill_inputs(sessions: list[Session]) -> tuple[np.ndarray, np.ndarray]:
+        """ints [5, B] (slot, prompt length, seed, counter, end-of-speech allowed) and floats
+        [3, B] (temperature, top-p, repetition penalty) of sessions starting a piece."""
+        ints = np.array([[s.slot, len(s.piece.prompt), s.seed, s.metrics.tokens,
+                          0 if s.request.ignore_end_of_speech else 1] for s in sessions], dtype=np.int64).T
+        floats = np.array([[s.request.temperature, s.request.top_p, s.request.repetition_penalty]
+                           for s in sessions], dtype=np.float32).T
+        return ints.reshape(5, len(sessions)), floats.reshape(3, len(sessions))
 
     @torch.inference_mode()
-    def prefill(self, sessions: list[Session], while_running: Callable[[], None] | None = None) -> list[int]:
-        """Run each session's current prompt from position 0 and sample its first audio token.
-
-        `while_running` is called once the GPU work is queued, before waiting for its result."""
+    def launch_prefill(self, sessions: list[Session]) -> LaunchedStep:
+        """Queue the prefill of each session's current prompt (and the sample of its first id)."""
         prompts = [s.piece.prompt for s in sessions]
         seqlen = max(len(p) for p in prompts)
         if seqlen > self.kv_cache.max_tokens:
             raise ValueError(f"prompt of {seqlen} tokens exceeds the KV slot ({self.kv_cache.max_tokens})")
-        for session, prompt in zip(sessions, prompts):
-            # Hugging Face's repetition penalty also counts the prompt; keep the same rule.
-            self.sampler.reset_slot(session.slot)
-            self.sampler.record(self._tensor([session.slot] * len(prompt)), self._tensor(prompt))
-            session.context_len = len(prompt)
+        ints, floats = self.prefill_inputs(sessions)
         if self.prefill_graphs is not None and self.prefill_graphs.fits(len(prompts), seqlen):
-            ints, floats = self._sampling_arrays(sessions)
-            return _collect(self.prefill_graphs.run(prompts, ints, floats), while_running)
-        tokens = self._tensor([p + [orpheus.PAD] * (seqlen - len(p)) for p in prompts])
-        slots = self._tensor([s.slot for s in sessions])
-        lengths = self._tensor([len(p) for p in prompts])
-        batch = self.model.make_batch(slots, torch.zeros_like(lengths), lengths, seqlen)
-        hidden = self.model(tokens, batch, self.kv_cache)
-        last = hidden[torch.arange(len(sessions), device=self.device), lengths - 1]
-        return _collect(self.sampler.sample(last, self._sampling_batch(sessions)), while_running)
-
-    @staticmethod
-    def _sampling_arrays(sessions: list[Session]) -> tuple[np.ndarray, np.ndarray]:
-        """ints [5, B] (slot, seed, counter, frame position, end-of-speech allowed) and floats [3, B]
-        (temperature, top_p, repetition penalty) of the sessions, as host arrays."""
-        ints = np.array([[s.slot, s.seed, s.metrics.tokens, s.accumulator.frame_position,
-                          0 if s.request.ignore_end_of_speech else 1] for s in sessions], dtype=np.int64).T
-        floats = np.array([[s.request.temperature, s.request.top_p, s.request.repetition_penalty]
-                           for s in sessions], dtype=np.float32).T
-        return ints, floats
-
-    def decode_inputs(self, sessions: list[Session]) -> tuple[np.ndarray, np.ndarray]:
-        """The step's inputs as two host arrays (ints [7, B], floats [3, B]; see cuda_graphs)."""
-        ints, floats = self._sampling_arrays(sessions)
-        tokens = np.array([s.next_input for s in sessions], dtype=np.int64)
-        positions = np.array([s.context_len for s in sessions], dtype=np.int64)
-        return np.stack([tokens, ints[0], positions, ints[1], ints[2], ints[3], ints[4]]), floats
+            return self._landing(sessions, self.prefill_graphs.run(prompts, ints, floats), self._prefill_ids)
+        padded = np.full((len(prompts), seqlen), orpheus.PAD, dtype=np.int64)
+        for row, prompt in enumerate(prompts):
+            padded[row, : len(prompt)] = prompt
+        to_device = lambda a: torch.from_numpy(a).to(self.device)  # noqa: E731
+        ids = self.prefill_step(to_device(padded), to_device(ints), to_device(floats))
+        return self._landing(sessions, ids, None)
 
     @torch.inference_mode()
-    def decode(self, sessions: list[Session], while_running: Callable[[], None] | None = None) -> list[int]:
-        """Feed each session its last id at its own position and sample the next one.
-
-        `while_running` is called once the GPU work is queued, before waiting for its result."""
-        ints, floats = self.decode_inputs(sessions)
+    def launch_decode(self, sessions: list[Session]) -> LaunchedStep:
+        """Queue one decode step for the sessions (their inputs are in the slot state)."""
+        slots = np.array([s.slot for s in sessions], dtype=np.int64)
         if self.graphs is not None:
-            tokens = self.graphs.run(ints, floats)
-        else:
-            tokens = self._decode_eager(torch.from_numpy(ints).to(self.device), torch.from_numpy(floats).to(self.device))
-        for session in sessions:
-            session.context_len += 1
-        return _collect(tokens, while_running)
+            return self._landing(sessions, self.graphs.run(slots), self._decode_ids)
+        ids, _ = self.decode_step(torch.from_numpy(slots).to(self.device))
+        return self._landing(sessions, ids, None)
 
-    def _decode_eager(self, ints: torch.Tensor, floats: torch.Tensor) -> torch.Tensor:
-        tokens, slots, positions, seed, counter, frame_position, allow_eos = ints
-        batch = self.model.make_decode_batch(slots, positions)
-        hidden = self.model(tokens[:, None], batch, self.kv_cache)[:, 0]
-        sampling = SamplingBatch(slots=slots, temperature=floats[0], top_p=floats[1], repetition_penalty=floats[2],
-                                 seed=seed, counter=counter, frame_position=frame_position, allow_eos=allow_eos)
-        return self.sampler.sample(hidden, sampling)
+    def _landing(self, sessions: list[Session], ids: Tensor, ring: StagingRing | None) -> LaunchedStep:
+        """Copy a step's ids to host memory behind it (a graph's output buffer is overwritten
+        by its next replay) and note when they are there."""
+        if ring is None:
+            return LaunchedStep(sessions, ids.cpu(), None)
+        host = ring.take()[: len(sessions)]
+        host.copy_(ids, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return LaunchedStep(sessions, host, event)

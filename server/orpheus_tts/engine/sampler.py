@@ -77,8 +77,14 @@ class Sampler:
         fuse into a few kernels instead of about forty. The graphs capture it at start-up."""
         self.sample = torch.compile(self.sample, dynamic=True)
 
-    def reset_slot(self, slot: int) -> None:
-        self.seen[slot].zero_()
+    def start_slots(self, slots: Tensor, prompts: Tensor, lengths: Tensor) -> None:
+        """New pieces in `slots`: forget their history, then count their prompts (Hugging Face's
+        repetition penalty counts the prompt too). Prompt padding past `lengths` is recorded
+        in the last (scratch) row, which no session owns."""
+        self.seen.index_fill_(0, slots, False)
+        real = torch.arange(prompts.shape[1], device=prompts.device)[None, :] < lengths[:, None]
+        rows = torch.where(real, slots[:, None], self.seen.shape[0] - 1)
+        self.seen.index_put_((rows, prompts), self._true)
 
     def record(self, slots: Tensor, tokens: Tensor) -> None:
         self.seen.index_put_((slots, tokens), self._true)

@@ -112,8 +112,10 @@ class Scheduler:
         return chosen
 
     def pick_decode(self) -> list[Session]:
-        """Up to `max_batch_size` decoding sessions: TTFB priority first, then least recently run."""
-        ready = [s for s in self.active if s.state is SessionState.DECODING]
+        """Up to `max_batch_size` decoding sessions that want another id: TTFB priority first,
+        then least recently run."""
+        max_context = self.config.max_context_tokens
+        ready = [s for s in self.active if s.wants_token(max_context)]
         limit = self.config.ttfb_priority_tokens
 
         def order(session: Session):

@@ -95,9 +95,8 @@ class Session:
     piece: Piece | None = None
     piece_index: int = -1
     accumulator: FrameAccumulator | None = None
-    context_len: int = 0  # tokens in the KV slot for the current piece
-    next_input: int | None = None  # the id to feed at the next decode step
-    piece_tokens: int = 0  # ids generated for the current piece
+    piece_tokens: int = 0  # ids generated for the current piece and read back
+    ids_requested: int = 0  # ids queued for the current piece (the last ones may not be read back yet)
     last_served: int = -1  # when it was last picked for a decode step (for round-robin)
     tokens_since_flush: int = 0
     frames_emitted: int = 0  # frames whose decode has been queued (numbers the stream's frames)
@@ -149,10 +148,9 @@ class Session:
         self.piece = self.pieces.popleft()
         self.piece_index += 1
         self.accumulator = FrameAccumulator(context_frames, lookahead_frames, window_frames)
-        self.context_len = 0
         self.piece_tokens = 0
+        self.ids_requested = 0
         self.tokens_since_flush = 0
-        self.next_input = None
         self.state = SessionState.PREFILL
         return True
 
@@ -160,10 +158,18 @@ class Session:
     def in_ttfb_priority(self) -> bool:
         return self.metrics.ttfb_s is None
 
+    def wants_token(self, max_context: int) -> bool:
+        """True if a decode step may be queued for it: its piece still has budget and room in
+        the slot once every id already queued is counted (the step feeds id k at position
+        prompt + k - 1). An end-of-speech among those ids is seen only when they are read."""
+        k = self.ids_requested
+        return (self.state is SessionState.DECODING and k < self.piece.budget
+                and len(self.piece.prompt) + k - 1 < max_context)
+
     def piece_done(self, token: int, max_context: int) -> bool:
         """True once the current piece must stop: end-of-speech, its budget, or the slot is full."""
         return (
             token == orpheus.END_OF_SPEECH
             or self.piece_tokens >= self.piece.budget
-            or self.context_len >= max_context  # the next id would not fit in the slot
+            or len(self.piece.prompt) + self.piece_tokens - 1 >= max_context  # the next id would not fit
         )
