@@ -310,7 +310,8 @@ def transformers_baseline(results, batches):
 
 # Settings the engine reads at every step: a variant of these reuses the running engine (no
 # second start-up) and runs level by level beside the configured engine.
-LIVE_KEYS = ("scheduler.overlap_steps", "scheduler.adaptive_chunks", "scheduler.flush_every_n_tokens",
+LIVE_KEYS = ("scheduler.overlap_steps", "scheduler.adaptive_chunks", "scheduler.adaptive_margin_s",
+             "scheduler.flush_every_n_tokens",
              "scheduler.flush_startup_frames", "scheduler.ttfb_priority_tokens", "scheduler.max_prefill_tokens")
 
 

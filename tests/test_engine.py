@@ -237,12 +237,13 @@ def test_a_session_cancelled_while_its_audio_is_decoding_reports_only_the_frames
     assert events[-1] is end
 
 
-def _stream_by_hand(clock_shift_s: float, adaptive: bool, seed: int = 5) -> list:
+def _stream_by_hand(clock_shift_s: float, adaptive: bool, seed: int = 5, margin_s: float = 0.1) -> list:
     """One stream with steps driven by hand; once its first audio is out, its client's play
     clock is moved: as if it had started playing a minute later (it holds a minute of audio,
     shift > 0) or a minute earlier (it ran dry long ago, shift < 0)."""
     engine, session, events = _submit_by_hand("A sentence long enough to stream many chunks.", seed,
-                                              **{"scheduler.adaptive_chunks": adaptive})
+                                              **{"scheduler.adaptive_chunks": adaptive,
+                                                 "scheduler.adaptive_margin_s": margin_s})
     while session.playback_started is None:
         assert engine.step()
     session.playback_started += clock_shift_s
@@ -251,13 +252,14 @@ def _stream_by_hand(clock_shift_s: float, adaptive: bool, seed: int = 5) -> list
     return events
 
 
-@pytest.mark.parametrize("clock_shift_s, adaptive, chunk_frames",
-                         [(+60.0, True, {2}), (-60.0, True, {1}), (-60.0, False, {2})])
-def test_chunks_grow_only_while_the_client_holds_enough_audio(clock_shift_s, adaptive, chunk_frames):
+@pytest.mark.parametrize("clock_shift_s, adaptive, margin_s, chunk_frames",
+                         [(+60.0, True, 0.1, {2}), (-60.0, True, 0.1, {1}), (-60.0, False, 0.1, {2}),
+                          (+60.0, True, 120.0, {1})])
+def test_chunks_grow_only_while_the_client_holds_enough_audio(clock_shift_s, adaptive, margin_s, chunk_frames):
     """After start-up, two-frame chunks (with a lookahead frame held back) while the client is
     far ahead; one frame at a time, nothing held back, while it is about to run dry (unless
-    adaptive chunks are off)."""
-    events = _stream_by_hand(clock_shift_s, adaptive)
+    adaptive chunks are off) or would hold less than the margin when a bigger chunk came."""
+    events = _stream_by_hand(clock_shift_s, adaptive, margin_s=margin_s)
     chunks = [e for e in events if isinstance(e, AudioChunk)]
     # After start-up; the first bigger chunk holds a frame back, and the last one emits the tail.
     after_startup = chunks[small_config().scheduler.flush_startup_frames + 1:-1]

@@ -84,6 +84,9 @@ class SchedulerConfig:
     # load, so the same seed gives the same tokens but samples near joins may differ slightly;
     # false fixes the joins (bit-identical audio per seed) at the cost of stalls under load.
     adaptive_chunks: bool = True
+    # Audio a client must still hold when a bigger chunk arrives, for the steps to slow down
+    # meanwhile (a burst of new sessions) without a stall; 0 cuts it to the estimate alone.
+    adaptive_margin_s: float = 0.1
     # Queue each decode step before reading the ids of the one before, and do that host work
     # (tokens, audio planning, scheduling) while the GPU runs: the GPU never waits for the
     # host. Each id is read one step later, and a session that says end-of-speech is decoded

@@ -375,8 +375,8 @@ class Engine:
 
         A stream goes frame by frame with no lookahead (as at its start) while its client holds
         less audio than waiting for a lookahead frame and a two-frame chunk would take at the
-        current step time: under load the steps approach real time, and the bigger chunks would
-        arrive after the audio before them has played. Sessions whose piece ended wait
+        current step time, plus a margin: under load the steps approach real time, and the
+        bigger chunks would arrive after the audio before them has played. Sessions whose piece ended wait
         (DRAINING) until their last audio has been sent; one finished (cancelled) since its
         tokens came gets none decoded."""
         self._deliver_audio()  # normally sent already; never drop any
@@ -386,7 +386,7 @@ class Engine:
         lookahead_tokens = orpheus.TOKENS_PER_FRAME * self.config.codec.lookahead_frames
         tokens_to_bigger_chunk = sched.flush_every_n_tokens + lookahead_tokens
         decode_steps = 2 if sched.overlap_steps else 1  # steps from an id to its audio being sent
-        lead_needed_s = (tokens_to_bigger_chunk + decode_steps) * self._step_estimate_s
+        lead_needed_s = (tokens_to_bigger_chunk + decode_steps) * self._step_estimate_s + sched.adaptive_margin_s
         ended_ids = {s.id for s in ended}
         jobs = []
         for session in sessions:
