@@ -402,8 +402,30 @@ async def _same_seed_streams(engine, settings, base_values, text) -> list[dict]:
     return rows
 
 
+class GcPauses:
+    """Python garbage collections while a level runs: the engine thread stops for each one."""
+
+    def __init__(self):
+        self.pauses: list[tuple[int, float]] = []  # (generation, seconds)
+        self._started = None
+        gc.callbacks.append(self)
+
+    def __call__(self, phase, info) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started is not None:
+            self.pauses.append((info["generation"], time.perf_counter() - self._started))
+            self._started = None
+
+    def summary(self) -> dict:
+        seconds = [s for _, s in self.pauses]
+        return dict(collections=len(seconds), full_collections=sum(g == 2 for g, _ in self.pauses),
+                    pause_max_ms=max(seconds, default=0.0) * 1e3, pause_total_ms=sum(seconds) * 1e3)
+
+
 async def _measure_level(engine, target, observer, n, requests, label, text, run_level, progress) -> dict:
     observer.steps = []
+    collections = GcPauses()
     before = dataclasses.replace(engine.timings)
     torch.cuda.reset_peak_memory_stats()
     row = await run_level(target.stream, n, requests, text, 1.0, progress(), f"concurrency {n}")
@@ -420,14 +442,19 @@ async def _measure_level(engine, target, observer, n, requests, label, text, run
                         snac_launch=spent["snac_launch_s"] / busy, snac_wait=spent["snac_wait_s"] / busy,
                         host_other=spent["host_s"] / busy),
         gpu_memory_peak_gb=torch.cuda.max_memory_allocated() / 1e9,
+        step_ms_percentiles={q: float(np.percentile(steps[:, 0], q)) * 1e3 for q in (50, 99, 100)},
+        python_gc=collections.summary(),
     )
+    gc.callbacks.remove(collections)
     share = row["time_share"]
     log(f"engine{label} concurrency {n}: TTFB p50 {row['ttfb_p50_ms']:.0f} p95 {row['ttfb_p95_ms']:.0f} "
         f"p99 {row['ttfb_p99_ms']:.0f} ms, real-time {row['realtime_share']:.2f} (stall p50 {row['stall_p50_ms'] or 0:.0f} "
         f"max {row['stall_max_ms'] or 0:.0f} ms), {row['tokens_per_s']:.0f} tok/s, "
         f"success {row['success_rate']:.2f}, audio {row['mean_audio_s']:.2f} s, step {row['step_ms_mean']:.1f} ms "
         f"(batch {row['decode_batch_mean']:.0f}; decode {share['decode']:.0%}, prefill {share['prefill']:.0%}, "
-        f"SNAC launch {share['snac_launch']:.0%} wait {share['snac_wait']:.0%}, host {share['host_other']:.0%})")
+        f"SNAC launch {share['snac_launch']:.0%} wait {share['snac_wait']:.0%}, host {share['host_other']:.0%}); "
+        f"step p99 {row['step_ms_percentiles'][99]:.1f} max {row['step_ms_percentiles'][100]:.1f} ms, "
+        f"stalls at {row['stall_at_s_p50'] or 0:.2f} s of audio (p50), GC {row['python_gc']}")
     return row
 
 

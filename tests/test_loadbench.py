@@ -28,6 +28,7 @@ def test_stall_is_the_worst_wait_for_a_chunk_after_playback_starts():
     # Chunks of 0.1 s: the third arrives 0.25 s after the first, when 0.2 s had been playing.
     arrivals, before = [1.0, 1.05, 1.25], [0.0, 0.1, 0.2]
     assert loadbench.lateness_ms(arrivals, before) == pytest.approx(50.0)
+    assert loadbench.worst_wait(arrivals, before)[1] == pytest.approx(0.2)  # the chunk after 0.2 s of audio
     assert not loadbench.is_realtime(arrivals, before)
     on_time = [1.0, 1.05, 1.15]
     assert loadbench.lateness_ms(on_time, before) == pytest.approx(-50.0)

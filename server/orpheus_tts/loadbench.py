@@ -40,20 +40,28 @@ class StreamResult:
     audio_s: float
     error: str | None = None
     late_ms: float | None = None  # the worst gap in playback (see `lateness_ms`); <= 0 is real time
+    late_at_s: float | None = None  # where in the audio that worst moment was
 
     @property
     def realtime(self) -> bool:
         return self.ok and _in_time(self.late_ms)
 
 
-def lateness_ms(arrivals: list[float], audio_before: list[float]) -> float | None:
-    """How long playback, started at the first chunk, would have stalled at its worst waiting
-    for a chunk (negative: the smallest margin any chunk had)."""
+def worst_wait(arrivals: list[float], audio_before: list[float]) -> tuple[float, float] | None:
+    """(ms, audio s): how long playback, started at the first chunk, would have stalled at its
+    worst waiting for a chunk (negative: the smallest margin any chunk had), and how far into
+    the audio that chunk starts."""
     if not arrivals:
         return None
     first = arrivals[0]
-    later = zip(arrivals[1:], audio_before[1:])
-    return max((a - first - before for a, before in later), default=0.0) * 1e3
+    later = [((a - first - before) * 1e3, before) for a, before in zip(arrivals[1:], audio_before[1:])]
+    return max(later, default=(0.0, 0.0))
+
+
+def lateness_ms(arrivals: list[float], audio_before: list[float]) -> float | None:
+    """The stall of `worst_wait` alone."""
+    worst = worst_wait(arrivals, audio_before)
+    return None if worst is None else worst[0]
 
 
 def is_realtime(arrivals: list[float], audio_before: list[float]) -> bool:
@@ -81,7 +89,8 @@ class _Timeline:
 
     def result(self, ok: bool, tokens: int, error: str | None = None) -> StreamResult:
         ttfb = self.arrivals[0] * 1e3 if self.arrivals else None
-        return StreamResult(ok, ttfb, tokens, self.audio_s, error, lateness_ms(self.arrivals, self.audio_before))
+        late_ms, late_at_s = worst_wait(self.arrivals, self.audio_before) or (None, None)
+        return StreamResult(ok, ttfb, tokens, self.audio_s, error, late_ms, late_at_s)
 
 
 StreamFn = Callable[[str, int], Awaitable[StreamResult]]
@@ -206,6 +215,7 @@ async def run_level(stream: StreamFn, concurrency: int, requests: int, text: str
     ttfb = np.array([r.ttfb_ms for r in ok if r.ttfb_ms is not None])
     pct = (lambda q: float(np.percentile(ttfb, q))) if len(ttfb) else (lambda q: None)
     late = np.array([r.late_ms for r in ok if r.late_ms is not None])
+    stalled_at = [r.late_at_s for r in ok if not r.realtime and r.late_at_s is not None]
     errors = sorted({r.error for r in results if r.error})
     return dict(
         concurrency=concurrency, streams=total, wall_s=wall,
@@ -213,6 +223,8 @@ async def run_level(stream: StreamFn, concurrency: int, requests: int, text: str
         realtime_share=float(np.mean([r.realtime for r in results])) if results else 0.0,
         stall_p50_ms=float(np.percentile(late, 50)) if len(late) else None,
         stall_max_ms=float(late.max()) if len(late) else None,
+        # Where in their audio the streams that stalled stalled worst (start-up or later).
+        stall_at_s_p50=float(np.median(stalled_at)) if stalled_at else None,
         tokens_per_s=sum(r.tokens for r in ok) / wall if wall > 0 else 0.0,
         success_rate=len(ok) / total if total else 0.0,
         mean_audio_s=float(np.mean([r.audio_s for r in ok])) if ok else 0.0,

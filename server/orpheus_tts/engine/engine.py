@@ -14,6 +14,7 @@ sent while a forward runs. Results travel to the caller's event loop through
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import secrets
 import threading
@@ -172,13 +173,19 @@ class Engine:
         self.ready = False
 
     def warm_up(self, timeout_s: float = 600.0) -> None:
-        """Run one short request end to end (first kernels, allocator), then mark the engine ready."""
+        """Run one short request end to end (first kernels, allocator), then mark the engine ready.
+
+        What start-up allocated is then frozen out of Python's garbage collector: a full
+        collection walks every object in the process, and one over a loaded torch process stops
+        the engine thread (and every stream) far longer than a decode step."""
         done = threading.Event()
         request = self.make_request("Warming up.", voice=self.config.default_voice)
         session = self.submit(request, lambda event: done.set() if isinstance(event, SessionEnd) else None)
         if not done.wait(timeout_s):
             session.cancel()
             raise TimeoutError("engine warm-up did not finish")
+        gc.collect()
+        gc.freeze()
         self.ready = True
 
     # -- requests -------------------------------------------------------------------------
