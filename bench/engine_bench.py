@@ -312,7 +312,8 @@ def transformers_baseline(results, batches):
 # second start-up) and runs level by level beside the configured engine.
 LIVE_KEYS = ("scheduler.overlap_steps", "scheduler.adaptive_chunks", "scheduler.adaptive_margin_s",
              "scheduler.flush_every_n_tokens",
-             "scheduler.flush_startup_frames", "scheduler.ttfb_priority_tokens", "scheduler.max_prefill_tokens")
+             "scheduler.flush_startup_frames", "scheduler.ttfb_priority_tokens", "scheduler.max_prefill_tokens",
+             "scheduler.prefill_wait_ms")
 
 
 def _typed_values(overrides: dict) -> dict:

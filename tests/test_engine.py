@@ -194,6 +194,25 @@ async def test_stopping_the_engine_ends_sessions_in_flight(engine):
     assert events[-1].outcome in (Outcome.OK, Outcome.ERROR)
 
 
+async def test_prompts_that_wait_to_share_a_prefill_are_all_served():
+    """scheduler.prefill_wait_ms: prompts arriving while a stream decodes share prefills, and
+    every session still finishes."""
+    engine = make_engine(**{"scheduler.prefill_wait_ms": 30.0, "scheduler.max_concurrent_sessions": 6,
+                            "scheduler.max_batch_size": 6})
+    try:
+        first = asyncio.create_task(collect(engine, engine.make_request("The first voice speaks.", seed=0)))
+        await wait_until(lambda: engine.scheduler.counters.total_tokens > 0)
+        later = []
+        for i in range(1, 6):
+            later.append(asyncio.create_task(collect(engine, engine.make_request(f"Voice {i} joins.", seed=i))))
+            await asyncio.sleep(0.005)
+        results = await asyncio.gather(first, *later)
+        assert all(end.outcome is Outcome.OK and chunks for chunks, end in results)
+        assert engine.scheduler.counters.total_prefills < 6
+    finally:
+        engine.stop()
+
+
 async def test_step_timings_account_for_every_step(engine):
     """The breakdown benchmarks report: forward, audio decode, and the host's share of each step."""
     before = engine.timings.steps

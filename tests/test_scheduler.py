@@ -104,3 +104,20 @@ def test_no_decode_is_queued_past_a_pieces_budget_or_slot_while_its_last_ids_are
     assert scheduler.pick_decode() == [slot_bound]
     slot_bound.ids_requested = 3
     assert scheduler.pick_decode() == []
+
+
+def test_a_prefill_short_of_a_batch_waits_for_more_prompts_only_while_others_decode():
+    scheduler = _scheduler(batch=8, prefill_wait_ms=50)
+    (decoding,) = _running(scheduler, 1)
+    (new,) = _running(scheduler, 1)
+    new.state = SessionState.WAITING_TEXT
+    new.add_pieces([Piece("x", [1] * 15, 70)], close=True)
+    new.take_incoming()
+    new.start_next_piece(2, 1)
+    assert scheduler.pick_prefill(max_sessions=4) == []  # one prompt, fresh: it waits for company
+    assert scheduler.pick_prefill(max_sessions=1) == [new]  # a full batch goes at once
+    new.prefill_since -= 0.05
+    assert scheduler.pick_prefill(max_sessions=4) == [new]  # waited long enough
+    new.prefill_since += 0.05
+    decoding.state = SessionState.DRAINING
+    assert scheduler.pick_prefill(max_sessions=4) == [new]  # nothing else would run: no waiting

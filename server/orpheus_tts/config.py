@@ -73,6 +73,9 @@ class SchedulerConfig:
     max_pending_sessions: int = 64  # admission queue behind the pool; beyond it requests are refused
     ttfb_priority_tokens: int = 20  # new sessions go first for at most this many tokens
     max_prefill_tokens: int = 2048  # prompt tokens prefilled per step, so running sessions keep pace
+    # While sessions decode, new prompts wait up to this long to share one prefill (a burst of
+    # arrivals costs running streams a few prefills, not one per step). 0 prefills at once.
+    prefill_wait_ms: float = 0.0
     flush_first_n_tokens: int = 7  # first audio chunk after this many audio tokens (one frame)
     flush_every_n_tokens: int = 14  # then a chunk every this many tokens
     # The first frames of a stream go out one per chunk, without waiting for lookahead, so the

@@ -11,6 +11,7 @@ sessions than batch places each is run every few steps and none starves.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -97,18 +98,29 @@ class Scheduler:
 
     def pick_prefill(self, max_sessions: int | None = None) -> list[Session]:
         """Sessions whose prompt to prefill this step, oldest first, within the prompt-token budget
-        (and at most `max_sessions`: the largest prefill the runner has a CUDA graph for)."""
+        (and at most `max_sessions`: the largest prefill the runner has a CUDA graph for).
+
+        While other sessions decode, a prefill short of a full batch waits until its oldest
+        prompt has waited `prefill_wait_ms`: a burst of arrivals then shares one prefill instead
+        of adding one to every step, each of which would slow every running stream."""
         limit = min(self.config.max_batch_size, max_sessions or self.config.max_batch_size)
+        waiting = [s for s in self.active if s.state is SessionState.PREFILL]
+        if not waiting:
+            return []
+        if len(waiting) < limit and self.config.prefill_wait_ms > 0:
+            waited_s = time.monotonic() - min(s.prefill_since for s in waiting)
+            decoding = any(s.wants_token(self.config.max_context_tokens) for s in self.active)
+            if decoding and waited_s * 1e3 < self.config.prefill_wait_ms:
+                return []
         chosen, tokens = [], 0
-        for session in self.active:
-            if session.state is SessionState.PREFILL:
-                need = len(session.piece.prompt)
-                if chosen and tokens + need > self.config.max_prefill_tokens:
-                    break
-                chosen.append(session)
-                tokens += need
-                if len(chosen) == limit:
-                    break
+        for session in waiting:
+            need = len(session.piece.prompt)
+            if chosen and tokens + need > self.config.max_prefill_tokens:
+                break
+            chosen.append(session)
+            tokens += need
+            if len(chosen) == limit:
+                break
         return chosen
 
     def pick_decode(self) -> list[Session]:

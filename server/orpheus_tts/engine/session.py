@@ -99,6 +99,7 @@ class Session:
     ids_requested: int = 0  # ids queued for the current piece (the last ones may not be read back yet)
     last_served: int = -1  # when it was last picked for a decode step (for round-robin)
     tokens_since_flush: int = 0
+    prefill_since: float = 0.0  # when its current piece became ready to prefill
     frames_emitted: int = 0  # frames whose decode has been queued (numbers the stream's frames)
     frames_sent: int = 0  # frames whose audio reached the receiver (what metrics report)
     playback_started: float | None = None  # when the first audio went out: the client's play clock
@@ -152,6 +153,7 @@ class Session:
         self.ids_requested = 0
         self.tokens_since_flush = 0
         self.state = SessionState.PREFILL
+        self.prefill_since = time.monotonic()
         return True
 
     @property
