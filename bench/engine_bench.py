@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import dataclasses
 import gc
 import json
@@ -419,14 +420,18 @@ class GcPauses:
             self._started = None
 
     def summary(self) -> dict:
+        """Pauses, and what lives in the oldest generation (not frozen at start-up): the objects
+        a full collection walks."""
         seconds = [s for _, s in self.pauses]
+        oldest = collections.Counter(type(o).__name__ for o in gc.get_objects(generation=2))
         return dict(collections=len(seconds), full_collections=sum(g == 2 for g, _ in self.pauses),
-                    pause_max_ms=max(seconds, default=0.0) * 1e3, pause_total_ms=sum(seconds) * 1e3)
+                    pause_max_ms=max(seconds, default=0.0) * 1e3, pause_total_ms=sum(seconds) * 1e3,
+                    oldest_generation_objects=sum(oldest.values()), oldest_generation_types=dict(oldest.most_common(12)))
 
 
 async def _measure_level(engine, target, observer, n, requests, label, text, run_level, progress) -> dict:
     observer.steps = []
-    collections = GcPauses()
+    pauses = GcPauses()
     before = dataclasses.replace(engine.timings)
     torch.cuda.reset_peak_memory_stats()
     row = await run_level(target.stream, n, requests, text, 1.0, progress(), f"concurrency {n}")
@@ -444,9 +449,9 @@ async def _measure_level(engine, target, observer, n, requests, label, text, run
                         host_other=spent["host_s"] / busy),
         gpu_memory_peak_gb=torch.cuda.max_memory_allocated() / 1e9,
         step_ms_percentiles={q: float(np.percentile(steps[:, 0], q)) * 1e3 for q in (50, 99, 100)},
-        python_gc=collections.summary(),
+        python_gc=pauses.summary(),
     )
-    gc.callbacks.remove(collections)
+    gc.callbacks.remove(pauses)
     share = row["time_share"]
     log(f"engine{label} concurrency {n}: TTFB p50 {row['ttfb_p50_ms']:.0f} p95 {row['ttfb_p95_ms']:.0f} "
         f"p99 {row['ttfb_p99_ms']:.0f} ms, real-time {row['realtime_share']:.2f} (stall p50 {row['stall_p50_ms'] or 0:.0f} "
@@ -455,7 +460,9 @@ async def _measure_level(engine, target, observer, n, requests, label, text, run
         f"(batch {row['decode_batch_mean']:.0f}; decode {share['decode']:.0%}, prefill {share['prefill']:.0%}, "
         f"SNAC launch {share['snac_launch']:.0%} wait {share['snac_wait']:.0%}, host {share['host_other']:.0%}); "
         f"step p99 {row['step_ms_percentiles'][99]:.1f} max {row['step_ms_percentiles'][100]:.1f} ms, "
-        f"stalls at {row['stall_at_s_p50'] or 0:.2f} s of audio (p50), GC {row['python_gc']}")
+        f"stalls at {row['stall_at_s_p50'] or 0:.2f} s of audio (p50), Python GC: "
+        f"{row['python_gc']['full_collections']} full, longest pause {row['python_gc']['pause_max_ms']:.0f} ms, "
+        f"{row['python_gc']['oldest_generation_objects']} objects in the oldest generation")
     return row
 
 

@@ -75,7 +75,8 @@ class SchedulerConfig:
     max_prefill_tokens: int = 2048  # prompt tokens prefilled per step, so running sessions keep pace
     # While sessions decode, new prompts wait up to this long to share one prefill (a burst of
     # arrivals costs running streams a few prefills, not one per step). 0 prefills at once.
-    prefill_wait_ms: float = 0.0
+    # Measured on an H100 (200 streams): 77% real time with 0, 94% with 40, TTFB p95 97 ms.
+    prefill_wait_ms: float = 40.0
     flush_first_n_tokens: int = 7  # first audio chunk after this many audio tokens (one frame)
     flush_every_n_tokens: int = 14  # then a chunk every this many tokens
     # The first frames of a stream go out one per chunk, without waiting for lookahead, so the

@@ -383,9 +383,9 @@ class Engine:
         A stream goes frame by frame with no lookahead (as at its start) while its client holds
         less audio than waiting for a lookahead frame and a two-frame chunk would take at the
         current step time, plus a margin: under load the steps approach real time, and the
-        bigger chunks would arrive after the audio before them has played. Sessions whose piece ended wait
-        (DRAINING) until their last audio has been sent; one finished (cancelled) since its
-        tokens came gets none decoded."""
+        bigger chunks would arrive after the audio before them has played. Sessions whose piece
+        ended wait (DRAINING) until their last audio has been sent; one finished (cancelled)
+        since its tokens came gets none decoded."""
         self._deliver_audio()  # normally sent already; never drop any
         started = time.perf_counter()
         sched = self.config.scheduler
