@@ -314,7 +314,7 @@ def transformers_baseline(results, batches):
 LIVE_KEYS = ("scheduler.overlap_steps", "scheduler.adaptive_chunks", "scheduler.adaptive_margin_s",
              "scheduler.flush_every_n_tokens",
              "scheduler.flush_startup_frames", "scheduler.ttfb_priority_tokens", "scheduler.max_prefill_tokens",
-             "scheduler.prefill_wait_ms")
+             "scheduler.prefill_wait_ms", "scheduler.full_gc_when_idle")
 
 
 def _typed_values(overrides: dict) -> dict:

@@ -29,6 +29,7 @@ from orpheus_tts import orpheus
 from orpheus_tts.codec.snac_codec import SnacCodec
 from orpheus_tts.codec.streaming import PendingAudio, launch_windows
 from orpheus_tts.config import ServerConfig
+from orpheus_tts.engine.garbage import FullCollections
 from orpheus_tts.engine.kv_cache import KVCache
 from orpheus_tts.engine.observer import EngineObserver
 from orpheus_tts.engine.runner import LaunchedStep, ModelRunner
@@ -132,6 +133,7 @@ class Engine:
         self._pending_ended: list[Session] = []
         # With scheduler.overlap_steps: the forwards queued by the last step, read during the next.
         self._in_flight: list[tuple[LaunchedStep, str]] = []
+        self._full_collections = FullCollections()  # with scheduler.full_gc_when_idle
         self._wake = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -170,6 +172,7 @@ class Engine:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        self._full_collections.manage(False)
         self.ready = False
 
     def warm_up(self, timeout_s: float = 600.0) -> None:
@@ -269,6 +272,8 @@ class Engine:
                 for session in list(self.scheduler.active):
                     self._finish(session, Outcome.ERROR, "internal engine error")
                 worked = True
+            self._full_collections.manage(self.config.scheduler.full_gc_when_idle)
+            self._full_collections.tick(idle=not worked)
             if not worked:
                 with self._wake:
                     if not self._stop:
