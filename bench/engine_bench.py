@@ -317,10 +317,15 @@ LIVE_KEYS = ("scheduler.overlap_steps", "scheduler.adaptive_chunks", "scheduler.
              "scheduler.prefill_wait_ms", "scheduler.full_gc_when_idle")
 
 
+def _setting(config, key: str):
+    section, name = key.split(".")
+    return getattr(getattr(config, section), name)
+
+
 def _typed_values(overrides: dict) -> dict:
     """Config overrides given as text, with the types the config gives them."""
     typed = load_config(environ={}, overrides=overrides)
-    return {key: getattr(getattr(typed, key.split(".")[0]), key.split(".")[1]) for key in overrides}
+    return {key: _setting(typed, key) for key in overrides}
 
 
 def _apply_live(config, values: dict) -> None:
@@ -336,7 +341,7 @@ async def engine_load(levels, max_batch, quantization, requests, overrides, live
     start-up and the GPU's state."""
     from orpheus_tts.engine.engine import Engine
     from orpheus_tts.engine.observer import EngineObserver
-    from orpheus_tts.loadbench import DEFAULT_TEXT, EngineTarget, Progress, run_level
+    from orpheus_tts.loadbench import DEFAULT_TEXT, EngineTarget
 
     max_sessions = max(levels)
     config = load_config(environ={}, overrides={
@@ -347,7 +352,7 @@ async def engine_load(levels, max_batch, quantization, requests, overrides, live
     })
     run = dict(load_config_overrides=overrides)
     settings = [{}] + [_typed_values(variant) for variant in live_variants]
-    base_values = {key: getattr(getattr(config, key.split(".")[0]), key.split(".")[1])
+    base_values = {key: _setting(config, key)
                    for key in {"scheduler.adaptive_chunks", *(k for variant in settings for k in variant)}}
 
     class StepSizes(EngineObserver):
@@ -371,8 +376,7 @@ async def engine_load(levels, max_batch, quantization, requests, overrides, live
         for index, variant in enumerate(settings):
             _apply_live(engine.config, {**base_values, **variant})
             label = "".join(f" {key}={value}" for key, value in {**overrides, **variant}.items())
-            rows[index].append(await _measure_level(engine, target, observer, n, requests, label,
-                                                    DEFAULT_TEXT, run_level, Progress))
+            rows[index].append(await _measure_level(engine, target, observer, n, requests, label, DEFAULT_TEXT))
     _apply_live(engine.config, base_values)
     run.update(engine_load=rows[0], gpu_memory_allocated_gb=torch.cuda.memory_allocated() / 1e9,
                gpu_memory_reserved_gb=torch.cuda.memory_reserved() / 1e9)
@@ -429,12 +433,14 @@ class GcPauses:
                     oldest_generation_objects=sum(oldest.values()), oldest_generation_types=dict(oldest.most_common(12)))
 
 
-async def _measure_level(engine, target, observer, n, requests, label, text, run_level, progress) -> dict:
+async def _measure_level(engine, target, observer, n, requests, label, text) -> dict:
+    from orpheus_tts.loadbench import Progress, run_level
+
     observer.steps = []
     pauses = GcPauses()
     before = dataclasses.replace(engine.timings)
     torch.cuda.reset_peak_memory_stats()
-    row = await run_level(target.stream, n, requests, text, 1.0, progress(), f"concurrency {n}")
+    row = await run_level(target.stream, n, requests, text, 1.0, Progress(), f"concurrency {n}")
     after = engine.timings
     spent = {f.name: getattr(after, f.name) - getattr(before, f.name) for f in dataclasses.fields(after)}
     spent["host_s"] = after.host_s - before.host_s

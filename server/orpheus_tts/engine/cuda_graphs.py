@@ -4,9 +4,10 @@ A decode step is hundreds of small kernels; launching them one by one from Pytho
 than running them at small batch sizes. Each bucket's graph is captured once at start-up and
 replayed with the step's slots copied into a static buffer (the rest of its inputs live in the
 runner's slot state). A batch is padded up to its bucket with rows that point at a scratch KV
-slot no session owns, so padding never touches a real session's cache or history. After capture, `verify` checks a replay against the same step
-uncaptured, and a compiled block against eager: a compiler or kernel fault on this GPU stops
-start-up instead of turning every stream into noise.
+slot no session owns, so padding never touches a real session's cache or history. After
+capture, `verify` checks a replay against the same step uncaptured, and a compiled block
+against eager: a compiler or kernel fault on this GPU stops start-up instead of turning every
+stream into noise.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ class DecodeGraphs:
         runner, state = self.runner, self.runner.state
         n = self.bucket_for(min(rows, max(self.buckets)))
         slots = torch.arange(n, device=runner.device)
-        saved = state.ints.clone(), state.floats.clone()
+        saved = state.ints.clone()  # a decode step writes only the int fields
         state.field("position")[:n] = (torch.arange(n, device=runner.device) * 37 + 5) % state.max_tokens
         before = state.ints.clone()
         self._slots[:n] = slots
@@ -112,8 +113,7 @@ class DecodeGraphs:
         batch = runner.model.make_decode_batch(slots, positions)
         errors = dict(graph=relative_difference(graphed, direct),
                       compiled_block=compiled_block_difference(runner.model, x, batch, runner.kv_cache))
-        state.ints.copy_(saved[0])
-        state.floats.copy_(saved[1])
+        state.ints.copy_(saved)
         bounds = dict(graph=1e-2, compiled_block=tolerance)
         for name, error in errors.items():
             if not error <= bounds[name]:
@@ -166,14 +166,17 @@ class PrefillGraphs:
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._outputs: dict[tuple[int, int], Tensor] = {}
 
+    def _padding(self) -> list[list[int]]:
+        """ints of a padding row: the scratch slot, a one-token prompt, end-of-speech allowed."""
+        return [[self.scratch_slot], [1], [0], [0], [1]]
+
     def _step(self, b: int, length: int) -> Tensor:
         return self.runner.prefill_step(self._prompts[:b, :length], self._int[:, :b], self._float[:, :b],
                                         kv_len=length)
 
     @torch.inference_mode()
     def capture(self) -> None:
-        self._int[0] = self.scratch_slot
-        self._int[1] = 1
+        self._int.copy_(torch.tensor(self._padding()).expand_as(self._int))
         shapes = [(b, n) for b in self.BATCHES for n in self.lengths]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -207,7 +210,7 @@ class PrefillGraphs:
         host_prompts.numpy()[:] = orpheus.PAD
         for row, prompt in enumerate(prompts):
             host_prompts.numpy()[row, : len(prompt)] = prompt
-        host_int.numpy()[:] = [[self.scratch_slot], [1], [0], [0], [1]]  # padding rows, then the real ones
+        host_int.numpy()[:] = self._padding()  # padding rows, then the real ones
         host_int.numpy()[:, :n] = ints
         host_float.numpy()[:] = 1.0
         host_float.numpy()[:, :n] = floats

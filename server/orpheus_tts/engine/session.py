@@ -165,13 +165,16 @@ class Session:
         the slot once every id already queued is counted (the step feeds id k at position
         prompt + k - 1). An end-of-speech among those ids is seen only when they are read."""
         k = self.ids_requested
-        return (self.state is SessionState.DECODING and k < self.piece.budget
-                and len(self.piece.prompt) + k - 1 < max_context)
+        return self.state is SessionState.DECODING and k < self.piece.budget and self._fits(k, max_context)
 
     def piece_done(self, token: int, max_context: int) -> bool:
         """True once the current piece must stop: end-of-speech, its budget, or the slot is full."""
         return (
             token == orpheus.END_OF_SPEECH
             or self.piece_tokens >= self.piece.budget
-            or len(self.piece.prompt) + self.piece_tokens - 1 >= max_context  # the next id would not fit
+            or not self._fits(self.piece_tokens, max_context)
         )
+
+    def _fits(self, ids: int, max_context: int) -> bool:
+        """Whether id number `ids` of the piece can still be fed: it goes at position prompt + ids - 1."""
+        return len(self.piece.prompt) + ids - 1 < max_context
