@@ -314,7 +314,7 @@ def transformers_baseline(results, batches):
 LIVE_KEYS = ("scheduler.overlap_steps", "scheduler.adaptive_chunks", "scheduler.adaptive_margin_s",
              "scheduler.flush_every_n_tokens",
              "scheduler.flush_startup_frames", "scheduler.ttfb_priority_tokens", "scheduler.max_prefill_tokens",
-             "scheduler.prefill_wait_ms", "scheduler.full_gc_when_idle")
+             "scheduler.prefill_wait_ms", "scheduler.prefill_wait_min_load", "scheduler.full_gc_when_idle")
 
 
 def _setting(config, key: str):
@@ -412,7 +412,7 @@ class GcPauses:
     """Python garbage collections while a level runs: the engine thread stops for each one."""
 
     def __init__(self):
-        self.pauses: list[tuple[int, float]] = []  # (generation, seconds)
+        self.pauses: list[tuple[int, float, int]] = []  # (generation, seconds, objects freed)
         self._started = None
         gc.callbacks.append(self)
 
@@ -420,15 +420,16 @@ class GcPauses:
         if phase == "start":
             self._started = time.perf_counter()
         elif self._started is not None:
-            self.pauses.append((info["generation"], time.perf_counter() - self._started))
+            self.pauses.append((info["generation"], time.perf_counter() - self._started, info["collected"]))
             self._started = None
 
     def summary(self) -> dict:
         """Pauses, and what lives in the oldest generation (not frozen at start-up): the objects
         a full collection walks."""
-        seconds = [s for _, s in self.pauses]
+        seconds = [s for _, s, _ in self.pauses]
         oldest = collections.Counter(type(o).__name__ for o in gc.get_objects(generation=2))
-        return dict(collections=len(seconds), full_collections=sum(g == 2 for g, _ in self.pauses),
+        full = [dict(pause_ms=s * 1e3, objects_freed=n) for g, s, n in self.pauses if g == 2]
+        return dict(collections=len(seconds), full_collections=len(full), full=full,
                     pause_max_ms=max(seconds, default=0.0) * 1e3, pause_total_ms=sum(seconds) * 1e3,
                     oldest_generation_objects=sum(oldest.values()), oldest_generation_types=dict(oldest.most_common(12)))
 

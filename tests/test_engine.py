@@ -199,7 +199,8 @@ async def test_stopping_the_engine_ends_sessions_in_flight(engine):
 async def test_prompts_that_wait_to_share_a_prefill_are_all_served():
     """scheduler.prefill_wait_ms: prompts arriving while a stream decodes share prefills, and
     every session still finishes."""
-    engine = make_engine(**{"scheduler.prefill_wait_ms": 30.0, "scheduler.max_concurrent_sessions": 6,
+    engine = make_engine(**{"scheduler.prefill_wait_ms": 30.0, "scheduler.prefill_wait_min_load": 0.0,
+                            "scheduler.max_concurrent_sessions": 6,
                             "scheduler.max_batch_size": 6})
     try:
         first = asyncio.create_task(collect(engine, engine.make_request("The first voice speaks.", seed=0)))

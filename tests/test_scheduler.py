@@ -106,7 +106,7 @@ def test_no_decode_is_queued_past_a_pieces_budget_or_slot_while_its_last_ids_are
     assert scheduler.pick_decode() == []
 
 
-def test_a_prefill_short_of_a_batch_waits_for_more_prompts_only_while_others_decode():
+def test_a_prefill_short_of_a_batch_waits_for_more_prompts_only_while_others_decode_under_load():
     scheduler = _scheduler(batch=8, prefill_wait_ms=50)
     (decoding,) = _running(scheduler, 1)
     (new,) = _running(scheduler, 1)
@@ -114,10 +114,12 @@ def test_a_prefill_short_of_a_batch_waits_for_more_prompts_only_while_others_dec
     new.add_pieces([Piece("x", [1] * 15, 70)], close=True)
     new.take_incoming()
     new.start_next_piece(2, 1)
-    assert scheduler.pick_prefill(max_sessions=4) == []  # one prompt, fresh: it waits for company
-    assert scheduler.pick_prefill(max_sessions=1) == [new]  # a full batch goes at once
+    loaded_s = 0.7 / 82.03  # steps at 70% of the real-time step
+    assert scheduler.pick_prefill(max_sessions=4, step_s=loaded_s) == []  # one prompt, fresh: it waits for company
+    assert scheduler.pick_prefill(max_sessions=4, step_s=0.5 / 82.03) == [new]  # light load: no waiting
+    assert scheduler.pick_prefill(max_sessions=1, step_s=loaded_s) == [new]  # a full batch goes at once
     new.prefill_since -= 0.05
-    assert scheduler.pick_prefill(max_sessions=4) == [new]  # waited long enough
+    assert scheduler.pick_prefill(max_sessions=4, step_s=loaded_s) == [new]  # waited long enough
     new.prefill_since += 0.05
     decoding.state = SessionState.DRAINING
-    assert scheduler.pick_prefill(max_sessions=4) == [new]  # nothing else would run: no waiting
+    assert scheduler.pick_prefill(max_sessions=4, step_s=loaded_s) == [new]  # nothing else would run: no waiting

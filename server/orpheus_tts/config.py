@@ -77,6 +77,10 @@ class SchedulerConfig:
     # arrivals costs running streams a few prefills, not one per step). 0 prefills at once.
     # Measured on an H100 (200 streams): 77% real time with 0, 94% with 40, TTFB p95 97 ms.
     prefill_wait_ms: float = 40.0
+    # ...but only while steps take at least this share of the real-time step (1/82 s, in which
+    # every stream needs its next id): with room to spare a prefill harms nobody and waiting
+    # would only add TTFB. 0 waits at any load.
+    prefill_wait_min_load: float = 0.6
     flush_first_n_tokens: int = 7  # first audio chunk after this many audio tokens (one frame)
     flush_every_n_tokens: int = 14  # then a chunk every this many tokens
     # The first frames of a stream go out one per chunk, without waiting for lookahead, so the

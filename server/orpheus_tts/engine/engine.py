@@ -292,7 +292,7 @@ class Engine:
         self._advance_text()
         started = time.perf_counter()
         launched = []
-        prefill = self.scheduler.pick_prefill(self.runner.max_prefill_batch)
+        prefill = self.scheduler.pick_prefill(self.runner.max_prefill_batch, self._step_estimate_s)
         if prefill:
             self.scheduler.counters.total_prefills += 1
             launched += self._launch(self.runner.launch_prefill, prefill, "prefill_s")

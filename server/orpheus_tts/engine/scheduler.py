@@ -15,6 +15,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from orpheus_tts import orpheus
 from orpheus_tts.config import SchedulerConfig
 from orpheus_tts.engine.kv_cache import SlotAllocator
 from orpheus_tts.engine.session import Session, SessionState
@@ -96,18 +97,21 @@ class Scheduler:
         session.state = SessionState.FINISHED
         self.counters.completed_sessions += 1
 
-    def pick_prefill(self, max_sessions: int | None = None) -> list[Session]:
+    def pick_prefill(self, max_sessions: int | None = None, step_s: float = 0.0) -> list[Session]:
         """Sessions whose prompt to prefill this step, oldest first, within the prompt-token budget
         (and at most `max_sessions`: the largest prefill the runner has a CUDA graph for).
 
-        While other sessions decode, a prefill short of a full batch waits until its oldest
-        prompt has waited `prefill_wait_ms`: a burst of arrivals then shares one prefill instead
-        of adding one to every step, each of which would slow every running stream."""
+        While other sessions decode and steps (`step_s`, the recent step time) take at least
+        `prefill_wait_min_load` of the real-time step, a prefill short of a full batch waits
+        until its oldest prompt has waited `prefill_wait_ms`: a burst of arrivals then shares one
+        prefill instead of adding one to every step, each of which would slow every running
+        stream. Under lighter load a prefill costs nobody their real time: it goes at once."""
         limit = min(self.config.max_batch_size, max_sessions or self.config.max_batch_size)
         waiting = [s for s in self.active if s.state is SessionState.PREFILL]
         if not waiting:
             return []
-        if len(waiting) < limit and self.config.prefill_wait_ms > 0:
+        loaded = step_s * orpheus.TOKENS_PER_SECOND >= self.config.prefill_wait_min_load
+        if len(waiting) < limit and self.config.prefill_wait_ms > 0 and loaded:
             waited_s = time.monotonic() - min(s.prefill_since for s in waiting)
             decoding = any(s.wants_token(self.config.max_context_tokens) for s in self.active)
             if decoding and waited_s * 1e3 < self.config.prefill_wait_ms:
