@@ -314,7 +314,7 @@ def transformers_baseline(results, batches):
 LIVE_KEYS = ("scheduler.overlap_steps", "scheduler.adaptive_chunks", "scheduler.adaptive_margin_s",
              "scheduler.flush_every_n_tokens",
              "scheduler.flush_startup_frames", "scheduler.ttfb_priority_tokens", "scheduler.max_prefill_tokens",
-             "scheduler.prefill_wait_ms", "scheduler.prefill_wait_min_load", "scheduler.full_gc_when_idle")
+             "scheduler.prefill_wait_ms", "scheduler.prefill_wait_min_load")
 
 
 def _setting(config, key: str):
@@ -457,6 +457,8 @@ async def _measure_level(engine, target, observer, n, requests, label, text) -> 
         gpu_memory_peak_gb=torch.cuda.max_memory_allocated() / 1e9,
         step_ms_percentiles={q: float(np.percentile(steps[:, 0], q)) * 1e3 for q in (50, 99, 100)},
         python_gc=pauses.summary(),
+        step_fit=dict(fixed_ms=engine.step_cost.predict(0) * 1e3,  # the engine's step-time line now
+                      per_row_us=(engine.step_cost.predict(100) - engine.step_cost.predict(0)) * 1e4),
     )
     gc.callbacks.remove(pauses)
     share = row["time_share"]
@@ -469,7 +471,8 @@ async def _measure_level(engine, target, observer, n, requests, label, text) -> 
         f"step p99 {row['step_ms_percentiles'][99]:.1f} max {row['step_ms_percentiles'][100]:.1f} ms, "
         f"stalls at {row['stall_at_s_p50'] or 0:.2f} s of audio (p50), Python GC: "
         f"{row['python_gc']['full_collections']} full, longest pause {row['python_gc']['pause_max_ms']:.0f} ms, "
-        f"{row['python_gc']['oldest_generation_objects']} objects in the oldest generation")
+        f"{row['python_gc']['oldest_generation_objects']} objects in the oldest generation; step fit "
+        f"{row['step_fit']['fixed_ms']:.2f} ms + {row['step_fit']['per_row_us']:.1f} us a row, {row['prefill_steps']} prefills")
     return row
 
 

@@ -10,7 +10,6 @@ import pytest
 
 from orpheus_tts import orpheus
 from orpheus_tts.engine.engine import Engine
-from orpheus_tts.engine.garbage import FullCollections
 from orpheus_tts.engine.scheduler import QueueFullError
 from orpheus_tts.engine.session import AudioChunk, Outcome, SessionEnd
 from orpheus_tts.requests import RequestError
@@ -367,47 +366,3 @@ def test_with_overlapped_steps_a_cancel_drops_the_id_in_flight():
     while engine.step():
         pass
     assert events[-1] is end
-
-
-def test_full_garbage_collections_wait_for_an_idle_engine():
-    """scheduler.full_gc_when_idle: the interpreter stops starting full collections; the engine
-    runs a due one once it has nothing to do, and hands the collector back when it stops."""
-    defaults = gc.get_threshold()
-    full = []
-
-    def record(phase, info):
-        if phase == "stop" and info["generation"] == 2:
-            full.append(time.monotonic())
-
-    engine = make_engine(**{"scheduler.full_gc_when_idle": True})
-    gc.callbacks.append(record)
-    try:
-        deadline = time.monotonic() + 10
-        while gc.get_threshold()[2] == defaults[2]:  # the engine thread takes over
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        for _ in range(12):
-            gc.collect(1)  # young collections enough to make a full one due
-        while not full:  # the idle engine runs it
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-    finally:
-        gc.callbacks.remove(record)
-        engine.stop()
-    assert gc.get_threshold() == defaults
-
-
-def test_under_constant_load_a_full_collection_waits_for_its_interval():
-    collections = FullCollections(max_interval_s=3600.0)
-    defaults = gc.get_threshold()
-    collections.manage(True)
-    try:
-        for _ in range(12):
-            gc.collect(1)
-        assert not collections.tick(idle=False)  # busy, and collected recently enough
-        collections.max_interval_s = 0.0
-        assert collections.tick(idle=False)  # busy for too long: collect anyway
-        assert not collections.tick(idle=True)  # nothing due any more
-    finally:
-        collections.manage(False)
-    assert gc.get_threshold() == defaults

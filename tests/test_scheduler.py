@@ -106,20 +106,47 @@ def test_no_decode_is_queued_past_a_pieces_budget_or_slot_while_its_last_ids_are
     assert scheduler.pick_decode() == []
 
 
+def _prompt(scheduler) -> Session:
+    (session,) = _running(scheduler, 1)
+    session.state = SessionState.WAITING_TEXT
+    session.add_pieces([Piece("x", [1] * 15, 70)], close=True)
+    session.take_incoming()
+    session.start_next_piece(2, 1)
+    return session
+
+
+def _step_cost(fixed_s: float, per_row_s: float):
+    return lambda rows: fixed_s + per_row_s * rows
+
+
 def test_a_prefill_short_of_a_batch_waits_for_more_prompts_only_while_others_decode_under_load():
     scheduler = _scheduler(batch=8, prefill_wait_ms=50)
     (decoding,) = _running(scheduler, 1)
-    (new,) = _running(scheduler, 1)
-    new.state = SessionState.WAITING_TEXT
-    new.add_pieces([Piece("x", [1] * 15, 70)], close=True)
-    new.take_incoming()
-    new.start_next_piece(2, 1)
-    loaded_s = 0.7 / 82.03  # steps at 70% of the real-time step
-    assert scheduler.pick_prefill(max_sessions=4, step_s=loaded_s) == []  # one prompt, fresh: it waits for company
-    assert scheduler.pick_prefill(max_sessions=4, step_s=0.5 / 82.03) == [new]  # light load: no waiting
-    assert scheduler.pick_prefill(max_sessions=1, step_s=loaded_s) == [new]  # a full batch goes at once
+    new = _prompt(scheduler)
+    loaded = _step_cost(0.7 / 82.03, 0.0)  # steps at 70% of the real-time step
+    assert scheduler.pick_prefill(max_sessions=4, step_cost=loaded) == []  # one prompt, fresh: it waits for company
+    assert scheduler.pick_prefill(max_sessions=4, step_cost=_step_cost(0.5 / 82.03, 0.0)) == [new]  # light load
+    assert scheduler.pick_prefill(max_sessions=1, step_cost=loaded) == [new]  # a full batch goes at once
     new.prefill_since -= 0.05
-    assert scheduler.pick_prefill(max_sessions=4, step_s=loaded_s) == [new]  # waited long enough
+    assert scheduler.pick_prefill(max_sessions=4, step_cost=loaded) == [new]  # waited long enough
     new.prefill_since += 0.05
     decoding.state = SessionState.DRAINING
-    assert scheduler.pick_prefill(max_sessions=4, step_s=loaded_s) == [new]  # nothing else would run: no waiting
+    assert scheduler.pick_prefill(max_sessions=4, step_cost=loaded) == [new]  # nothing else would run: no waiting
+
+
+def test_the_load_a_prefill_waits_at_counts_the_prompts_of_the_last_second():
+    """A burst that will load the GPU waits from its start: the rows decoding now plus the
+    prompts of the last second, at the fitted step time."""
+    scheduler = _scheduler(n_slots=16, batch=16, prefill_wait_ms=50)
+    _running(scheduler, 2)
+    burst = [_prompt(scheduler) for _ in range(3)]
+    per_row = _step_cost(0.0, 0.15 / 82.03)  # each row 15% of the real-time step
+    # 2 decoding + 3 recent prompts = 5 rows: 75% of the real-time step
+    assert scheduler.pick_prefill(max_sessions=16, step_cost=per_row) == []
+    for session in burst:
+        session.prefill_since -= 2.0  # prompts from two seconds ago are no burst (and waited long)
+    assert scheduler.pick_prefill(max_sessions=16, step_cost=per_row) == burst
+    scheduler.config.prefill_wait_min_load = 0.0  # 0: wait at any load
+    for session in burst:
+        session.prefill_since += 2.0
+    assert scheduler.pick_prefill(max_sessions=16, step_cost=None) == []

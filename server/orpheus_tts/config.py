@@ -75,11 +75,11 @@ class SchedulerConfig:
     max_prefill_tokens: int = 2048  # prompt tokens prefilled per step, so running sessions keep pace
     # While sessions decode, new prompts wait up to this long to share one prefill (a burst of
     # arrivals costs running streams a few prefills, not one per step). 0 prefills at once.
-    # Measured on an H100 (200 streams): 77% real time with 0, 94% with 40, TTFB p95 97 ms.
     prefill_wait_ms: float = 40.0
-    # ...but only while steps take at least this share of the real-time step (1/82 s, in which
-    # every stream needs its next id): with room to spare a prefill harms nobody and waiting
-    # would only add TTFB. 0 waits at any load.
+    # ...but only if the next second's steps would take at least this share of the real-time
+    # step (1/82 s, in which every stream needs its next id): the rows decoding now plus the
+    # prompts of the last second, at the step time fitted to the batch size. With room to
+    # spare a prefill harms nobody and waiting would only add TTFB. 0 waits at any load.
     prefill_wait_min_load: float = 0.6
     flush_first_n_tokens: int = 7  # first audio chunk after this many audio tokens (one frame)
     flush_every_n_tokens: int = 14  # then a chunk every this many tokens
@@ -100,10 +100,6 @@ class SchedulerConfig:
     # host. Each id is read one step later, and a session that says end-of-speech is decoded
     # once more (that id is dropped). False: the GPU idles while the host works.
     overlap_steps: bool = True
-    # Python's full garbage collections run only while the engine is idle (or every 5 minutes
-    # under load that never pauses) instead of whenever the interpreter decides: one took up
-    # to 155 ms under load on an H100. Not yet measured with it on, hence off.
-    full_gc_when_idle: bool = False
     session_timeout_s: float = 300.0  # a session older than this is ended with a timeout
     max_context_tokens: int = 4096  # prompt + generated tokens per session (the KV slot length)
 

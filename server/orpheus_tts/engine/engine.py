@@ -29,13 +29,13 @@ from orpheus_tts import orpheus
 from orpheus_tts.codec.snac_codec import SnacCodec
 from orpheus_tts.codec.streaming import PendingAudio, launch_windows
 from orpheus_tts.config import ServerConfig
-from orpheus_tts.engine.garbage import FullCollections
 from orpheus_tts.engine.kv_cache import KVCache
 from orpheus_tts.engine.observer import EngineObserver
 from orpheus_tts.engine.runner import LaunchedStep, ModelRunner
 from orpheus_tts.engine.sampler import Sampler
 from orpheus_tts.engine.scheduler import Scheduler
 from orpheus_tts.engine.session import AudioChunk, Outcome, Piece, Session, SessionEnd, SessionState
+from orpheus_tts.engine.step_cost import StepCost
 from orpheus_tts.engine.stream import SpeechStream
 from orpheus_tts.model.fp8 import fp8_supported, quantize_to_fp8
 from orpheus_tts.model.loader import compile_model, load_model
@@ -126,6 +126,7 @@ class Engine:
         self.scheduler = Scheduler(sched, self.kv_cache.allocator)
         self.timings = EngineTimings()
         self._step_estimate_s = 0.0  # recent step duration (moving average): how fast tokens come
+        self.step_cost = StepCost()  # a step's time against its batch size, for the prefill wait
         # Audio decodes queued by the last step (and the sessions whose piece ended with it).
         self._audio_stream = torch.cuda.Stream(codec.device) if codec.device.type == "cuda" else None
         self._pending_audio: PendingAudio | None = None
@@ -133,7 +134,6 @@ class Engine:
         self._pending_ended: list[Session] = []
         # With scheduler.overlap_steps: the forwards queued by the last step, read during the next.
         self._in_flight: list[tuple[LaunchedStep, str]] = []
-        self._full_collections = FullCollections()  # with scheduler.full_gc_when_idle
         self._wake = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -172,7 +172,6 @@ class Engine:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        self._full_collections.manage(False)
         self.ready = False
 
     def warm_up(self, timeout_s: float = 600.0) -> None:
@@ -272,8 +271,6 @@ class Engine:
                 for session in list(self.scheduler.active):
                     self._finish(session, Outcome.ERROR, "internal engine error")
                 worked = True
-            self._full_collections.manage(self.config.scheduler.full_gc_when_idle)
-            self._full_collections.tick(idle=not worked)
             if not worked:
                 with self._wake:
                     if not self._stop:
@@ -292,7 +289,7 @@ class Engine:
         self._advance_text()
         started = time.perf_counter()
         launched = []
-        prefill = self.scheduler.pick_prefill(self.runner.max_prefill_batch, self._step_estimate_s)
+        prefill = self.scheduler.pick_prefill(self.runner.max_prefill_batch, self.step_cost.predict)
         if prefill:
             self.scheduler.counters.total_prefills += 1
             launched += self._launch(self.runner.launch_prefill, prefill, "prefill_s")
@@ -314,6 +311,9 @@ class Engine:
             launched = previous + launched
         self._complete(launched)
         seconds = time.perf_counter() - started
+        rows = sum(len(step.sessions) for step, timing in launched if timing == "decode_s")  # the steps waited for
+        if rows:
+            self.step_cost.observe(rows, seconds)
         self.timings.steps += 1
         self.timings.step_s += seconds
         self._step_estimate_s += 0.1 * (seconds - self._step_estimate_s)

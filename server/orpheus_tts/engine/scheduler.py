@@ -14,6 +14,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 from orpheus_tts import orpheus
 from orpheus_tts.config import SchedulerConfig
@@ -97,24 +98,31 @@ class Scheduler:
         session.state = SessionState.FINISHED
         self.counters.completed_sessions += 1
 
-    def pick_prefill(self, max_sessions: int | None = None, step_s: float = 0.0) -> list[Session]:
+    def pick_prefill(self, max_sessions: int | None = None,
+                     step_cost: Callable[[int], float] | None = None) -> list[Session]:
         """Sessions whose prompt to prefill this step, oldest first, within the prompt-token budget
         (and at most `max_sessions`: the largest prefill the runner has a CUDA graph for).
 
-        While other sessions decode and steps (`step_s`, the recent step time) take at least
-        `prefill_wait_min_load` of the real-time step, a prefill short of a full batch waits
-        until its oldest prompt has waited `prefill_wait_ms`: a burst of arrivals then shares one
-        prefill instead of adding one to every step, each of which would slow every running
-        stream. Under lighter load a prefill costs nobody their real time: it goes at once."""
+        While other sessions decode, a prefill short of a full batch waits until its oldest
+        prompt has waited `prefill_wait_ms`: a burst of arrivals then shares one prefill instead
+        of adding one to every step, each of which would slow every running stream. It waits
+        only if the steps of the next second would take at least `prefill_wait_min_load` of the
+        real-time step (`step_cost` gives a step's seconds for a batch size): the rows decoding
+        now plus as many again as prompts came in the last second. Under lighter load a prefill
+        costs nobody their real time, and waiting would only add to its TTFB; the arrivals
+        count in, so a burst that will load the GPU waits from its start."""
         limit = min(self.config.max_batch_size, max_sessions or self.config.max_batch_size)
         waiting = [s for s in self.active if s.state is SessionState.PREFILL]
         if not waiting:
             return []
-        loaded = step_s * orpheus.TOKENS_PER_SECOND >= self.config.prefill_wait_min_load
-        if len(waiting) < limit and self.config.prefill_wait_ms > 0 and loaded:
-            waited_s = time.monotonic() - min(s.prefill_since for s in waiting)
-            decoding = any(s.wants_token(self.config.max_context_tokens) for s in self.active)
-            if decoding and waited_s * 1e3 < self.config.prefill_wait_ms:
+        if len(waiting) < limit and self.config.prefill_wait_ms > 0:
+            now = time.monotonic()
+            decoding = sum(s.wants_token(self.config.max_context_tokens) for s in self.active)
+            recent_prompts = sum(now - s.prefill_since < 1.0 for s in self.active)
+            rows = min(self.config.max_batch_size, decoding + recent_prompts)
+            load = (step_cost(rows) if step_cost else 0.0) * orpheus.TOKENS_PER_SECOND
+            waited_s = now - min(s.prefill_since for s in waiting)
+            if decoding and load >= self.config.prefill_wait_min_load and waited_s * 1e3 < self.config.prefill_wait_ms:
                 return []
         chosen, tokens = [], 0
         for session in waiting:
