@@ -120,7 +120,7 @@ def _step_cost(fixed_s: float, per_row_s: float):
 
 
 def test_a_prefill_short_of_a_batch_waits_for_more_prompts_only_while_others_decode_under_load():
-    scheduler = _scheduler(batch=8, prefill_wait_ms=50)
+    scheduler = _scheduler(batch=8, prefill_wait_ms=50, prefill_wait_min_load=0.6)
     (decoding,) = _running(scheduler, 1)
     new = _prompt(scheduler)
     loaded = _step_cost(0.7 / 82.03, 0.0)  # steps at 70% of the real-time step
@@ -137,7 +137,7 @@ def test_a_prefill_short_of_a_batch_waits_for_more_prompts_only_while_others_dec
 def test_the_load_a_prefill_waits_at_counts_the_prompts_of_the_last_second():
     """A burst that will load the GPU waits from its start: the rows decoding now plus the
     prompts of the last second, at the fitted step time."""
-    scheduler = _scheduler(n_slots=16, batch=16, prefill_wait_ms=50)
+    scheduler = _scheduler(n_slots=16, batch=16, prefill_wait_ms=50, prefill_wait_min_load=0.6)
     _running(scheduler, 2)
     burst = [_prompt(scheduler) for _ in range(3)]
     per_row = _step_cost(0.0, 0.15 / 82.03)  # each row 15% of the real-time step
