@@ -134,19 +134,17 @@ def test_a_prefill_short_of_a_batch_waits_for_more_prompts_only_while_others_dec
     assert scheduler.pick_prefill(max_sessions=4, step_cost=loaded) == [new]  # nothing else would run: no waiting
 
 
-def test_the_load_a_prefill_waits_at_counts_the_prompts_of_the_last_second():
-    """A burst that will load the GPU waits from its start: the rows decoding now plus the
-    prompts of the last second, at the fitted step time."""
-    scheduler = _scheduler(n_slots=16, batch=16, prefill_wait_ms=50, prefill_wait_min_load=0.6)
+def test_the_load_a_prefill_waits_at_counts_the_rate_prompts_come_in():
+    """A burst that will load the GPU waits from its start: the load counts the rows decoding
+    now plus a second's prompts at the recent rate, at the fitted step time."""
+    scheduler = _scheduler(n_slots=16, batch=64, prefill_wait_ms=2000, prefill_wait_min_load=0.6)
     _running(scheduler, 2)
-    burst = [_prompt(scheduler) for _ in range(3)]
-    per_row = _step_cost(0.0, 0.15 / 82.03)  # each row 15% of the real-time step
-    # 2 decoding + 3 recent prompts = 5 rows: 75% of the real-time step
-    assert scheduler.pick_prefill(max_sessions=16, step_cost=per_row) == []
-    for session in burst:
-        session.prefill_since -= 2.0  # prompts from two seconds ago are no burst (and waited long)
-    assert scheduler.pick_prefill(max_sessions=16, step_cost=per_row) == burst
+    prompts = [_prompt(scheduler) for _ in range(3)]
+    per_row = _step_cost(0.0, 0.02 / 82.03)  # each row 2% of the real-time step
+    # three prompts within 0.1 s: 30 a second; 2 + 30 rows make 64% of the real-time step
+    assert scheduler.pick_prefill(max_sessions=64, step_cost=per_row) == []
+    for session, age_s in zip(prompts, (0.9, 0.5, 0.0)):
+        session.prefill_since -= age_s  # the same three spread over 0.9 s: 3.3 a second, 10%
+    assert scheduler.pick_prefill(max_sessions=64, step_cost=per_row) == prompts
     scheduler.config.prefill_wait_min_load = 0.0  # 0: wait at any load
-    for session in burst:
-        session.prefill_since += 2.0
-    assert scheduler.pick_prefill(max_sessions=16, step_cost=None) == []
+    assert scheduler.pick_prefill(max_sessions=64, step_cost=None) == []

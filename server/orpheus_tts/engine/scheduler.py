@@ -22,6 +22,9 @@ from orpheus_tts.engine.kv_cache import SlotAllocator
 from orpheus_tts.engine.session import Session, SessionState
 
 
+_MIN_RATE_SPAN_S = 0.1  # the shortest span an arrival rate is measured over
+
+
 class QueueFullError(RuntimeError):
     """The admission queue is full; the caller should retry later."""
 
@@ -108,7 +111,7 @@ class Scheduler:
         of adding one to every step, each of which would slow every running stream. It waits
         only if the steps of the next second would take at least `prefill_wait_min_load` of the
         real-time step (`step_cost` gives a step's seconds for a batch size): the rows decoding
-        now plus as many again as prompts came in the last second. Under lighter load a prefill
+        now plus the prompts a second brings at the recent rate. Under lighter load a prefill
         costs nobody their real time, and waiting would only add to its TTFB; the arrivals
         count in, so a burst that will load the GPU waits from its start."""
         limit = min(self.config.max_batch_size, max_sessions or self.config.max_batch_size)
@@ -118,8 +121,7 @@ class Scheduler:
         if len(waiting) < limit and self.config.prefill_wait_ms > 0:
             now = time.monotonic()
             decoding = sum(s.wants_token(self.config.max_context_tokens) for s in self.active)
-            recent_prompts = sum(now - s.prefill_since < 1.0 for s in self.active)
-            rows = min(self.config.max_batch_size, decoding + recent_prompts)
+            rows = min(self.config.max_batch_size, decoding + round(self._prompts_per_s(now)))
             load = (step_cost(rows) if step_cost else 0.0) * orpheus.TOKENS_PER_SECOND
             waited_s = now - min(s.prefill_since for s in waiting)
             if decoding and load >= self.config.prefill_wait_min_load and waited_s * 1e3 < self.config.prefill_wait_ms:
@@ -134,6 +136,12 @@ class Scheduler:
             if len(chosen) == limit:
                 break
         return chosen
+
+    def _prompts_per_s(self, now: float) -> float:
+        """Prompts per second over the last second; a burst that began less than a second ago
+        (from idle) counts at its rate so far, from its first 0.1 s on."""
+        recent = [now - s.prefill_since for s in self.active if now - s.prefill_since < 1.0]
+        return len(recent) / max(max(recent, default=0.0), _MIN_RATE_SPAN_S)
 
     def pick_decode(self) -> list[Session]:
         """Up to `max_batch_size` decoding sessions that want another id: TTFB priority first,
