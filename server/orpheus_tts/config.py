@@ -80,9 +80,10 @@ class SchedulerConfig:
     # Wait only if the next second's steps would take at least this share of the real-time
     # step (1/82 s, in which every stream needs its next id): the rows decoding now plus a
     # second's prompts at their recent rate, at the step time fitted to the batch size. 0 waits
-    # at any load. H100: with 0.6, TTFB p50 at 16 / 64 streams 28 / 38 ms (69 / 77 with 0),
-    # and 200 and 224 streams stay real time as with 0.
-    prefill_wait_min_load: float = 0.6
+    # at any load. H100: with 0.6, TTFB p50 at 16 / 64 streams 28-40 ms (69-77 with 0), but
+    # at 200 streams 97-100% of streams real time (100% in each of four runs with 0): a stall
+    # is heard, 40 ms more to the first audio is not, so 0 is the default.
+    prefill_wait_min_load: float = 0.0
     flush_first_n_tokens: int = 7  # first audio chunk after this many audio tokens (one frame)
     flush_every_n_tokens: int = 14  # then a chunk every this many tokens
     # The first frames of a stream go out one per chunk, without waiting for lookahead, so the
