@@ -83,3 +83,36 @@ async def test_bad_streaming_input_gets_invalid_argument_naming_the_field(tts, r
     assert error.details().startswith(f"{field}: ")
     stats = await tts.GetStats(tts_pb2.GetStatsRequest())
     assert stats.free_slots == stats.max_concurrent_sessions
+
+
+# Messages that do not parse, sent as raw bytes: gRPC would answer them itself with UNKNOWN.
+INVALID_UTF8_TEXT = b"\x0a\x03Hi\xff"  # field 1 (`text`, a string) holding invalid UTF-8
+MALFORMED_SYNTHESIZE = {
+    "invalid_utf8_in_a_string": INVALID_UTF8_TEXT,
+    "truncated_wire_format": b"\x0a\x10Hi",  # a 16-byte string with 2 bytes
+}
+
+
+def raw_call(channel, method: str, streaming_requests: bool):
+    call = channel.stream_stream if streaming_requests else channel.unary_stream
+    return call(f"/orpheus.tts.v1.TextToSpeech/{method}", request_serializer=lambda data: data,
+                response_deserializer=lambda data: data)
+
+
+@pytest.mark.parametrize("message", MALFORMED_SYNTHESIZE.values(), ids=MALFORMED_SYNTHESIZE.keys())
+async def test_a_message_that_does_not_parse_gets_invalid_argument(grpc_server, tts, message):
+    async with grpc.aio.insecure_channel(grpc_server.address) as channel:
+        error = await expect_invalid_argument(raw_call(channel, "Synthesize", False)(message))
+    assert error.details().startswith("request: malformed message: ")
+    responses = [r async for r in tts.Synthesize(tts_pb2.SynthesizeRequest(text="Still here."))]
+    assert responses[-1].metrics.frames > 0
+
+
+async def test_a_streamed_piece_that_does_not_parse_gets_invalid_argument(grpc_server, tts):
+    piece = b"\x12" + bytes([len(INVALID_UTF8_TEXT)]) + INVALID_UTF8_TEXT  # field 2 (`input`): a TextInput
+    async with grpc.aio.insecure_channel(grpc_server.address) as channel:
+        call = raw_call(channel, "StreamingSynthesize", True)
+        error = await expect_invalid_argument(call(streaming(config().SerializeToString(), piece)))
+    assert error.details().startswith("request: malformed message: ")
+    stats = await tts.GetStats(tts_pb2.GetStatsRequest())
+    assert stats.free_slots == stats.max_concurrent_sessions

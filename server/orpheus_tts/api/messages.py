@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import codecs
 
+from google.protobuf.message import DecodeError
+
 from orpheus_tts import orpheus
 from orpheus_tts.api.gen import tts_pb2
 from orpheus_tts.audio import to_pcm16, wav_header
@@ -19,6 +21,34 @@ ENCODINGS = {
 }
 ENCODING_OF_FORMAT = {"pcm": tts_pb2.AUDIO_ENCODING_PCM_S16LE, "wav": tts_pb2.AUDIO_ENCODING_WAV}
 _OPTIONAL_FIELDS = ("temperature", "top_p", "repetition_penalty", "seed")
+
+
+class MalformedRequest:
+    """A request message that did not parse (invalid UTF-8 in a string field, a corrupt wire
+    format). gRPC would answer such a message itself with UNKNOWN; handed to the servicer instead,
+    it is refused with INVALID_ARGUMENT like any other bad input."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def lenient_parser(message_type):
+    """A request deserializer that returns MalformedRequest instead of raising."""
+
+    def parse(data: bytes):
+        try:
+            return message_type.FromString(data)
+        except DecodeError as exc:
+            return MalformedRequest(str(exc))
+
+    return parse
+
+
+def well_formed(request):
+    """The request itself, or a RequestError if it did not parse."""
+    if isinstance(request, MalformedRequest):
+        raise RequestError("request", f"malformed message: {request.reason}")
+    return request
 
 
 def speech_request(engine: Engine, message, text: str, allow_empty_text: bool = False) -> SpeechRequest:

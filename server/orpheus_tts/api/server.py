@@ -18,9 +18,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from orpheus_tts.api.gen import tts_pb2_grpc
 from orpheus_tts.api.http import HttpServer, HttpSettings, create_app
-from orpheus_tts.api.servicer import SERVICE_NAME, TextToSpeechServicer
+from orpheus_tts.api.servicer import SERVICE_NAME, TextToSpeechServicer, add_to_server
 from orpheus_tts.config import ServerConfig
 from orpheus_tts.engine.engine import Engine
 from orpheus_tts.metrics import MetricsEndpoint, ServerMetrics
@@ -57,7 +56,7 @@ class OrpheusServer:
     async def start(self) -> None:
         """Bind and serve; health says NOT_SERVING until `load` has warmed up the model."""
         server = grpc.aio.server()
-        tts_pb2_grpc.add_TextToSpeechServicer_to_server(self.servicer, server)
+        add_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -121,6 +121,29 @@ def _logfmt(value) -> str:
     return '"' + text.replace('"', "'") + '"' if not text or " " in text or '"' in text or "=" in text else text
 
 
+_HANDLER_KINDS = {  # (client streaming, server streaming): how grpc wraps the method
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def add_to_server(servicer: "TextToSpeechServicer", server: grpc.aio.Server) -> None:
+    """Register the servicer's methods, as the generated add_TextToSpeechServicer_to_server
+    would, but with requests parsed by `messages.lenient_parser`: a message that does not parse
+    reaches the method and is refused with INVALID_ARGUMENT, not UNKNOWN from inside gRPC."""
+    handlers = {}
+    for method in tts_pb2.DESCRIPTOR.services_by_name["TextToSpeech"].methods:
+        kind = _HANDLER_KINDS[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = kind(
+            getattr(servicer, method.name),
+            request_deserializer=messages.lenient_parser(getattr(tts_pb2, method.input_type.name)),
+            response_serializer=getattr(tts_pb2, method.output_type.name).SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
 class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
     def __init__(self, metrics: ServerMetrics):
         self.metrics = metrics
@@ -128,6 +151,7 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
 
     async def Synthesize(self, request: tts_pb2.SynthesizeRequest, context) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
         async with RequestRecord("Synthesize", context, self.metrics) as record:
+            request = messages.well_formed(request)
             engine = self._ready_engine()
             record.voice, record.chars = request.voice or engine.config.default_voice, len(request.text)
             speech = messages.speech_request(engine, request, request.text)
@@ -142,7 +166,7 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
         async with RequestRecord("StreamingSynthesize", context, self.metrics) as record:
             engine = self._ready_engine()
             requests = aiter(request_iterator)
-            first = await anext(requests, None)
+            first = messages.well_formed(await anext(requests, None))
             config = first.config if first is not None and first.HasField("config") else \
                 tts_pb2.StreamingSynthesisConfig()
             record.voice = config.voice or engine.config.default_voice
@@ -165,12 +189,14 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
 
     async def ListVoices(self, request, context) -> tts_pb2.ListVoicesResponse:
         async with RequestRecord("ListVoices", context, self.metrics, logging.DEBUG):
+            messages.well_formed(request)
             default = self.engine.config.default_voice if self.engine else orpheus.VOICES[0]
             return tts_pb2.ListVoicesResponse(voices=[tts_pb2.Voice(name=v) for v in orpheus.VOICES],
                                               default_voice=default, emotion_tags=orpheus.EMOTION_TAGS)
 
     async def GetStats(self, request, context) -> tts_pb2.GetStatsResponse:
         async with RequestRecord("GetStats", context, self.metrics, logging.DEBUG):
+            messages.well_formed(request)
             if self.engine is None:
                 return tts_pb2.GetStatsResponse(ready=False)
             s = self.engine.stats()
@@ -211,6 +237,7 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
                 record.chars += len(request.input.text or request.input.text_utf8)
                 text.add(request.input)
             async for request in requests:
+                request = messages.well_formed(request)
                 if request.HasField("config"):
                     raise RequestError("config", "only the first request may carry config")
                 record.chars += len(request.input.text or request.input.text_utf8)
