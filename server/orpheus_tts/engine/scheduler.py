@@ -120,11 +120,8 @@ class Scheduler:
             return []
         if len(waiting) < limit and self.config.prefill_wait_ms > 0:
             now = time.monotonic()
-            decoding = sum(s.wants_token(self.config.max_context_tokens) for s in self.active)
-            rows = min(self.config.max_batch_size, decoding + round(self._prompts_per_s(now)))
-            load = (step_cost(rows) if step_cost else 0.0) * orpheus.TOKENS_PER_SECOND
             waited_s = now - min(s.prefill_since for s in waiting)
-            if decoding and load >= self.config.prefill_wait_min_load and waited_s * 1e3 < self.config.prefill_wait_ms:
+            if waited_s * 1e3 < self.config.prefill_wait_ms and self._worth_waiting(now, step_cost):
                 return []
         chosen, tokens = [], 0
         for session in waiting:
@@ -136,6 +133,18 @@ class Scheduler:
             if len(chosen) == limit:
                 break
         return chosen
+
+    def _worth_waiting(self, now: float, step_cost: Callable[[int], float] | None) -> bool:
+        """Whether others decode and, with `prefill_wait_min_load`, the next second's steps would
+        load the GPU that much (the projection is skipped when any load will do)."""
+        max_context = self.config.max_context_tokens
+        if self.config.prefill_wait_min_load <= 0:
+            return any(s.wants_token(max_context) for s in self.active)
+        decoding = sum(s.wants_token(max_context) for s in self.active)
+        if not decoding or step_cost is None:
+            return False
+        rows = min(self.config.max_batch_size, decoding + round(self._prompts_per_s(now)))
+        return step_cost(rows) * orpheus.TOKENS_PER_SECOND >= self.config.prefill_wait_min_load
 
     def _prompts_per_s(self, now: float) -> float:
         """Prompts per second over the last second; a burst that began less than a second ago
