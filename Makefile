@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install run proto test clean
+.PHONY: install run proto generate test clean
 
 install: $(STAMP)
 
@@ -25,6 +25,11 @@ run: $(STAMP)
 # Regenerate the gRPC code in server/orpheus_tts/api/gen/ from protos/ (commit the result).
 proto: $(STAMP)
 	$(BIN)/python -m orpheus_tts.api.protogen
+
+# Rewrite every generated copy (CRDs, adapter rules, operator facts, config defaults and
+# reference) from its one source; the test suite fails when one has drifted.
+generate: $(STAMP)
+	$(BIN)/python -m tools.generate
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)

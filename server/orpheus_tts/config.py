@@ -107,6 +107,15 @@ class SchedulerConfig:
     max_context_tokens: int = 4096  # prompt + generated tokens per session (the KV slot length)
 
 
+# Settings the engine reads afresh at every step, so they may be changed on a running engine
+# (the bench's A/B compares them on one warm engine); the others take effect at start-up only.
+LIVE_KEYS = (
+    "scheduler.overlap_steps", "scheduler.adaptive_chunks", "scheduler.adaptive_margin_s",
+    "scheduler.flush_every_n_tokens", "scheduler.flush_startup_frames", "scheduler.ttfb_priority_tokens",
+    "scheduler.max_prefill_tokens", "scheduler.prefill_wait_ms", "scheduler.prefill_wait_min_load",
+)
+
+
 @dataclass
 class SamplingConfig:
     """Defaults for requests that do not set their own (Orpheus needs repetition_penalty >= 1.1)."""
