@@ -18,7 +18,7 @@ import time
 
 from orpheus_tts.config import ConfigError, ServerConfig, load_config, parse_set_flags
 from orpheus_tts.orpheus import SAMPLE_RATE_HZ
-from orpheus_tts.requests import RequestError
+from orpheus_tts.errors import RequestError
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -42,12 +42,11 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
 
 async def _say_in_process(config: ServerConfig, args: argparse.Namespace) -> tuple[bytes, float | None, float | None]:
     from orpheus_tts.audio import to_pcm16
-    from orpheus_tts.engine.engine import Engine
-    from orpheus_tts.engine.session import AudioChunk, Outcome
+    from orpheus_tts.engine import AudioChunk, Engine, Outcome
 
     engine = Engine.from_config(config).start()
     try:
-        request = engine.make_request(args.text, voice=args.voice or config.default_voice, seed=args.seed)
+        request = engine.make_request(args.text, voice=args.voice, seed=args.seed)
         pcm = bytearray()
         async for event in engine.synthesize(request):
             if isinstance(event, AudioChunk):

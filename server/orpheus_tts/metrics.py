@@ -12,7 +12,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
-from orpheus_tts.engine.observer import EngineObserver
+from orpheus_tts.engine import EngineObserver
 
 PREFIX = "orpheus_tts"
 

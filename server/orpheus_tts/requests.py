@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from orpheus_tts import orpheus
 from orpheus_tts.audio import encoded_formats
 from orpheus_tts.config import SamplingConfig
+from orpheus_tts.errors import RequestError
 
 # PCM s16le mono 24 kHz, the same with a WAV header, then what libsndfile can encode here
 # (flac, mp3, opus with libsndfile >= 1.1).
@@ -21,15 +22,6 @@ TEMPERATURE_RANGE = (0.0, 2.0)  # 0 means greedy
 TOP_P_RANGE = (0.0, 1.0)  # exclusive of 0
 REPETITION_PENALTY_RANGE = (1.0, 2.0)
 SEED_RANGE = (0, 2**32 - 1)
-
-
-class RequestError(ValueError):
-    """A request is invalid; `field` names the offending field."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -67,8 +59,7 @@ class SpeechRequest:
             raise RequestError("text", "must be a string")
         if not allow_empty_text and not text.strip():
             raise RequestError("text", "is empty")
-        if len(text) > max_text_chars:
-            raise RequestError("text", f"is {len(text)} characters; the limit is {max_text_chars}")
+        check_text_length(len(text), max_text_chars)
         if voice not in orpheus.VOICES:
             raise RequestError("voice", f"unknown voice {voice!r}; available: {', '.join(orpheus.VOICES)}")
         temperature = _in_range("temperature", defaults.temperature if temperature is None else temperature,
@@ -90,6 +81,13 @@ class SpeechRequest:
             raise RequestError("ignore_end_of_speech", f"must be true or false, got {ignore_end_of_speech!r}")
         return cls(text, voice, float(temperature), float(top_p), float(repetition_penalty), seed, format,
                    ignore_end_of_speech)
+
+
+def check_text_length(chars: int, max_text_chars: int, streamed: bool = False) -> None:
+    """The one text-length rule: a request's text, or all the text a stream has received so far."""
+    if chars > max_text_chars:
+        what = f"streamed text reached {chars} characters" if streamed else f"is {chars} characters"
+        raise RequestError("text", f"{what}; the limit is {max_text_chars}")
 
 
 def _in_range(field: str, value: object, lo: float, hi: float) -> float:

@@ -5,7 +5,8 @@ import torch
 
 from orpheus_tts.engine.kv_cache import KVCache
 from orpheus_tts.engine.sampler import Sampler, SamplingBatch
-from orpheus_tts.model.loader import compile_model, compiled_block_difference, load_model, relative_difference
+from orpheus_tts.model.checks import compiled_block_difference, relative_difference
+from orpheus_tts.model.loader import compile_model, load_model
 
 
 def test_compiled_block_and_sampler_match_eager():

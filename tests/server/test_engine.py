@@ -10,9 +10,9 @@ import pytest
 
 from orpheus_tts import orpheus
 from orpheus_tts.engine.engine import Engine
-from orpheus_tts.engine.scheduler import QueueFullError
+from orpheus_tts.errors import QueueFullError
 from orpheus_tts.engine.session import AudioChunk, Outcome, SessionEnd
-from orpheus_tts.requests import RequestError
+from orpheus_tts.errors import RequestError
 
 from server_testkit import small_config, teach_to_stop
 
@@ -267,7 +267,7 @@ def test_a_session_cancelled_while_its_audio_is_decoding_reports_only_the_frames
     and the session's metrics count only what the receiver got. Steps are driven by hand."""
     engine, session, events = _submit_by_hand("Cut me off mid-sentence, please.", 4)
     end, received = _cancel_when(engine, session, events,
-                                 lambda: any(s is session for s, *_ in engine._pending_chunks))  # noqa: SLF001
+                                 lambda: any(c.session is session for c in engine.audio.queued))
     assert end.metrics.frames == received
     assert session.frames_emitted > received  # the queued chunk was never sent
     engine.step()  # the dropped chunk's decode completes; nothing more reaches the receiver

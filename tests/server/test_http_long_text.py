@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from orpheus_tts import orpheus
+from audio_measures import join_steps, typical_step
 from orpheus_tts.api.gen import tts_pb2, tts_pb2_grpc
-from orpheus_tts.codec.joins import join_steps, typical_step
 from server_testkit import RunningHttpServer, grpc_server_config, teach_to_stop
 
 WORDS = "The quick brown fox jumps over the lazy dog near the river bank today."

@@ -1,7 +1,9 @@
-"""Batch selection: new sessions first until their first audio, then nobody starves."""
+"""Batch selection (new sessions first until their first audio, then nobody starves) and the
+state changes the scheduler alone makes."""
 
 from collections import Counter
 
+from orpheus_tts import orpheus
 from orpheus_tts.config import SamplingConfig, SchedulerConfig
 from orpheus_tts.engine.kv_cache import SlotAllocator
 from orpheus_tts.engine.scheduler import Scheduler
@@ -74,8 +76,7 @@ def test_prefill_is_bounded_by_the_prompt_token_budget():
         s.take_incoming()
     for s in sessions:
         s.add_pieces([Piece("x", [1] * 15, 70)], close=True)
-        s.take_incoming()
-        s.start_next_piece(2, 1)
+    scheduler.start_pieces()
     chosen = scheduler.pick_prefill()
     assert len(chosen) == 2  # 15 + 15 fits in 40, a third would not
     assert scheduler.pick_prefill(max_sessions=1) == chosen[:1]  # the runner's largest prefill graph
@@ -110,8 +111,7 @@ def _prompt(scheduler) -> Session:
     (session,) = _running(scheduler, 1)
     session.state = SessionState.WAITING_TEXT
     session.add_pieces([Piece("x", [1] * 15, 70)], close=True)
-    session.take_incoming()
-    session.start_next_piece(2, 1)
+    scheduler.start_pieces()
     return session
 
 
@@ -148,3 +148,35 @@ def test_the_load_a_prefill_waits_at_counts_the_rate_prompts_come_in():
     assert scheduler.pick_prefill(max_sessions=64, step_cost=per_row) == prompts
     scheduler.config.prefill_wait_min_load = 0.0  # 0: wait at any load
     assert scheduler.pick_prefill(max_sessions=64, step_cost=None) == []
+
+
+def test_a_piece_ends_at_end_of_speech_and_later_ids_of_it_are_dropped():
+    """A prompt prefilled and decoded in one step gets two ids at once: when the first is
+    end-of-speech, the piece is over and the second is a spare, never audio."""
+    scheduler = _scheduler(batch=2)
+    (session,) = _running(scheduler, 1)
+    session.state = SessionState.WAITING_TEXT
+    session.add_pieces([Piece("x", [1] * 15, 70)], close=True)
+    scheduler.start_pieces()
+    scheduler.launched([session])  # the prefill
+    scheduler.launched([session])  # and the decode step behind it
+    first_audio = orpheus.AUDIO_TOKEN_BASE
+    assert scheduler.take_tokens([session], [session.piece_index], [orpheus.END_OF_SPEECH]) == [session]
+    assert session.state is SessionState.DRAINING
+    assert scheduler.take_tokens([session], [session.piece_index], [first_audio]) == []
+    assert session.metrics.tokens == 1 and session.accumulator.audio_tokens == 0
+    scheduler.pieces_sent([session])
+    assert scheduler.start_pieces() == [session]  # its text is complete: the engine finishes it
+
+
+def test_a_row_queued_for_an_earlier_piece_is_skipped():
+    scheduler = _scheduler(batch=2)
+    (session,) = _running(scheduler, 1)
+    session.state = SessionState.WAITING_TEXT
+    session.add_pieces([Piece("x", [1] * 15, 70), Piece("y", [1] * 15, 70)], close=True)
+    scheduler.start_pieces()
+    scheduler.launched([session])
+    assert scheduler.take_tokens([session], [session.piece_index - 1], [orpheus.AUDIO_TOKEN_BASE]) == []
+    assert session.metrics.tokens == 0  # a row queued for the piece before: dropped
+    assert scheduler.take_tokens([session], [session.piece_index], [orpheus.AUDIO_TOKEN_BASE]) == []
+    assert session.metrics.tokens == 1 and session.tokens_since_flush == 1

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from audio_measures import decode_windows
 
 from orpheus_tts import orpheus
 from orpheus_tts.codec.snac_codec import SnacCodec
-from orpheus_tts.codec.streaming import FrameAccumulator, decode_windows, launch_windows
+from orpheus_tts.codec.streaming import FrameAccumulator, launch_windows
 
 # Measured with the demo codec, noise off, defaults (1 context frame, 1 lookahead, 4-frame windows),
 # chunks after 1 frame then every 2: see test_streamed_audio_matches_whole_decode_within_boundary.

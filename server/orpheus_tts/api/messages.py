@@ -9,10 +9,9 @@ from google.protobuf.message import DecodeError
 from orpheus_tts import orpheus
 from orpheus_tts.api.gen import tts_pb2
 from orpheus_tts.audio import to_pcm16, wav_header
-from orpheus_tts.engine.engine import Engine
-from orpheus_tts.engine.session import AudioChunk, SessionMetrics
-from orpheus_tts.engine.stream import SpeechStream
-from orpheus_tts.requests import RequestError, SpeechRequest
+from orpheus_tts.engine import AudioChunk, Engine, SessionMetrics, SpeechStream
+from orpheus_tts.errors import RequestError
+from orpheus_tts.requests import SpeechRequest
 
 ENCODINGS = {
     tts_pb2.AUDIO_ENCODING_UNSPECIFIED: "pcm",
@@ -57,7 +56,7 @@ def speech_request(engine: Engine, message, text: str, allow_empty_text: bool = 
         supported = ", ".join(tts_pb2.AudioEncoding.Name(e) for e in ENCODINGS if e)
         raise RequestError("encoding", f"unknown encoding {message.encoding}; supported: {supported}")
     fields = {name: getattr(message, name) for name in _OPTIONAL_FIELDS if message.HasField(name)}
-    return engine.make_request(text, voice=message.voice or engine.config.default_voice,
+    return engine.make_request(text, voice=message.voice,
                                format=ENCODINGS[message.encoding], allow_empty_text=allow_empty_text,
                                ignore_end_of_speech=message.ignore_end_of_speech, **fields)
 

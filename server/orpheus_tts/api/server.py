@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from orpheus_tts.api.http import HttpServer, HttpSettings, create_app
 from orpheus_tts.api.servicer import SERVICE_NAME, TextToSpeechServicer, add_to_server
 from orpheus_tts.config import ServerConfig
-from orpheus_tts.engine.engine import Engine
+from orpheus_tts.engine import Engine
 from orpheus_tts.metrics import MetricsEndpoint, ServerMetrics
 
 log = logging.getLogger("orpheus_tts.server")
@@ -47,7 +47,7 @@ class OrpheusServer:
         self.metrics = ServerMetrics()
         self._http = HttpServer(create_app(self, http_settings), host, http_port, DEFAULT_GRACE_S) \
             if http_port is not None else None
-        self.servicer = TextToSpeechServicer(self.metrics)
+        self.servicer = TextToSpeechServicer(self.metrics, config.default_voice)
         self.health = health.aio.HealthServicer()
         self.engine: Engine | None = None
         self._grpc: grpc.aio.Server | None = None

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from typing import AsyncIterator
 
 import grpc
@@ -24,12 +23,11 @@ import grpc
 from orpheus_tts import orpheus
 from orpheus_tts.api import messages
 from orpheus_tts.api.gen import tts_pb2, tts_pb2_grpc
-from orpheus_tts.engine.engine import Engine
-from orpheus_tts.engine.scheduler import QueueFullError
-from orpheus_tts.engine.session import AudioChunk, Outcome, SessionMetrics
-from orpheus_tts.engine.stream import SpeechStream
+from orpheus_tts.api.request_log import log_request, request_id
+from orpheus_tts.engine import AudioChunk, Engine, Outcome, SessionMetrics, SpeechStream
+from orpheus_tts.errors import QueueFullError, RequestError
 from orpheus_tts.metrics import ServerMetrics
-from orpheus_tts.requests import RequestError, SpeechRequest
+from orpheus_tts.requests import SpeechRequest
 
 log = logging.getLogger("orpheus_tts.api")
 
@@ -62,8 +60,7 @@ class RequestRecord:
         self.log_level = log_level
         self.context = context
         self.metrics = metrics
-        sent = dict(context.invocation_metadata() or ()).get(REQUEST_ID_KEY, "")
-        self.id = sent[:64] if sent.isprintable() and sent else uuid.uuid4().hex[:16]
+        self.id = request_id(dict(context.invocation_metadata() or ()).get(REQUEST_ID_KEY))
         self.voice = "-"
         self.chars = 0
         self.session: SessionMetrics | None = None
@@ -102,23 +99,8 @@ class RequestRecord:
 
     def _done(self, outcome: str, detail: str | None = None) -> None:
         self.metrics.request_done(self.method, outcome)
-        m = self.session or SessionMetrics()
-        fields = {
-            "id": self.id, "method": self.method, "voice": self.voice, "chars": self.chars, "outcome": outcome,
-            "ttfb_ms": "-" if m.ttfb_s is None else f"{m.ttfb_s * 1000:.0f}",
-            "audio_s": f"{m.audio_s:.2f}",
-            "rtf": "-" if m.real_time_factor is None else f"{m.real_time_factor:.2f}",
-            "tokens": m.tokens,
-            "elapsed_s": f"{time.monotonic() - self.started:.3f}",
-        }
-        if detail:
-            fields["detail"] = detail
-        log.log(self.log_level, "request " + " ".join(f"{k}={_logfmt(v)}" for k, v in fields.items()))
-
-
-def _logfmt(value) -> str:
-    text = str(value).replace("\n", " ")
-    return '"' + text.replace('"', "'") + '"' if not text or " " in text or '"' in text or "=" in text else text
+        fields = {"id": self.id, "method": self.method, "voice": self.voice, "chars": self.chars, "outcome": outcome}
+        log_request(self.log_level, fields, self.session, self.started, detail)
 
 
 _HANDLER_KINDS = {  # (client streaming, server streaming): how grpc wraps the method
@@ -145,16 +127,18 @@ def add_to_server(servicer: "TextToSpeechServicer", server: grpc.aio.Server) -> 
 
 
 class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
-    def __init__(self, metrics: ServerMetrics):
+    def __init__(self, metrics: ServerMetrics, default_voice: str):
         self.metrics = metrics
+        self.default_voice = default_voice  # ListVoices answers it while the model loads
         self.engine: Engine | None = None  # set by the server once the model is warmed up
 
     async def Synthesize(self, request: tts_pb2.SynthesizeRequest, context) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
         async with RequestRecord("Synthesize", context, self.metrics) as record:
             request = messages.well_formed(request)
             engine = self._ready_engine()
-            record.voice, record.chars = request.voice or engine.config.default_voice, len(request.text)
+            record.voice, record.chars = request.voice or "-", len(request.text)
             speech = messages.speech_request(engine, request, request.text)
+            record.voice = speech.voice
             stream = engine.open_stream(speech)
             try:
                 async for response in self._respond(stream, speech, record, tts_pb2.SynthesizeResponse):
@@ -169,8 +153,9 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
             first = messages.well_formed(await anext(requests, None))
             config = first.config if first is not None and first.HasField("config") else \
                 tts_pb2.StreamingSynthesisConfig()
-            record.voice = config.voice or engine.config.default_voice
+            record.voice = config.voice or "-"
             speech = messages.speech_request(engine, config, "", allow_empty_text=True)
+            record.voice = speech.voice
             stream = engine.open_stream(speech, streaming_text=True)
             text = messages.StreamedText(stream)
             reader = asyncio.create_task(self._read_text(first, requests, text, stream, record))
@@ -190,9 +175,8 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
     async def ListVoices(self, request, context) -> tts_pb2.ListVoicesResponse:
         async with RequestRecord("ListVoices", context, self.metrics, logging.DEBUG):
             messages.well_formed(request)
-            default = self.engine.config.default_voice if self.engine else orpheus.VOICES[0]
             return tts_pb2.ListVoicesResponse(voices=[tts_pb2.Voice(name=v) for v in orpheus.VOICES],
-                                              default_voice=default, emotion_tags=orpheus.EMOTION_TAGS)
+                                              default_voice=self.default_voice, emotion_tags=orpheus.EMOTION_TAGS)
 
     async def GetStats(self, request, context) -> tts_pb2.GetStatsResponse:
         async with RequestRecord("GetStats", context, self.metrics, logging.DEBUG):

@@ -8,8 +8,8 @@ without holding audio back: the first samples of a new piece get the offset that
 continue from the previous piece's last sample, fading out over `ramp_samples` with a
 raised-cosine, so the added slope stays far below speech's own sample-to-sample change.
 
-`join_steps` and `typical_step` are the measure the tests and the README use: a join is
-smooth when its step is no larger than the 99th percentile of the steps inside the pieces.
+A join is smooth when its step is no larger than the 99th percentile of the steps inside the
+pieces (the tests measure it so).
 """
 
 from __future__ import annotations
@@ -45,16 +45,3 @@ class JoinSmoother:
         self._last = float(out[-1])
         return out
 
-
-def join_steps(samples: np.ndarray, joins: list[int]) -> np.ndarray:
-    """|x[j] - x[j-1]| at each join index j (the first sample of a new piece)."""
-    samples = np.asarray(samples, dtype=np.float64)
-    return np.array([abs(samples[j] - samples[j - 1]) for j in joins if 0 < j < len(samples)])
-
-
-def typical_step(samples: np.ndarray, joins: list[int], percentile: float = 99.0) -> float:
-    """The signal's normal sample-to-sample change: a high percentile of |diff| away from joins."""
-    steps = np.abs(np.diff(np.asarray(samples, dtype=np.float64)))
-    inside = np.ones(len(steps), dtype=bool)
-    inside[[j - 1 for j in joins if 0 < j < len(samples)]] = False
-    return float(np.percentile(steps[inside], percentile)) if inside.any() else 0.0

@@ -163,7 +163,7 @@ class SnacCodec:
         `realize_opcount_threshold` (default 30). Captured as graphs, 64 windows of 4 frames went
         from 9.2 to 3.5 ms and 16 windows from 2.3 to 1.0 ms, at 57 dB SNR to eager fp16 (as two
         eager runs). The batch dimension is dynamic, so each window length compiles twice (batch
-        1 and more), not once per bucket: `enable_graphs(4, 64)` took 150 s instead of 55 s.
+        1 and more), not once per bucket: `enable_graphs(4, batch_buckets(64))` took 150 s instead of 55 s.
         Dynamic lengths made the kernels a third slower.
         """
         if self.device.type != "cuda" and not force:
@@ -178,9 +178,9 @@ class SnacCodec:
         self.graph_decoder = decoder
         return True
 
-    def enable_graphs(self, window_frames: int, max_batch: int) -> None:
+    def enable_graphs(self, window_frames: int, buckets: list[int]) -> None:
         """Capture the decode of windows of 1..`window_frames` frames as CUDA graphs, one per
-        (length, batch bucket).
+        (length, batch size in `buckets`; a batch is padded up to the next one).
 
         SNAC's decoder is ~100 small kernels: at the batch sizes of one engine step, launching
         them costs more than running them, and every new eager shape costs convolution set-up.
@@ -188,10 +188,8 @@ class SnacCodec:
         """
         if self.device.type != "cuda" or window_frames <= 0:
             return
-        from orpheus_tts.engine.cuda_graphs import batch_buckets
-
-        buckets = batch_buckets(max_batch)
-        self._graph_inputs = torch.zeros(max_batch, window_frames, orpheus.TOKENS_PER_FRAME,
+        buckets = sorted(buckets)
+        self._graph_inputs = torch.zeros(buckets[-1], window_frames, orpheus.TOKENS_PER_FRAME,
                                          dtype=torch.int64, device=self.device)
         decoder = self.graph_decoder
         # A compiled decoder compiles twice per window length (see `compile`); past the limit,

@@ -9,7 +9,7 @@ all decode in one batched call (a few extra frames of context cost less than ano
 The first chunks skip the lookahead (`startup`: while the client holds little audio, a frame
 sent now matters more than its last few milliseconds of right context) and the last one emits
 everything, the tail included. Windows of equal length from many sessions are decoded in
-one batched SNAC call (`decode_windows`).
+one batched SNAC call (`launch_windows`).
 """
 
 from __future__ import annotations
@@ -143,8 +143,3 @@ def launch_windows(codec: SnacCodec, jobs: list[tuple[FrameAccumulator, Window]]
         acc.mark_emitted(window)
     return PendingAudio(jobs, parts, event)
 
-
-def decode_windows(codec: SnacCodec, jobs: list[tuple[FrameAccumulator, Window]]) -> list[np.ndarray]:
-    """Decode every job's window now (batched by length); returns emitted samples per job."""
-    stream = torch.cuda.current_stream(codec.device) if codec.device.type == "cuda" else None
-    return launch_windows(codec, jobs, stream).samples()

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from orpheus_tts import orpheus
-from orpheus_tts.model.loader import compiled_block_difference, relative_difference
+from orpheus_tts.model.checks import compiled_block_difference, relative_difference
 
 log = logging.getLogger(__name__)
 

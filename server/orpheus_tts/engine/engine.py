@@ -1,14 +1,19 @@
 """The engine: one thread that owns the model and loops, and an asyncio-facing front.
 
-Each loop iteration ends cancelled and timed-out sessions, admits queued ones into free
-slots, queues a prefill of new prompts (a bounded number of tokens) and one batched decode
-step for up to `max_batch_size` sessions, then handles the ids a step sampled: it feeds them
-to each session's frame accumulator and queues the decode of the audio frames that are due
-in batched SNAC calls. With `scheduler.overlap_steps` those ids are the previous iteration's,
-so the host does this work while the GPU runs the step just queued and never waits for it.
-On a GPU the SNAC calls run on their own stream beside the next forward, and their audio is
-sent while a forward runs. Results travel to the caller's event loop through
-`call_soon_threadsafe`; nothing on the asyncio side ever touches a tensor.
+Each step is schedule -> run -> take the outputs, as in nano-vllm and vLLM's engine core:
+
+1. the scheduler ends cancelled and timed-out sessions, admits queued ones into free slots
+   and starts their next text piece;
+2. the runner queues a prefill of new prompts (a bounded number of tokens) and one batched
+   decode step for up to `max_batch_size` sessions;
+3. the audio the last step queued is sent, the scheduler takes the ids a step sampled, and
+   the audio they make due is queued as batched SNAC decodes (`audio_out`).
+
+With `scheduler.overlap_steps` the ids of step 3 are the previous step's, so the host does this
+work while the GPU runs the step just queued and never waits for it. On a GPU the SNAC calls run
+on their own stream beside the next forward, and their audio is sent while a forward runs.
+Results travel to the caller's event loop through `call_soon_threadsafe`; nothing on the
+asyncio side ever touches a tensor.
 """
 
 from __future__ import annotations
@@ -19,86 +24,30 @@ import logging
 import secrets
 import threading
 import time
-from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
-import torch
 from tokenizers import Tokenizer
 
 from orpheus_tts import orpheus
 from orpheus_tts.codec.snac_codec import SnacCodec
-from orpheus_tts.codec.streaming import PendingAudio, launch_windows
 from orpheus_tts.config import ServerConfig
+from orpheus_tts.engine.audio_out import AudioDelivery, AudioPipeline, ChunkPolicy
+from orpheus_tts.engine.cuda_graphs import batch_buckets
 from orpheus_tts.engine.kv_cache import KVCache
-from orpheus_tts.engine.observer import EngineObserver
+from orpheus_tts.engine.loading import kv_cache_dtype, load_parts
+from orpheus_tts.engine.observer import EngineObserver, EngineStats, EngineTimings
+from orpheus_tts.engine.pieces import PieceMaker
 from orpheus_tts.engine.runner import LaunchedStep, ModelRunner
 from orpheus_tts.engine.sampler import Sampler
 from orpheus_tts.engine.scheduler import Scheduler
 from orpheus_tts.engine.session import AudioChunk, Outcome, Piece, Session, SessionEnd, SessionState
 from orpheus_tts.engine.step_cost import StepCost
 from orpheus_tts.engine.stream import SpeechStream
-from orpheus_tts.model.fp8 import fp8_supported, quantize_to_fp8
-from orpheus_tts.model.loader import compile_model, load_model
-from orpheus_tts.model.tokenizer import load_tokenizer
-from orpheus_tts.requests import RequestError, SpeechRequest
-from orpheus_tts.text import split_for_speech
+from orpheus_tts.requests import SpeechRequest
 
 log = logging.getLogger("orpheus_tts.engine")
 
 _IDLE_WAIT_S = 0.05  # how often an idle loop still checks pending timeouts
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}") from None
-
-
-@dataclass
-class EngineTimings:
-    """Where the engine thread's time went, cumulative seconds (benchmarks read differences);
-    the parts are disjoint.
-
-    prefill/decode: waiting for a forward's sampled ids; snac_wait: waiting for audio the GPU
-    had not finished decoding; snac_launch: planning and queueing audio decodes; host:
-    everything else in a step (scheduling, queueing forwards, bookkeeping, sending audio to
-    the sessions' receivers)."""
-
-    steps: int = 0
-    step_s: float = 0.0
-    prefill_s: float = 0.0
-    decode_s: float = 0.0
-    snac_launch_s: float = 0.0
-    snac_wait_s: float = 0.0
-
-    @property
-    def host_s(self) -> float:
-        return self.step_s - self.prefill_s - self.decode_s - self.snac_launch_s - self.snac_wait_s
-
-
-@dataclass
-class EngineStats:
-    """The seed's stats: scheduler totals, cache use, tokens and batches."""
-
-    total_sessions: int
-    completed_sessions: int
-    rejected_sessions: int
-    active_sessions: int
-    pending_sessions: int
-    max_concurrent: int
-    used_slots: int
-    free_slots: int
-    total_tokens: int
-    total_batches: int
 
 
 class Engine:
@@ -109,29 +58,25 @@ class Engine:
         self.codec = codec
         self.observer = observer or EngineObserver()
         sched = config.scheduler
-        cache_dtype = model.output.weight.dtype if config.model.kv_cache_dtype == "auto" \
-            else resolve_dtype(config.model.kv_cache_dtype, model.output.weight.device)
-        args = model.args
+        args, device = model.args, model.output.weight.device
         self.kv_cache = KVCache(args.n_layers, sched.max_concurrent_sessions, args.n_kv_heads,
-                                sched.max_context_tokens, args.head_dim, cache_dtype, model.output.weight.device)
+                                sched.max_context_tokens, args.head_dim, kv_cache_dtype(config, model), device)
         self.sampler = Sampler(model, sched.max_concurrent_sessions + 1, constrained=config.sampling.constrained)
-        if config.model.compile and model.output.weight.device.type == "cuda":
+        if config.model.compile and device.type == "cuda":
             self.sampler.compile()
         self.runner = ModelRunner(model, self.kv_cache, self.sampler, sched.max_batch_size, config.model.cuda_graphs)
         if config.model.cuda_graphs:
             if config.codec.compile:
                 codec.compile()
             codec.enable_graphs(config.codec.window_frames,
-                                min(sched.max_concurrent_sessions, config.codec.graph_max_batch))
-        self.scheduler = Scheduler(sched, self.kv_cache.allocator)
+                                batch_buckets(min(sched.max_concurrent_sessions, config.codec.graph_max_batch)))
+        self.pieces = PieceMaker(tokenizer, sched.max_context_tokens)
+        self.scheduler = Scheduler(sched, self.kv_cache.allocator, config.codec)
         self.timings = EngineTimings()
-        self._step_estimate_s = 0.0  # recent step duration (moving average): how fast tokens come
         self.step_cost = StepCost()  # a step's time against its batch size, for the prefill wait
-        # Audio decodes queued by the last step (and the sessions whose piece ended with it).
-        self._audio_stream = torch.cuda.Stream(codec.device) if codec.device.type == "cuda" else None
-        self._pending_audio: PendingAudio | None = None
-        self._pending_chunks: list[tuple[Session, int, int, int]] = []  # session, first frame, frames, piece
-        self._pending_ended: list[Session] = []
+        self._step_estimate_s = 0.0  # recent step duration (moving average): how fast tokens come
+        self.chunks = ChunkPolicy(sched, config.codec.lookahead_frames)
+        self.audio = AudioPipeline(codec, config.codec.graph_max_batch, self.timings)
         # With scheduler.overlap_steps: the forwards queued by the last step, read during the next.
         self._in_flight: list[tuple[LaunchedStep, str]] = []
         self._wake = threading.Condition()
@@ -141,22 +86,8 @@ class Engine:
 
     @classmethod
     def from_config(cls, config: ServerConfig, observer: EngineObserver | None = None) -> "Engine":
-        device = resolve_device(config.model.device)
-        dtype = resolve_dtype(config.model.dtype, device)
-        model = load_model(config.model.path, device, dtype, config.scheduler.max_context_tokens, config.model.seed)
-        quantization = config.model.quantization
-        if quantization == "fp8" and not fp8_supported(device):
-            raise ValueError(f"model.quantization=fp8 needs a GPU with FP8 (sm_89 or newer); {device} has none")
-        if quantization == "fp8" or (quantization == "auto" and fp8_supported(device)):
-            log.info("FP8 weights (%s)", quantize_to_fp8(model))
-        if config.model.compile and device.type == "cuda":
-            compile_model(model)
-        codec_device = resolve_device(config.codec.device)
-        codec_dtype = torch.float16 if config.codec.dtype == "auto" and codec_device.type == "cuda" \
-            else resolve_dtype("float32" if config.codec.dtype == "auto" else config.codec.dtype, codec_device)
-        codec = SnacCodec.load(config.codec.path, codec_device, noise=config.codec.noise, seed=config.codec.seed,
-                               dtype=codec_dtype)
-        return cls(config, model, load_tokenizer(config.model.path), codec, observer)
+        parts = load_parts(config)
+        return cls(config, parts.model, parts.tokenizer, parts.codec, observer)
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> "Engine":
@@ -181,7 +112,7 @@ class Engine:
         collection walks every object in the process, and one over a loaded torch process stops
         the engine thread (and every stream) far longer than a decode step."""
         done = threading.Event()
-        request = self.make_request("Warming up.", voice=self.config.default_voice)
+        request = self.make_request("Warming up.")
         session = self.submit(request, lambda event: done.set() if isinstance(event, SessionEnd) else None)
         if not done.wait(timeout_s):
             session.cancel()
@@ -190,30 +121,15 @@ class Engine:
         gc.freeze()
         self.ready = True
 
-    # -- requests -------------------------------------------------------------------------
-    def make_request(self, text: str, **fields) -> SpeechRequest:
-        """Validate a request against this server's limits and sampling defaults."""
-        fields.setdefault("voice", self.config.default_voice)
-        return SpeechRequest.create(text, defaults=self.config.sampling,
+    # -- requests (any thread) --------------------------------------------------------------
+    def make_request(self, text: str, *, voice: str | None = None, **fields) -> SpeechRequest:
+        """Validate a request against this server's limits and defaults (no voice, or an empty
+        one, is the configured default voice)."""
+        return SpeechRequest.create(text, defaults=self.config.sampling, voice=voice or self.config.default_voice,
                                     max_text_chars=self.config.active_profile.max_text_chars, **fields)
 
     def make_pieces(self, voice: str, text: str) -> list[Piece]:
-        """Split text into pieces whose prompt plus speech budget fit one KV slot."""
-        max_context = self.config.scheduler.max_context_tokens
-        max_chars = orpheus.max_chars_for_tokens(max_context)
-        while True:
-            pieces = []
-            for chunk in split_for_speech(text, max_chars):
-                prompt = orpheus.prompt_ids(self.tokenizer.encode(orpheus.prompt_text(voice, chunk)).ids)
-                budget = orpheus.audio_token_budget(chunk)
-                if len(prompt) + budget > max_context:
-                    break
-                pieces.append(Piece(chunk, prompt, budget))
-            else:
-                return pieces
-            if max_chars <= 8:
-                raise RequestError("text", f"cannot fit any speech in max_context_tokens={max_context}")
-            max_chars = int(max_chars * 0.8)  # the prompt did not fit beside the budget: smaller pieces
+        return self.pieces.make(voice, text)
 
     def submit(self, request: SpeechRequest, emit: Callable[[AudioChunk | SessionEnd], None],
                streaming_text: bool = False) -> Session:
@@ -280,16 +196,10 @@ class Engine:
 
     def step(self) -> bool:
         """One iteration; returns False when there was nothing to do."""
-        self._end_cancelled_and_expired()
-        for session in self.scheduler.admit():
-            if session.cancelled:
-                self._finish(session, Outcome.CANCELLED)
-            elif session.metrics.queue_s is None:
-                session.metrics.queue_s = time.monotonic() - session.created
-        self._advance_text()
+        self._schedule()
         started = time.perf_counter()
-        launched = []
         prefill = self.scheduler.pick_prefill(self.runner.max_prefill_batch, self.step_cost.predict)
+        launched = []
         if prefill:
             self.scheduler.counters.total_prefills += 1
             launched += self._launch(self.runner.launch_prefill, prefill, "prefill_s")
@@ -297,10 +207,10 @@ class Engine:
         if decode:
             launched += self._launch(self.runner.launch_decode, decode, "decode_s")
         if not prefill and not decode and not self._in_flight:
-            if self._pending_audio is None:
+            if not self.audio.busy:
                 self.observer.on_idle(self.stats())
                 return False
-            self._deliver_audio()  # the last audio of sessions that just ended
+            self._send_audio()  # the last audio of sessions that just ended
             self.timings.steps += 1
             self.timings.step_s += time.perf_counter() - started
             return True
@@ -309,17 +219,25 @@ class Engine:
             launched, self._in_flight = previous, launched
         else:
             launched = previous + launched
-        self._complete(launched)
-        seconds = time.perf_counter() - started
-        rows = sum(len(step.sessions) for step, timing in launched if timing == "decode_s")  # the steps waited for
-        if rows:
-            self.step_cost.observe(rows, seconds)
-        self.timings.steps += 1
-        self.timings.step_s += seconds
-        self._step_estimate_s += 0.1 * (seconds - self._step_estimate_s)
-        if prefill or decode:
-            self.observer.on_step(seconds, len(decode), len(prefill), self.stats())
+        self._send_audio()  # queued last step: its decode ran beside the forward now running
+        self._queue_audio(*self._take_outputs(launched))
+        self._record_step(started, launched, len(decode), len(prefill))
         return True
+
+    def _schedule(self) -> None:
+        """End what must end, admit queued sessions, start the pieces that are ready."""
+        for session, outcome, error in self.scheduler.to_end(time.monotonic()):
+            self._finish(session, outcome, error)
+        for session in self.scheduler.admit():
+            if session.cancelled:
+                self._finish(session, Outcome.CANCELLED)
+            elif session.metrics.queue_s is None:
+                session.metrics.queue_s = time.monotonic() - session.created
+        self._start_pieces()
+
+    def _start_pieces(self) -> None:
+        for session in self.scheduler.start_pieces():
+            self._finish(session, Outcome.OK)
 
     def _launch(self, fn, sessions: list[Session], timing: str) -> list[tuple[LaunchedStep, str]]:
         """Queue one batched forward; on failure end only the sessions that were in it."""
@@ -330,171 +248,82 @@ class Engine:
             for session in sessions:
                 self._finish(session, Outcome.ERROR, f"inference failed: {exc}")
             return []
-        for session in sessions:
-            session.state = SessionState.DECODING  # after a prefill: its first id is on the way
-            session.ids_requested += 1
+        self.scheduler.launched(sessions)
         return [(launched, timing)]
 
-    def _complete(self, launched: list[tuple[LaunchedStep, str]]) -> None:
-        """Send the audio queued last time (its decode ran beside the forward now running), read
-        the ids of `launched`, and queue the audio they make due."""
-        self._deliver_audio()
+    def _take_outputs(self, launched: list[tuple[LaunchedStep, str]]) -> tuple[list[Session], list[Session]]:
+        """Wait for each step's ids and hand them to the scheduler; returns the sessions with
+        audio to plan (in row order, once each) and those whose piece ended."""
         ended: list[Session] = []
-        due: list[Session] = []
+        rows: list[Session] = []
         for step, timing in launched:
-            ended += self._take_tokens(step, timing)
-            due += [s for s in step.sessions if s.state is SessionState.DECODING]
-        for session in ended:  # not decoded again until its last audio is out
-            if session.state is not SessionState.FINISHED:
-                session.state = SessionState.DRAINING
-        if due or ended:
-            self._flush(list(dict.fromkeys(due)), ended)  # a session prefilled and decoded in one step is due once
-
-    def _take_tokens(self, step: LaunchedStep, timing: str) -> list[Session]:
-        """Wait for a step's ids and hand them to their sessions; returns those whose piece ended.
-
-        A row whose session finished, or whose piece ended, after the step was queued (possible
-        with overlap_steps) sampled a spare id: it is dropped, as if never asked for."""
-        started = time.perf_counter()
-        try:
-            tokens = step.tokens()
-        except Exception as exc:
-            log.exception("batched forward failed for %d sessions", len(step.sessions))
-            for session in step.sessions:
-                self._finish(session, Outcome.ERROR, f"inference failed: {exc}")
-            return []
-        finally:
-            setattr(self.timings, timing, getattr(self.timings, timing) + time.perf_counter() - started)
-        ended = []
-        max_context = self.config.scheduler.max_context_tokens
-        for session, piece, token in zip(step.sessions, step.pieces, tokens):
-            if session.state is not SessionState.DECODING or session.piece_index != piece:
+            started = time.perf_counter()
+            try:
+                tokens = step.tokens()
+            except Exception as exc:
+                log.exception("batched forward failed for %d sessions", len(step.sessions))
+                for session in step.sessions:
+                    self._finish(session, Outcome.ERROR, f"inference failed: {exc}")
                 continue
-            session.metrics.tokens += 1
-            session.piece_tokens += 1
-            self.scheduler.counters.total_tokens += 1
-            if token != orpheus.END_OF_SPEECH:
-                if session.accumulator.push(token):
-                    session.tokens_since_flush += 1
-                else:
-                    session.metrics.invalid_tokens += 1
-            if session.piece_done(token, max_context):
-                ended.append(session)
-        return ended
+            finally:
+                setattr(self.timings, timing, getattr(self.timings, timing) + time.perf_counter() - started)
+            ended += self.scheduler.take_tokens(step.sessions, step.pieces, tokens)
+            rows += step.sessions
+        ending = set(ended)
+        due = [s for s in dict.fromkeys(rows) if s.state is SessionState.DECODING or s in ending]
+        return due, ended
 
-    def _flush(self, sessions: list[Session], ended: list[Session]) -> None:
-        """Queue the decode of the audio that is due, batched across sessions.
-
-        A stream goes frame by frame with no lookahead (as at its start) while its client holds
-        less audio than waiting for a lookahead frame and a two-frame chunk would take at the
-        current step time, plus a margin: under load the steps approach real time, and the
-        bigger chunks would arrive after the audio before them has played. Sessions whose piece
-        ended wait (DRAINING) until their last audio has been sent; one finished (cancelled)
-        since its tokens came gets none decoded."""
-        self._deliver_audio()  # normally sent already; never drop any
+    def _queue_audio(self, due: list[Session], ended: list[Session]) -> None:
+        """Queue the decode of the audio that is due, batched across sessions; it is sent at the
+        next step."""
+        if not due and not ended:
+            return
         started = time.perf_counter()
-        sched = self.config.scheduler
-        now = time.monotonic()
-        lookahead_tokens = orpheus.TOKENS_PER_FRAME * self.config.codec.lookahead_frames
-        tokens_to_bigger_chunk = sched.flush_every_n_tokens + lookahead_tokens
-        decode_steps = 2 if sched.overlap_steps else 1  # steps from an id to its audio being sent
-        lead_needed_s = (tokens_to_bigger_chunk + decode_steps) * self._step_estimate_s + sched.adaptive_margin_s
-        ended_ids = {s.id for s in ended}
-        jobs = []
-        for session in sessions:
-            if session.state is SessionState.FINISHED:
-                continue
-            final = session.id in ended_ids
-            startup = (session.frames_emitted < sched.flush_startup_frames
-                       or (sched.adaptive_chunks and session.playback_lead_s(now) < lead_needed_s))
-            if session.in_ttfb_priority:
-                threshold = sched.flush_first_n_tokens
-            elif startup:
-                threshold = orpheus.TOKENS_PER_FRAME
-            else:
-                threshold = sched.flush_every_n_tokens
-            if final or session.tokens_since_flush >= threshold:
-                window = session.accumulator.next_window(final, startup)
-                if window is not None:
-                    session.tokens_since_flush = 0
-                    jobs.append((session, window))
-        chunks = []
-        for session, window in jobs:  # frame numbers within the whole stream (all pieces)
-            frames = window.emit_to - window.emit_from
-            chunks.append((session, session.frames_emitted, frames, session.piece_index))
-            session.frames_emitted += frames
-        self._pending_ended = ended
+        jobs = self.chunks.due_windows(due, ended, self._step_estimate_s, time.monotonic())
         try:
-            self._pending_audio = launch_windows(self.codec, [(s.accumulator, w) for s, w in jobs], self._audio_stream,
-                                                 self.config.codec.graph_max_batch)
-            self._pending_chunks = chunks
+            self.audio.launch(jobs, ended)
         except Exception as exc:
             log.exception("SNAC decode failed for %d sessions", len(jobs))
-            self._pending_audio, self._pending_chunks = None, []
             for session, _ in jobs:
                 self._finish(session, Outcome.ERROR, f"audio decoding failed: {exc}")
-            self._end_pieces()
+            self._deliver(self.audio.abandon(ended))
         self.timings.snac_launch_s += time.perf_counter() - started
 
-    def _deliver_audio(self) -> None:
+    def _send_audio(self) -> None:
         """Send the audio queued by the last step, then move its ended pieces on."""
-        pending, chunks = self._pending_audio, self._pending_chunks
-        if pending is None:
-            return
-        self._pending_audio, self._pending_chunks = None, []
-        started = time.perf_counter()
-        try:
-            audio = pending.samples()
-        except Exception as exc:
-            log.exception("SNAC decode failed for %d sessions", len(chunks))
-            for session, *_ in chunks:
-                self._finish(session, Outcome.ERROR, f"audio decoding failed: {exc}")
-            audio = []
-        self.timings.snac_wait_s += time.perf_counter() - started
+        delivery = self.audio.collect()
+        if delivery is not None:
+            self._deliver(delivery)
+
+    def _deliver(self, delivery: AudioDelivery) -> None:
+        if delivery.error is not None:
+            for chunk in delivery.chunks:
+                self._finish(chunk.session, Outcome.ERROR, f"audio decoding failed: {delivery.error}")
         now = time.monotonic()
-        for (session, first, frames, piece), samples in zip(chunks, audio):
+        for chunk, samples in zip(delivery.chunks, delivery.samples or []):
+            session = chunk.session
             if session.state is SessionState.FINISHED:
                 continue
             if session.metrics.ttfb_s is None:
                 session.metrics.ttfb_s = now - session.created
                 session.playback_started = now
                 self.observer.on_first_audio(session.metrics.ttfb_s)
-            session.frames_sent += frames
-            self._emit(session, AudioChunk(samples, first, frames, piece))
-        self._end_pieces()
+            session.frames_sent += chunk.frames
+            self._emit(session, AudioChunk(samples, chunk.first_frame, chunk.frames, chunk.piece))
+        self.scheduler.pieces_sent(delivery.ended)
+        self._start_pieces()
 
-    def _end_pieces(self) -> None:
-        for session in self._pending_ended:
-            if session.state is SessionState.DRAINING:
-                session.state = SessionState.WAITING_TEXT
-        self._pending_ended = []
-        self._advance_text()
-
-    def _advance_text(self) -> None:
-        """Sessions between pieces start their next one, or finish once their text is complete."""
-        codec = self.config.codec
-        for session in list(self.scheduler.active):
-            if session.state is SessionState.WAITING_TEXT:
-                closed = session.take_incoming()
-                started = session.start_next_piece(codec.context_frames, codec.lookahead_frames, codec.window_frames)
-                if not started and closed:
-                    self._finish(session, Outcome.OK)
-
-    def _end_cancelled_and_expired(self) -> None:
-        timeout = self.config.scheduler.session_timeout_s
-        now = time.monotonic()
-
-        def expired(s: Session) -> bool:
-            return now - s.created > timeout
-
-        for session in self.scheduler.drain_pending(lambda s: s.cancelled or expired(s)):
-            self._finish(session, Outcome.CANCELLED if session.cancelled else Outcome.TIMEOUT,
-                         None if session.cancelled else f"not started within session_timeout_s={timeout}")
-        for session in list(self.scheduler.active):
-            if session.cancelled:
-                self._finish(session, Outcome.CANCELLED)
-            elif expired(session):
-                self._finish(session, Outcome.TIMEOUT, f"exceeded session_timeout_s={timeout}")
+    def _record_step(self, started: float, launched: list[tuple[LaunchedStep, str]], decode_rows: int,
+                     prefill_rows: int) -> None:
+        seconds = time.perf_counter() - started
+        rows = sum(len(step.sessions) for step, timing in launched if timing == "decode_s")  # the steps waited for
+        if rows:
+            self.step_cost.observe(rows, seconds)
+        self.timings.steps += 1
+        self.timings.step_s += seconds
+        self._step_estimate_s += 0.1 * (seconds - self._step_estimate_s)
+        if prefill_rows or decode_rows:
+            self.observer.on_step(seconds, decode_rows, prefill_rows, self.stats())
 
     def _emit(self, session: Session, event: AudioChunk | SessionEnd) -> None:
         try:

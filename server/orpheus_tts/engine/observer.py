@@ -1,17 +1,57 @@
-"""Hooks the engine calls as it works, so metrics live outside the engine.
+"""What the engine reports: hooks it calls as it works, its stats, and where its time went.
 
-The default does nothing; the server's Prometheus metrics subclass it. Hooks run on the
-engine thread and must be quick.
+The observer's default does nothing; the server's Prometheus metrics subclass it. Hooks run on
+the engine thread and must be quick.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+
+@dataclass
+class EngineStats:
+    """The seed's stats: scheduler totals, cache use, tokens and batches."""
+
+    total_sessions: int
+    completed_sessions: int
+    rejected_sessions: int
+    active_sessions: int
+    pending_sessions: int
+    max_concurrent: int
+    used_slots: int
+    free_slots: int
+    total_tokens: int
+    total_batches: int
+
+
+@dataclass
+class EngineTimings:
+    """Where the engine thread's time went, cumulative seconds (benchmarks read differences);
+    the parts are disjoint.
+
+    prefill/decode: waiting for a forward's sampled ids; snac_wait: waiting for audio the GPU
+    had not finished decoding; snac_launch: planning and queueing audio decodes; host:
+    everything else in a step (scheduling, queueing forwards, bookkeeping, sending audio to
+    the sessions' receivers)."""
+
+    steps: int = 0
+    step_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    snac_launch_s: float = 0.0
+    snac_wait_s: float = 0.0
+
+    @property
+    def host_s(self) -> float:
+        return self.step_s - self.prefill_s - self.decode_s - self.snac_launch_s - self.snac_wait_s
+
 
 class EngineObserver:
-    def on_step(self, seconds: float, decode_batch: int, prefill_batch: int, stats) -> None:
+    def on_step(self, seconds: float, decode_batch: int, prefill_batch: int, stats: EngineStats) -> None:
         """After each step that did work: its wall time, batch sizes, and the engine's stats."""
 
-    def on_idle(self, stats) -> None:
+    def on_idle(self, stats: EngineStats) -> None:
         """When a loop iteration found nothing to do."""
 
     def on_first_audio(self, ttfb_s: float) -> None:

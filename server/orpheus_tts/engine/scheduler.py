@@ -1,4 +1,4 @@
-"""Who runs this step: the session pool, the admission queue, and batch selection.
+"""Who runs this step, and the one owner of every session's state: pool, queue, batches, outcomes.
 
 The pool holds at most `max_concurrent_sessions` sessions, each with a KV slot. Behind it a
 bounded queue (`max_pending_sessions`); a request that finds it full is refused at once
@@ -6,6 +6,12 @@ bounded queue (`max_pending_sessions`); a request that finds it full is refused 
 sessions: sessions still waiting for their first audio go first (at most
 `ttfb_priority_tokens` tokens each), the rest in least-recently-run order, so that with more
 sessions than batch places each is run every few steps and none starves.
+
+Every change of a session's `state` happens here (as vLLM's scheduler alone changes request
+state): admission, a piece starting, its forward queued, its ids taken (`take_tokens`, where
+end-of-speech and budgets end a piece), its last audio sent, and release.
+
+    PENDING -> WAITING_TEXT -> PREFILL -> DECODING -> DRAINING -> WAITING_TEXT ... -> FINISHED
 """
 
 from __future__ import annotations
@@ -17,20 +23,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 from orpheus_tts import orpheus
-from orpheus_tts.config import SchedulerConfig
+from orpheus_tts.config import CodecConfig, SchedulerConfig
 from orpheus_tts.engine.kv_cache import SlotAllocator
-from orpheus_tts.engine.session import Session, SessionState
+from orpheus_tts.engine.session import Outcome, Session, SessionState
+from orpheus_tts.errors import QueueFullError
 
 
 _MIN_RATE_SPAN_S = 0.1  # the shortest span an arrival rate is measured over
-
-
-class QueueFullError(RuntimeError):
-    """The admission queue is full; the caller should retry later."""
-
-    def __init__(self, pending: int, retry_after_s: float):
-        super().__init__(f"server busy: {pending} requests already queued; retry in {retry_after_s:.0f}s")
-        self.retry_after_s = retry_after_s
 
 
 @dataclass
@@ -44,9 +43,10 @@ class SchedulerCounters:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, allocator: SlotAllocator):
+    def __init__(self, config: SchedulerConfig, allocator: SlotAllocator, codec: CodecConfig | None = None):
         self.config = config
         self.allocator = allocator
+        self.codec = codec or CodecConfig()  # how each piece's frames are windowed
         self.pending: deque[Session] = deque()
         self.active: list[Session] = []
         self.counters = SchedulerCounters()
@@ -83,6 +83,24 @@ class Scheduler:
                 admitted.append(session)
         return admitted
 
+    def to_end(self, now: float) -> list[tuple[Session, Outcome, str | None]]:
+        """Sessions to end now, queued or running: cancelled ones, and those older than
+        `session_timeout_s`, with their outcome and error."""
+        timeout = self.config.session_timeout_s
+
+        def verdict(session: Session, queued: bool) -> tuple[Session, Outcome, str | None]:
+            if session.cancelled:
+                return session, Outcome.CANCELLED, None
+            why = f"not started within session_timeout_s={timeout}" if queued else \
+                f"exceeded session_timeout_s={timeout}"
+            return session, Outcome.TIMEOUT, why
+
+        def gone(session: Session) -> bool:
+            return session.cancelled or now - session.created > timeout
+
+        queued = [verdict(s, True) for s in self.drain_pending(gone)]
+        return queued + [verdict(s, False) for s in self.active if gone(s)]
+
     def drain_pending(self, predicate) -> list[Session]:
         """Remove and return queued sessions matching `predicate` (cancelled or timed out)."""
         with self._lock:
@@ -100,6 +118,56 @@ class Scheduler:
             session.slot = None
         session.state = SessionState.FINISHED
         self.counters.completed_sessions += 1
+
+    def start_pieces(self) -> list[Session]:
+        """Sessions between pieces start their next one; returns those whose text is complete
+        and fully spoken (theirs to finish)."""
+        codec, done = self.codec, []
+        for session in self.active:
+            if session.state is SessionState.WAITING_TEXT:
+                closed = session.take_incoming()
+                if session.start_next_piece(codec.context_frames, codec.lookahead_frames, codec.window_frames):
+                    session.state = SessionState.PREFILL
+                elif closed:
+                    done.append(session)
+        return done
+
+    def launched(self, sessions: list[Session]) -> None:
+        """A forward that samples one more id for each of `sessions` was queued."""
+        for session in sessions:
+            session.state = SessionState.DECODING  # after a prefill: its first id is on the way
+            session.ids_requested += 1
+
+    def take_tokens(self, sessions: list[Session], pieces: list[int], tokens: list[int]) -> list[Session]:
+        """A step's sampled ids, one per row: feed each session's frames and end its piece at
+        end-of-speech, its budget or a full slot; returns the sessions whose piece ended (DRAINING:
+        not decoded again until their last audio is out).
+
+        A row whose session finished, or whose piece ended, after the step was queued (possible
+        with overlap_steps) sampled a spare id: it is dropped, as if never asked for."""
+        ended = []
+        max_context = self.config.max_context_tokens
+        for session, piece, token in zip(sessions, pieces, tokens):
+            if session.state is not SessionState.DECODING or session.piece_index != piece:
+                continue
+            session.metrics.tokens += 1
+            session.piece_tokens += 1
+            self.counters.total_tokens += 1
+            if token != orpheus.END_OF_SPEECH:
+                if session.accumulator.push(token):
+                    session.tokens_since_flush += 1
+                else:
+                    session.metrics.invalid_tokens += 1
+            if session.piece_done(token, max_context):
+                session.state = SessionState.DRAINING
+                ended.append(session)
+        return ended
+
+    def pieces_sent(self, ended: list[Session]) -> None:
+        """The last audio of these sessions' pieces has gone out: they may start the next one."""
+        for session in ended:
+            if session.state is SessionState.DRAINING:
+                session.state = SessionState.WAITING_TEXT
 
     def pick_prefill(self, max_sessions: int | None = None,
                      step_cost: Callable[[int], float] | None = None) -> list[Session]:

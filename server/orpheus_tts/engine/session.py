@@ -3,7 +3,8 @@
 A session speaks a sequence of text pieces (one for a short request, several for long text or
 text that streams in). Each piece is its own Orpheus prompt in the session's KV slot; the audio
 of all pieces forms one stream. Only the engine thread mutates a session, except `cancel`,
-`add_text` and `close_text`, which other threads call and which only touch locked fields.
+`add_text` and `close_text`, which other threads call and which only touch locked fields; its
+`state` changes only in the scheduler.
 """
 
 from __future__ import annotations
@@ -152,7 +153,6 @@ class Session:
         self.piece_tokens = 0
         self.ids_requested = 0
         self.tokens_since_flush = 0
-        self.state = SessionState.PREFILL
         self.prefill_since = time.monotonic()
         return True
 

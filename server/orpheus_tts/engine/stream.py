@@ -11,7 +11,8 @@ import asyncio
 from typing import TYPE_CHECKING, AsyncIterator
 
 from orpheus_tts.engine.session import AudioChunk, SessionEnd
-from orpheus_tts.requests import RequestError, SpeechRequest
+from orpheus_tts.errors import RequestError
+from orpheus_tts.requests import SpeechRequest, check_text_length
 from orpheus_tts.text import SentenceBuffer
 
 if TYPE_CHECKING:
@@ -38,9 +39,7 @@ class SpeechStream:
         if self._closed:
             raise RequestError("text", "the text was already ended")
         self._chars += len(text)
-        limit = self._engine.config.active_profile.max_text_chars
-        if self._chars > limit:
-            raise RequestError("text", f"streamed text reached {self._chars} characters; the limit is {limit}")
+        check_text_length(self._chars, self._engine.config.active_profile.max_text_chars, streamed=True)
         self._closed = final
         self._engine.add_text(self.session, self._buffer.add(text, final), close=final)
 

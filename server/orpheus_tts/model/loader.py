@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from torch import Tensor
 
 from orpheus_tts.model.llama import ModelArgs, Transformer, rope_table
 
@@ -129,19 +128,3 @@ def compile_model(model: Transformer) -> Transformer:
     for layer in model.layers:
         layer.forward = torch.compile(layer.forward, dynamic=True)
     return model
-
-
-def relative_difference(got: Tensor, want: Tensor) -> float:
-    got, want = got.float(), want.float()
-    return float((got - want).norm() / want.norm().clamp(min=1e-12))
-
-
-@torch.inference_mode()
-def compiled_block_difference(model: Transformer, x: Tensor, batch, kv_cache) -> float:
-    """Relative difference between the first block run as compiled (if it is) and eagerly on the
-    same input: the compiler's share of any disagreement, without 28 blocks amplifying it."""
-    k_cache, v_cache = kv_cache.layers[0]
-    fused = model.layers[0](x, batch, k_cache, v_cache)
-    with torch.compiler.set_stance("force_eager"):
-        eager = model.layers[0](x, batch, k_cache, v_cache)
-    return relative_difference(fused, eager)

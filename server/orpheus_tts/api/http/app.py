@@ -23,7 +23,8 @@ from orpheus_tts import orpheus
 from orpheus_tts.api.http import speech
 from orpheus_tts.api.http.errors import ApiError, RequestRecord, unavailable
 from orpheus_tts.api.http.websocket import serve_stream
-from orpheus_tts.engine.engine import Engine
+from orpheus_tts.config import ServerConfig
+from orpheus_tts.engine import Engine
 from orpheus_tts.metrics import ServerMetrics
 from orpheus_tts.requests import AUDIO_FORMATS
 
@@ -38,6 +39,7 @@ class HttpSettings:
 class HttpHost(Protocol):
     """What the routes need from the server around them (OrpheusServer)."""
 
+    config: ServerConfig
     engine: Engine | None
     metrics: ServerMetrics
     draining: bool
@@ -89,8 +91,7 @@ def create_app(host: HttpHost, settings: HttpSettings | None = None) -> FastAPI:
 
     @app.get("/v1/audio/voices")
     async def voices() -> dict:
-        default = host.engine.config.default_voice if host.engine else orpheus.VOICES[0]
-        return {"voices": [{"name": v} for v in orpheus.VOICES], "default_voice": default,
+        return {"voices": [{"name": v} for v in orpheus.VOICES], "default_voice": host.config.default_voice,
                 "emotion_tags": list(orpheus.EMOTION_TAGS), "response_formats": list(AUDIO_FORMATS)}
 
     @app.get("/v1/stats")

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 
-from orpheus_tts.api.servicer import _logfmt
-from orpheus_tts.engine.scheduler import QueueFullError
-from orpheus_tts.engine.session import SessionMetrics
+from orpheus_tts.api.request_log import log_request, request_id
+from orpheus_tts.engine import SessionMetrics
+from orpheus_tts.errors import QueueFullError, RequestError
 from orpheus_tts.metrics import ServerMetrics
-from orpheus_tts.requests import RequestError
 
 log = logging.getLogger("orpheus_tts.api")
 
@@ -69,11 +67,10 @@ def internal(message: str, outcome: str = "internal") -> ApiError:
 class RequestRecord:
     """One request's id and outcome: counted in metrics and logged as one logfmt line, once."""
 
-    def __init__(self, method: str, metrics: ServerMetrics, request_id: str | None = None):
+    def __init__(self, method: str, metrics: ServerMetrics, sent_id: str | None = None):
         self.method = method
         self.metrics = metrics
-        sent = request_id or ""
-        self.id = sent[:64] if sent and sent.isprintable() else uuid.uuid4().hex[:16]
+        self.id = request_id(sent_id)
         self.voice = "-"
         self.chars = 0
         self.format = "-"
@@ -86,16 +83,10 @@ class RequestRecord:
             return
         self.outcome = outcome
         self.metrics.request_done(self.method, outcome)
-        m = self.session or SessionMetrics()
-        fields = {
-            "id": self.id, "method": self.method, "voice": self.voice, "format": self.format, "chars": self.chars,
-            "outcome": outcome, "ttfb_ms": "-" if m.ttfb_s is None else f"{m.ttfb_s * 1000:.0f}",
-            "audio_s": f"{m.audio_s:.2f}", "rtf": "-" if m.real_time_factor is None else f"{m.real_time_factor:.2f}",
-            "tokens": m.tokens, "pieces": m.pieces, "elapsed_s": f"{time.monotonic() - self.started:.3f}",
-        }
-        if detail:
-            fields["detail"] = detail
-        log.info("request " + " ".join(f"{k}={_logfmt(v)}" for k, v in fields.items()))
+        fields = {"id": self.id, "method": self.method, "voice": self.voice, "format": self.format,
+                  "chars": self.chars, "outcome": outcome}
+        pieces = self.session.pieces if self.session else 0
+        log_request(logging.INFO, fields, self.session, self.started, detail, pieces=pieces)
 
 
 def metrics_json(request_id: str, m: SessionMetrics) -> dict:

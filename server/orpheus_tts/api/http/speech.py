@@ -22,10 +22,7 @@ from starlette.responses import StreamingResponse
 
 from orpheus_tts.api.http.errors import ApiError, RequestRecord, internal, metrics_json
 from orpheus_tts.audio import MEDIA_TYPES, stream_encoder
-from orpheus_tts.codec.joins import JoinSmoother
-from orpheus_tts.engine.engine import Engine
-from orpheus_tts.engine.session import AudioChunk, Outcome, SessionEnd
-from orpheus_tts.engine.stream import SpeechStream
+from orpheus_tts.engine import AudioChunk, Engine, JoinSmoother, Outcome, SessionEnd, SpeechStream
 from orpheus_tts.requests import AUDIO_FORMATS, SpeechRequest
 
 SPEED_RANGE = (0.25, 4.0)  # OpenAI's range; only 1.0 is spoken (see `check_speed`)
@@ -105,7 +102,7 @@ def speech_request(engine: Engine, body: dict, default_format: str, allow_empty_
     check_speed(body)
     fields = {name: body[name] for name in _SAMPLING if name in body}
     try:
-        request = engine.make_request(body.get(text_field, ""), voice=body.get("voice") or engine.config.default_voice,
+        request = engine.make_request(body.get(text_field, ""), voice=body.get("voice"),
                                       format=body.get("response_format") or default_format,
                                       allow_empty_text=allow_empty_text, **fields)
     except Exception as exc:

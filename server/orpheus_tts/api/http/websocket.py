@@ -22,9 +22,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from orpheus_tts.api.http.errors import ApiError, RequestRecord, metrics_json
 from orpheus_tts.api.http.speech import (SPEECH_FIELDS, SessionFailed, check_fields, encoded_audio,
                                          parse_json_object, speech_request)
-from orpheus_tts.engine.engine import Engine
-from orpheus_tts.engine.stream import SpeechStream
-from orpheus_tts.requests import RequestError
+from orpheus_tts.engine import Engine, SpeechStream
+from orpheus_tts.errors import RequestError
 
 FIRST_FIELDS = SPEECH_FIELDS - {"stream_format"} | {"streaming_text", "end"}
 PIECE_FIELDS = frozenset({"text", "input", "end"})
