@@ -22,7 +22,7 @@ from orpheus_tts.errors import RequestError
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config file (default: config/default.yaml)")
+    parser.add_argument("--config", help="YAML config file (default: none; config/example.yaml lists every key)")
     parser.add_argument("--model", help="Orpheus model: 'demo' or a Hugging Face checkpoint directory")
     parser.add_argument("--snac", help="SNAC 24 kHz codec: 'demo' or a directory (config.json + pytorch_model.bin)")
     parser.add_argument("--device", help="cpu, cuda, cuda:N (default: auto)")

@@ -1,7 +1,9 @@
 """One typed configuration for the whole server.
 
-Values come, in rising priority, from the dataclass defaults, a YAML file
-(`config/default.yaml` unless another is named), environment variables
+The dataclasses below are the one source of every default and of its explanation (each field's
+`doc`); `make generate` writes the reference (`docs/configuration.md`) and a complete commented
+example (`config/example.yaml`) from them. Values come, in rising priority, from these defaults,
+a YAML file (only when one is named: `--config FILE`), environment variables
 (`ORPHEUS_TTS__SECTION__KEY=value`, for example `ORPHEUS_TTS__SCHEDULER__MAX_BATCH_SIZE=8`)
 and `--set section.key=value` flags. Unknown keys are errors, so a typo never
 silently falls back to a default.
@@ -15,122 +17,145 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import yaml
 
 ENV_PREFIX = "ORPHEUS_TTS__"
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "config" / "default.yaml"
 
 
 class ConfigError(ValueError):
     """A configuration value is unknown, mistyped or out of range."""
 
 
+def setting(default: Any = dataclasses.MISSING, doc: str = "", *, live: bool = False,
+            default_factory: Any = dataclasses.MISSING) -> Any:
+    """A config field with its explanation (`doc`, for the generated reference).
+
+    `live` marks a setting the engine reads afresh at every step, so it may be changed on a
+    running engine (the bench's A/B compares such settings on one warm engine); the others take
+    effect at start-up only.
+    """
+    return field(default=default, default_factory=default_factory, metadata={"doc": doc, "live": live})
+
+
 @dataclass
 class ModelConfig:
-    """The Orpheus language model: `demo` (random tiny weights) or a Hugging Face checkpoint dir."""
+    """The Orpheus language model."""
 
-    path: str = "demo"
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto (fp32 on CPU, bf16 on GPU) | float32 | bfloat16 | float16
-    kv_cache_dtype: str = "auto"  # auto (the model dtype on CPU, bf16 on GPU) | float16 | bfloat16 | float32
-    seed: int = 0  # seeds the demo weights
-    quantization: str = "auto"  # auto (FP8 weights where the GPU has FP8) | fp8 | none
-    cuda_graphs: bool = True  # capture decode steps as CUDA graphs (GPU only)
-    compile: bool = True  # torch.compile the transformer on GPU: fuses the many small ops of a step
+    path: str = setting("demo", "`demo` (random tiny weights: every real code path, but it makes noise, not "
+                                "speech) or a Hugging Face checkpoint directory (`config.json`, `model*.safetensors`, "
+                                "`tokenizer.json`).")
+    device: str = setting("auto", "auto (the GPU when there is one) | cpu | cuda | cuda:N.")
+    dtype: str = setting("auto", "auto (float32 on CPU, bfloat16 on GPU) | float32 | bfloat16 | float16.")
+    kv_cache_dtype: str = setting("auto", "auto (the model dtype on CPU, bfloat16 on GPU) | float16 | bfloat16 | "
+                                          "float32.")
+    seed: int = setting(0, "Seeds the demo weights.")
+    quantization: str = setting("auto", "auto (FP8 weights where the GPU has FP8: sm_89 and newer, else none) | fp8 "
+                                        "| none.")
+    cuda_graphs: bool = setting(True, "Capture decode and prefill steps, and SNAC decodes, as CUDA graphs (GPU "
+                                      "only).")
+    compile: bool = setting(True, "torch.compile the transformer and the sampler on GPU: fuses the many small ops "
+                                  "of a step.")
 
 
 @dataclass
 class CodecConfig:
-    """SNAC 24 kHz: `demo` (random, seeded, small decoder) or a dir with config.json + pytorch_model.bin."""
+    """SNAC 24 kHz, the audio codec that turns audio tokens into samples."""
 
-    path: str = "demo"
-    device: str = "auto"
-    dtype: str = "auto"  # auto (float16 on GPU, float32 on CPU) | float32 | float16 | bfloat16
-    seed: int = 0
-    # SNAC adds random noise inside each decoder block (it was trained that way). Off makes
-    # decoding deterministic, which tests use to compare two decodes of the same codes.
-    noise: bool = True
-    # Frames of already-emitted audio decoded again as left context for the next chunk.
-    context_frames: int = 1
-    # Frames held back (except at the end of a stream) so the emitted ones have right context.
-    lookahead_frames: int = 1
-    # Widen the left context until a window has this many frames (when the stream has them), so
-    # windows of all sessions share one shape and decode in one call. 0 turns widening off.
-    window_frames: int = 4
-    # GPU: compile the decoder (fused snake and depthwise convolutions) before capturing its
-    # graphs. Faster decodes, about two more minutes of start-up.
-    compile: bool = True
-    # GPU: the largest batch of windows one captured graph decodes; bigger batches go in parts.
-    graph_max_batch: int = 64
+    path: str = setting("demo", "`demo` (random, seeded, small decoder) or a directory with `config.json` + "
+                                "`pytorch_model.bin`.")
+    device: str = setting("auto", "auto (the GPU when there is one) | cpu | cuda | cuda:N.")
+    dtype: str = setting("auto", "auto (float16 on GPU: 58 dB SNR against float32; float32 on CPU) | float32 | "
+                                 "float16 | bfloat16.")
+    seed: int = setting(0, "Seeds the demo codec's weights and the decoder's noise.")
+    noise: bool = setting(True, "SNAC adds random noise inside each decoder block (it was trained that way). Off "
+                                "makes decoding deterministic, which tests use to compare two decodes of the same "
+                                "codes.")
+    context_frames: int = setting(1, "Frames of already-emitted audio decoded again as left context for the next "
+                                     "chunk (at each chunk join).")
+    lookahead_frames: int = setting(1, "Frames held back (except for the first chunks and at the end of a stream) "
+                                       "so the emitted ones have right context.")
+    window_frames: int = setting(4, "Widen the left context until a window has this many frames (when the stream "
+                                    "has them), so windows of all sessions share one shape and decode in one call. "
+                                    "0 turns widening off.")
+    compile: bool = setting(True, "GPU, with `model.cuda_graphs`: compile the decoder (fused snake and depthwise "
+                                  "convolutions) before capturing its graphs. Faster decodes, about two more "
+                                  "minutes of start-up.")
+    graph_max_batch: int = setting(64, "GPU: the largest batch of windows one captured graph decodes; bigger "
+                                       "batches go in parts.")
 
 
 @dataclass
 class SchedulerConfig:
-    max_concurrent_sessions: int = 32  # sessions holding a KV-cache slot at once
-    max_batch_size: int = 16  # sessions decoded together in one step
-    max_pending_sessions: int = 64  # admission queue behind the pool; beyond it requests are refused
-    ttfb_priority_tokens: int = 20  # new sessions go first for at most this many tokens
-    max_prefill_tokens: int = 2048  # prompt tokens prefilled per step, so running sessions keep pace
-    # While sessions decode, new prompts wait up to this long to share one prefill (a burst of
-    # arrivals costs running streams a few prefills, not one per step). 0 prefills at once.
-    # H100, 200 streams: every stream real time with 40, 78% with 0.
-    prefill_wait_ms: float = 40.0
-    # Wait only if the next second's steps would take at least this share of the real-time
-    # step (1/82 s, in which every stream needs its next id): the rows decoding now plus a
-    # second's prompts at their recent rate, at the step time fitted to the batch size. 0 waits
-    # at any load. H100: with 0.6, TTFB p50 at 16 / 64 streams 28-40 ms (69-77 with 0), but
-    # at 200 streams 97-100% of streams real time (100% in each of four runs with 0): a stall
-    # is heard, 40 ms more to the first audio is not, so 0 is the default.
-    prefill_wait_min_load: float = 0.0
-    flush_first_n_tokens: int = 7  # first audio chunk after this many audio tokens (one frame)
-    flush_every_n_tokens: int = 14  # then a chunk every this many tokens
-    # The first frames of a stream go out one per chunk, without waiting for lookahead, so the
-    # client's buffer grows before chunks get bigger (a 2-frame chunk right after a 1-frame one
-    # would need steps under 6.1 ms to arrive before the first frame has played).
-    flush_startup_frames: int = 4
-    # Later, a stream whose client holds too little audio for the wait of a bigger chunk goes
-    # back to frame by frame, judged by the time steps take now. Chunk joins then follow the
-    # load, so the same seed gives the same tokens but samples near joins may differ slightly;
-    # false fixes the joins (bit-identical audio per seed) at the cost of stalls under load.
-    adaptive_chunks: bool = True
-    # Audio a client must still hold when a bigger chunk arrives, for the steps to slow down
-    # meanwhile (a burst of new sessions) without a stall; 0 cuts it to the estimate alone.
-    adaptive_margin_s: float = 0.1
-    # Queue each decode step before reading the ids of the one before, and do that host work
-    # (tokens, audio planning, scheduling) while the GPU runs: the GPU never waits for the
-    # host. Each id is read one step later, and a session that says end-of-speech is decoded
-    # once more (that id is dropped). False: the GPU idles while the host works.
-    overlap_steps: bool = True
-    session_timeout_s: float = 300.0  # a session older than this is ended with a timeout
-    max_context_tokens: int = 4096  # prompt + generated tokens per session (the KV slot length)
+    """Sessions, batches, admission and audio chunks: what the engine loop runs at each step."""
 
-
-# Settings the engine reads afresh at every step, so they may be changed on a running engine
-# (the bench's A/B compares them on one warm engine); the others take effect at start-up only.
-LIVE_KEYS = (
-    "scheduler.overlap_steps", "scheduler.adaptive_chunks", "scheduler.adaptive_margin_s",
-    "scheduler.flush_every_n_tokens", "scheduler.flush_startup_frames", "scheduler.ttfb_priority_tokens",
-    "scheduler.max_prefill_tokens", "scheduler.prefill_wait_ms", "scheduler.prefill_wait_min_load",
-)
+    max_concurrent_sessions: int = setting(32, "Sessions holding a KV-cache slot at once.")
+    max_batch_size: int = setting(16, "Sessions decoded together in one step.")
+    max_pending_sessions: int = setting(64, "The admission queue behind the pool; when it is full, requests are "
+                                            "refused (RESOURCE_EXHAUSTED / HTTP 429 with Retry-After).")
+    ttfb_priority_tokens: int = setting(20, "New sessions go first for at most this many tokens.", live=True)
+    max_prefill_tokens: int = setting(2048, "Prompt tokens prefilled per step, so running sessions keep pace.",
+                                      live=True)
+    prefill_wait_ms: float = setting(
+        40.0, "While sessions decode, new prompts wait up to this long to share one prefill (a burst of arrivals "
+              "costs running streams a few prefills, not one per step); a prompt that waits gets its first audio "
+              "up to this much later. 0 prefills at once. H100, 200 streams: every stream real time with 40, 78% "
+              "with 0.", live=True)
+    prefill_wait_min_load: float = setting(
+        0.0, "Wait only if the next second's steps would take at least this share of the real-time step (1/82 s, "
+             "in which every stream needs its next id): the rows decoding now plus a second's prompts at their "
+             "recent rate, at the step time the engine fits to the batch size as it runs. 0 waits at any load. "
+             "H100: with 0.6, TTFB p50 at 16 / 64 streams 28-40 ms (69-77 with 0), but at 200 streams 97-100% of "
+             "streams real time (100% in each of four runs with 0): a stall is heard, 40 ms more to the first "
+             "audio is not, so 0 is the default.", live=True)
+    flush_first_n_tokens: int = setting(7, "The first audio chunk goes out after this many audio tokens (one "
+                                           "frame; a multiple of 7).")
+    flush_every_n_tokens: int = setting(14, "Then a chunk every this many tokens (two frames; a multiple of 7).",
+                                        live=True)
+    flush_startup_frames: int = setting(
+        4, "The first frames of a stream go out one per chunk, without waiting for lookahead, so the client's "
+           "buffer grows before chunks get bigger (a 2-frame chunk right after a 1-frame one would need steps "
+           "under 6.1 ms to arrive before the first frame has played).", live=True)
+    adaptive_chunks: bool = setting(
+        True, "Later, a stream whose client holds too little audio for the wait of a bigger chunk goes back to "
+              "frame by frame, judged by the time steps take now (no stalls under load). Chunk joins then follow "
+              "the load, so the same seed gives the same tokens but samples near joins may differ slightly; false "
+              "fixes the joins (bit-identical audio per seed) at the cost of stalls under load.", live=True)
+    adaptive_margin_s: float = setting(
+        0.1, "Audio a client must still hold when a bigger chunk arrives, for the steps to slow down meanwhile (a "
+             "burst of new sessions) without a stall; 0 cuts it to the estimate alone.", live=True)
+    overlap_steps: bool = setting(
+        True, "Queue each decode step before reading the ids of the one before, and do that host work (tokens, "
+              "audio planning, scheduling) while the GPU runs: the GPU never waits for the host. Each id is read "
+              "one step later, and a session that says end-of-speech is decoded once more (that id is dropped). "
+              "False: the GPU idles while the host works.", live=True)
+    session_timeout_s: float = setting(300.0, "A session older than this is ended with a timeout.")
+    max_context_tokens: int = setting(4096, "Prompt + generated tokens per session: the KV slot length (one text "
+                                            "piece's prompt and audio).")
 
 
 @dataclass
 class SamplingConfig:
-    """Defaults for requests that do not set their own (Orpheus needs repetition_penalty >= 1.1)."""
+    """Defaults for requests that do not set their own."""
 
-    temperature: float = 0.6
-    top_p: float = 0.8
-    repetition_penalty: float = 1.1
-    constrained: bool = True  # restrict each step to the audio ids valid at its frame position
+    temperature: float = setting(0.6, "Softmax temperature.")
+    top_p: float = setting(0.8, "Nucleus sampling: keep the most likely ids up to this probability mass.")
+    repetition_penalty: float = setting(1.1, "Orpheus needs at least 1.1 for stable speech.")
+    constrained: bool = setting(True, "Restrict each step to the audio ids valid at its frame position (and "
+                                      "end-of-speech at a frame boundary): no invalid frame can be produced.")
 
 
 @dataclass
 class TuningProfile:
-    max_text_chars: int
-    target_concurrent: int
-    target_ttfb_ms: float
+    """The limits and targets of one kind of traffic."""
+
+    max_text_chars: int = setting(doc="The longest text one request may carry, in characters (streamed text "
+                                       "included).")
+    target_concurrent: int = setting(doc="The concurrent streams the profile is meant for (recorded; nothing reads "
+                                          "it yet).")
+    target_ttfb_ms: float = setting(doc="The TTFB p95 the profile aims for (`orpheus-tts bench --mode tuning` "
+                                        "tests against it).")
 
 
 def _default_profiles() -> dict[str, TuningProfile]:
@@ -142,13 +167,17 @@ def _default_profiles() -> dict[str, TuningProfile]:
 
 @dataclass
 class ServerConfig:
+    """The whole configuration: one section per part, then the tuning profiles."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    profile: str = "longform"  # which tuning profile's limits apply
-    tuning: dict[str, TuningProfile] = field(default_factory=_default_profiles)
-    default_voice: str = "tara"
+    profile: str = setting("longform", "Which tuning profile's limits apply.")
+    tuning: dict[str, TuningProfile] = setting(doc="Tuning profiles by name; add one under a new name (all three "
+                                                   "keys), then select it with `profile`.",
+                                               default_factory=_default_profiles)
+    default_voice: str = setting("tara", "The voice of requests that name none.")
 
     @property
     def active_profile(self) -> TuningProfile:
@@ -247,10 +276,14 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> ServerConfig:
-    """Defaults < YAML file < environment < `overrides` ({"scheduler.max_batch_size": 8, ...})."""
+    """Defaults < YAML file < environment < `overrides` ({"scheduler.max_batch_size": 8, ...}).
+
+    The defaults are the dataclasses' own, so an installed wheel or an image has them without
+    any file beside the code; a YAML file is read only when `path` names one.
+    """
     tree = dataclasses.asdict(ServerConfig())
-    config_path = Path(path) if path else DEFAULT_CONFIG_PATH
-    if path or config_path.exists():
+    if path:
+        config_path = Path(path)
         try:
             loaded = yaml.safe_load(config_path.read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
@@ -276,3 +309,33 @@ def parse_set_flags(items: list[str]) -> dict[str, Any]:
             raise ConfigError(f"--set expects section.key=value, got {item!r}")
         out[key.strip()] = yaml.safe_load(value)
     return out
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One leaf of the configuration, as the reference and the example config show it."""
+
+    key: str  # dotted, as `--set` takes it: "scheduler.max_batch_size", "tuning.longform.max_text_chars"
+    type: type
+    default: Any
+    doc: str
+    live: bool
+
+
+def settings(config: Any = None, prefix: str = "") -> Iterator[Setting]:
+    """Every leaf setting of `config` (the defaults when None), in declaration order."""
+    config = ServerConfig() if config is None else config
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value, key = getattr(config, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            yield from settings(value, key + ".")
+        elif isinstance(value, dict):
+            for name, entry in value.items():
+                yield from settings(entry, f"{key}.{name}.")
+        else:
+            yield Setting(key, hints[f.name], value, f.metadata.get("doc", ""), f.metadata.get("live", False))
+
+
+# What a running engine may change (`setting(..., live=True)`); the bench's A/B varies only these.
+LIVE_KEYS = tuple(s.key for s in settings() if s.live)

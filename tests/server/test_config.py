@@ -2,7 +2,7 @@
 
 import pytest
 
-from orpheus_tts.config import ConfigError, load_config, parse_set_flags
+from orpheus_tts.config import ConfigError, load_config, parse_set_flags, settings
 
 
 def test_defaults_carry_the_seed_knobs():
@@ -44,3 +44,8 @@ def test_bad_values_are_rejected_with_the_key_named(overrides, message):
 def test_set_flag_needs_key_and_value():
     with pytest.raises(ConfigError, match="section.key=value"):
         parse_set_flags(["scheduler.max_batch_size"])
+
+
+def test_every_setting_is_explained_for_the_generated_reference():
+    undocumented = [s.key for s in settings() if not s.doc]
+    assert undocumented == []
