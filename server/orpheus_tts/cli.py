@@ -117,12 +117,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    """The load generator lives in the `orpheus_bench` package beside the server, installed with
+    the distribution; an image that left it out still serves, and says so here."""
     import shlex
 
-    from orpheus_tts import loadbench
-
+    try:
+        from orpheus_bench import load_cli
+    except ImportError as exc:
+        if exc.name is None or not exc.name.startswith("orpheus_bench"):
+            raise
+        print("error: `orpheus-tts bench` needs the orpheus_bench package, which this installation lacks "
+              "(install orpheus-tts from the whole repository: pip install '.[bench]')", file=sys.stderr)
+        return 2
     command = shlex.join(["orpheus-tts", *(args.argv if args.argv is not None else sys.argv[1:])])
-    return loadbench.main(args, build_config(args), command)
+    return load_cli.main(args, build_config(args), command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,31 +1,23 @@
 """The decode step's FP8 matmuls: cuBLAS `torch._scaled_mm` against the split-K Triton kernel.
 
-    python bench/fp8_gemm_bench.py --out bench/results/h100-fp8-gemm
+    python -m orpheus_bench.fp8_gemm --out bench/results/h100-fp8-gemm
 
 For the four Orpheus-3B layer shapes and a range of row counts: time per matmul (one CUDA
 graph of 20 calls, so launch cost is not measured), weight bandwidth against the copy
-bandwidth, and relative error against an fp64 product of the same quantised operands.
+bandwidth, and relative error against an fp64 product of the same quantised operands. Reaches into
+`fp8_gemm.k_splits(n, k, sms)` and `fp8_gemm.fp8_matmul_splits(xq, wq, splits)`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from engine_bench import copy_bandwidth, cuda_time_ms, log  # noqa: E402
-
-from orpheus_tts.model import fp8_gemm  # noqa: E402
-from orpheus_tts.model.fp8 import FP8, FP8_MAX  # noqa: E402
+from orpheus_bench.results import command_line, header, log, write_json
+from orpheus_bench.server_parts import FP8, FP8_MAX, fp8_gemm
+from orpheus_bench.timing import copy_bandwidth, cuda_time_ms
 
 SHAPES = {"wqkv": (5120, 3072), "wo": (3072, 3072), "w13": (16384, 3072), "w2": (3072, 8192)}
 
@@ -41,19 +33,16 @@ def graph_ms(fn, calls: int = 20) -> float:
 
 
 @torch.inference_mode()
-def main():
-    parser = argparse.ArgumentParser()
+def main(argv: list[str] | None = None):
+    parser = argparse.ArgumentParser(prog="python -m orpheus_bench.fp8_gemm", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="bench/results/fp8-gemm")
     parser.add_argument("--rows", default="1,8,16,32,64,96,128,256")
-    opts = parser.parse_args()
+    opts = parser.parse_args(argv)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    commit = os.environ.get("GIT_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     bw = copy_bandwidth()
-    results = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, git_commit=commit,
-                   command=" ".join(sys.argv), python=platform.python_version(), copy_bandwidth_bytes_per_s=bw,
-                   rows=[])
+    results = dict(**header(torch.device("cuda"), command_line("orpheus_bench.fp8_gemm", argv)),
+                   copy_bandwidth_bytes_per_s=bw, rows=[])
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     torch.manual_seed(0)
     for name, (n, k) in SHAPES.items():
@@ -95,7 +84,7 @@ def main():
                        for label in ("cublas", "triton") if all(f"{label}_us" in r for r in sel)}
     results["step_matmul_ms"] = per_step
     log("28 layers' matmuls per step (ms):", per_step)
-    (out / "fp8_gemm.json").write_text(json.dumps(results, indent=2))
+    write_json(out / "fp8_gemm.json", results)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""`orpheus-tts bench`: the load benchmark, against a gRPC server or the engine in-process.
+"""The closed-loop load generator behind `orpheus-tts bench`: streams against a gRPC server or
+the engine in-process, and what a client sees of each (TTFB, stalls, real-time share).
 
 The standard workload (so runs compare): closed-loop concurrency N. At each level, N streams
 start staggered over `stagger_s`; each sends a 57-character sentence (~40 prompt tokens) whose
@@ -11,18 +12,15 @@ finished playing), the worst playback stall of each stream (p50 and max over str
 its latest chunk was; negative is the margin it kept), tokens/s (from each stream's final
 metrics, over the level's wall time) and the success rate. `tuning` finds the largest
 concurrency whose TTFB p95 meets the target with every stream real time; `all` runs the
-scaling ramp and then the tuning search.
+scaling ramp and then the tuning search. Writing the results is `load_cli`'s job.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Awaitable, Callable
 
 import numpy as np
@@ -141,7 +139,7 @@ class EngineTarget:
         self.engine = None
 
     async def __aenter__(self):
-        from orpheus_tts.engine.engine import Engine
+        from orpheus_bench.server_parts import Engine
 
         self.engine = Engine.from_config(self.config).start()
         await asyncio.to_thread(self.engine.warm_up)
@@ -151,7 +149,7 @@ class EngineTarget:
         self.engine.stop()
 
     async def stream(self, text: str, seed: int) -> StreamResult:
-        from orpheus_tts.engine.session import AudioChunk, Outcome
+        from orpheus_bench.server_parts import AudioChunk, Outcome
 
         timeline, end = _Timeline(), None
         try:
@@ -283,79 +281,3 @@ async def run_bench(target, mode: str, max_concurrent: int, requests: int, text:
                             f"stream real-time: {best}")
     out["levels"] = [measured[n] for n in sorted(measured)]
     return out
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                              capture_output=True, text=True, timeout=10, check=True).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def plot(levels: list[dict], target_ttfb_ms: float, path: Path) -> bool:
-    """TTFB percentiles and real-time share against concurrency; False when matplotlib is absent."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    xs = [row["concurrency"] for row in levels]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key, label in (("ttfb_p50_ms", "TTFB p50"), ("ttfb_p95_ms", "TTFB p95"), ("ttfb_p99_ms", "TTFB p99")):
-        ax.plot(xs, [row[key] if row[key] is not None else float("nan") for row in levels], marker="o", label=label)
-    ax.axhline(target_ttfb_ms, color="grey", linestyle=":", label=f"target {target_ttfb_ms:.0f} ms")
-    ax.set_xlabel("concurrent streams")
-    ax.set_ylabel("TTFB (ms)")
-    ax.set_xscale("log", base=2)
-    share = ax.twinx()
-    share.plot(xs, [row["realtime_share"] * 100 for row in levels], color="black", marker="s", linestyle="--",
-               label="real-time streams")
-    share.set_ylabel("streams real-time (%)")
-    share.set_ylim(0, 105)
-    lines = ax.get_legend_handles_labels()
-    more = share.get_legend_handles_labels()
-    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper left", fontsize=8)
-    ax.set_title("orpheus-tts bench")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
-
-
-def main(args, config, command: str) -> int:
-    """Run from `orpheus-tts bench`; writes the JSON (always) and a PNG beside it (with matplotlib)."""
-    if args.concurrent < 1 or args.requests < 1:
-        raise ValueError("--concurrent and --requests must be at least 1")
-    if not args.in_process and not args.server:
-        raise ValueError("give --server HOST:PORT or --in-process")
-    text = args.text or DEFAULT_TEXT
-    target_ttfb_ms = args.target_ttfb_ms or config.active_profile.target_ttfb_ms
-    if args.in_process:
-        if args.concurrent > config.scheduler.max_concurrent_sessions:
-            print(f"note: --concurrent {args.concurrent} exceeds scheduler.max_concurrent_sessions="
-                  f"{config.scheduler.max_concurrent_sessions}; the rest queue", file=sys.stderr)
-        target, where = EngineTarget(config, not args.stop_at_end_of_speech), "in-process"
-    else:
-        target, where = GrpcTarget(args.server, args.timeout, not args.stop_at_end_of_speech), args.server
-    started = time.time()
-    out = asyncio.run(run_bench(target, args.mode, args.concurrent, args.requests, text, args.stagger_s,
-                                target_ttfb_ms))
-    results = dict(command=command, git_commit=git_commit(), target=where, mode=args.mode,
-                   workload=dict(text=text, text_chars=len(text), concurrent=args.concurrent,
-                                 requests_per_stream=args.requests, stagger_s=args.stagger_s,
-                                 end_of_speech_suppressed=not args.stop_at_end_of_speech),
-                   profile=config.profile, target_ttfb_ms=target_ttfb_ms,
-                   started_unix=started, duration_s=time.time() - started, **out)
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {output}")
-    png = output.with_suffix(".png")
-    if plot(results["levels"], target_ttfb_ms, png):
-        print(f"wrote {png}")
-    else:
-        print("note: matplotlib is not installed (pip install 'orpheus-tts[bench]'); no PNG written")
-    return 0 if all(row["success_rate"] > 0 for row in results["levels"]) else 1

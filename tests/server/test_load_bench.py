@@ -1,4 +1,4 @@
-"""`orpheus-tts bench`: the load benchmark, in-process and against a real gRPC server."""
+"""`orpheus-tts bench` (`orpheus_bench.load`): the load benchmark, in-process and against a real gRPC server."""
 
 import json
 import subprocess
@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from orpheus_tts import cli, loadbench
+from orpheus_bench import load
+from orpheus_tts import cli
 from server_testkit import RunningServer, grpc_server_config
 
 SMALL = ["--set", "scheduler.max_context_tokens=512", "--set", "tuning.longform.max_text_chars=200"]
@@ -27,13 +28,13 @@ def _check_levels(results, levels, requests):
 def test_stall_is_the_worst_wait_for_a_chunk_after_playback_starts():
     # Chunks of 0.1 s: the third arrives 0.25 s after the first, when 0.2 s had been playing.
     arrivals, before = [1.0, 1.05, 1.25], [0.0, 0.1, 0.2]
-    assert loadbench.lateness_ms(arrivals, before) == pytest.approx(50.0)
-    assert loadbench.worst_wait(arrivals, before)[1] == pytest.approx(0.2)  # the chunk after 0.2 s of audio
-    assert not loadbench.is_realtime(arrivals, before)
+    assert load.lateness_ms(arrivals, before) == pytest.approx(50.0)
+    assert load.worst_wait(arrivals, before)[1] == pytest.approx(0.2)  # the chunk after 0.2 s of audio
+    assert not load.is_realtime(arrivals, before)
     on_time = [1.0, 1.05, 1.15]
-    assert loadbench.lateness_ms(on_time, before) == pytest.approx(-50.0)
-    assert loadbench.is_realtime(on_time, before)
-    assert loadbench.lateness_ms([], []) is None and not loadbench.is_realtime([], [])
+    assert load.lateness_ms(on_time, before) == pytest.approx(-50.0)
+    assert load.is_realtime(on_time, before)
+    assert load.lateness_ms([], []) is None and not load.is_realtime([], [])
 
 
 def test_bench_in_process_scaling_writes_each_level(tmp_path):
@@ -77,3 +78,11 @@ def test_bench_needs_a_target(capsys):
         assert exc.code == 2
     else:
         raise AssertionError("bench without --server or --in-process should fail")
+
+
+def test_bench_without_the_bench_package_says_what_is_missing():
+    hide = ("import sys; sys.modules['orpheus_bench'] = None; from orpheus_tts.cli import main; "
+            "sys.exit(main(['bench', '--in-process']))")
+    result = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "needs the orpheus_bench package" in result.stderr

@@ -1,22 +1,20 @@
 """Where a decode step's and a prefill's GPU time goes: kernel times from the PyTorch profiler.
 
-    python bench/profile_step.py --out bench/results/h100-profile
+    python -m orpheus_bench.profile_step --out bench/results/h100-profile
 
 Builds the Orpheus-3B shape with random weights (FP8 where the GPU has it, compiled as the
 engine compiles it), captures the decode step and the prefill as the engine does, and for each
 shape records: graph replay time, the host-visible step time (staging, replay, token
 readback), and the sum of kernel times grouped by kernel, so the gap between the step and the
 weight-read floor can be attributed (matmuls, attention, sampler, fused elementwise, gaps).
+Reaches into `DecodeGraphs._graphs[bucket]`, `PrefillGraphs.lengths`, `.BATCHES`,
+`._graphs[batch, length]`, `.run(prompts, ints, floats)`, and the codec's `_decode_codes(codes,
+decoder)`, `compile()` and `graph_decoder`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -25,14 +23,11 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from engine_bench import cuda_time_ms, load_rows, log, synthetic_runner  # noqa: E402
-
-from orpheus_tts.engine.cuda_graphs import DecodeGraphs, PrefillGraphs  # noqa: E402
-from orpheus_tts.model.fp8 import fp8_supported, quantize_to_fp8  # noqa: E402
-from orpheus_tts.model.loader import compile_model, load_model  # noqa: E402
+from orpheus_bench.results import command_line, header, log, write_json
+from orpheus_bench.server_parts import (
+    DecodeGraphs, PrefillGraphs, SnacCodec, compile_model, fp8_supported, load_model, quantize_to_fp8)
+from orpheus_bench.synthetic import load_rows, synthetic_runner
+from orpheus_bench.timing import cuda_time_ms
 
 
 def kernel_table(fn, repeats: int = 5) -> list[dict]:
@@ -75,19 +70,16 @@ def categorise(rows: list[dict]) -> dict[str, float]:
 
 
 @torch.inference_mode()
-def main():
-    parser = argparse.ArgumentParser()
+def main(argv: list[str] | None = None):
+    parser = argparse.ArgumentParser(prog="python -m orpheus_bench.profile_step", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="bench/results/profile")
     parser.add_argument("--batches", default="1,64,256")
     parser.add_argument("--context", type=int, default=512)
-    opts = parser.parse_args()
+    opts = parser.parse_args(argv)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    commit = os.environ.get("GIT_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    results = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, git_commit=commit,
-                   command=" ".join(sys.argv), python=platform.python_version(), decode=[], prefill=[])
     device = torch.device("cuda")
+    results = dict(**header(device, command_line("orpheus_bench.profile_step", argv)), decode=[], prefill=[])
     batches = [int(b) for b in opts.batches.split(",")]
     model = load_model("random:orpheus-3b", device, torch.bfloat16, max_positions=1024)
     if fp8_supported(device):
@@ -146,16 +138,14 @@ def main():
         log("  categories (us):", {k: round(v) for k, v in categorise(kernels).items()})
         for r in kernels[:14]:
             log(f"   {r['us_per_call']:8.1f} us x{r['launches_per_call']:5.0f}  {r['kernel'][:110]}")
-    (out / "profile.json").write_text(json.dumps(results, indent=2))
+    write_json(out / "profile.json", results)
     del prefill, runner, model
     torch.cuda.empty_cache()
     results["snac"] = snac_profile()
-    (out / "profile.json").write_text(json.dumps(results, indent=2))
+    write_json(out / "profile.json", results)
 
 
 def snac_profile() -> list[dict]:
-    from orpheus_tts.codec.snac_codec import SnacCodec
-
     rows = []
     codec = SnacCodec.load("random", torch.device("cuda"), noise=False, dtype=torch.float16)
     for b in (16, 64, 256):
