@@ -10,21 +10,21 @@ named where they are used.
 from __future__ import annotations
 
 from orpheus_tts.codec.snac_codec import SnacCodec
-from orpheus_tts.engine.cuda_graphs import DecodeGraphs, PrefillGraphs
-from orpheus_tts.engine.engine import Engine
+from orpheus_tts.engine import AudioChunk, Engine, EngineObserver, Outcome
+from orpheus_tts.engine.cuda_graphs import DecodeGraphs, PrefillGraphs, batch_buckets
 from orpheus_tts.engine.kv_cache import KVCache
-from orpheus_tts.engine.observer import EngineObserver
 from orpheus_tts.engine.runner import ModelRunner
 from orpheus_tts.engine.sampler import Sampler, SamplingBatch
-from orpheus_tts.engine.session import AudioChunk, Outcome
 from orpheus_tts.model import fp8_gemm
 from orpheus_tts.model.attention import decode_attention, decode_attention_reference
 from orpheus_tts.model.fp8 import FP8, FP8_MAX, Fp8Linear, fp8_supported, quantize_to_fp8
-from orpheus_tts.model.loader import compile_model, compiled_block_difference, load_model, relative_difference
+from orpheus_tts.model.checks import compiled_block_difference, relative_difference
+from orpheus_tts.model.loader import compile_model, load_model
 
 __all__ = [
     "AudioChunk", "DecodeGraphs", "Engine", "EngineObserver", "FP8", "FP8_MAX", "Fp8Linear", "KVCache", "ModelRunner",
-    "Outcome", "PrefillGraphs", "Sampler", "SamplingBatch", "SnacCodec", "compile_model", "compiled_block_difference",
+    "Outcome", "PrefillGraphs", "Sampler", "SamplingBatch", "SnacCodec", "batch_buckets", "compile_model",
+    "compiled_block_difference",
     "decode_attention", "decode_attention_reference", "fp8_gemm", "fp8_supported", "load_model", "quantize_to_fp8",
     "relative_difference",
 ]

@@ -1,7 +1,7 @@
 """SNAC decode time per batch of windows (fp32, fp16, fp16 in CUDA graphs) on the real 24 kHz
 config with random weights, and how far fp16 and graphs move the audio (SNR, max difference).
 
-Reaches into `SnacCodec.load(..., noise=, dtype=)`, `.decode`, `.enable_graphs(frames, batch)`,
+Reaches into `SnacCodec.load(..., noise=, dtype=)`, `.decode`, `.enable_graphs(frames, buckets)`,
 `._graph_inputs` and `._decode_codes` (the eager decode, the graphs' reference).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from orpheus_bench.results import log
-from orpheus_bench.server_parts import SnacCodec
+from orpheus_bench.server_parts import SnacCodec, batch_buckets
 from orpheus_bench.timing import cuda_time_ms
 
 
@@ -34,7 +34,7 @@ def snac_bench(results):
         ms16 = cuda_time_ms(lambda: codec16.decode(frames), iters=10, warmup=2)
         rows.append(dict(batch=b, window_frames=4, ms=ms16, dtype="float16"))
         log(f"SNAC fp16 batch {b} window 4: {ms16:.2f} ms")
-    codec16.enable_graphs(4, 256)
+    codec16.enable_graphs(4, batch_buckets(256))
     graphed = codec16.decode(torch.randint(0, 4096, (16, 4, 7)))
     eager = codec16._decode_codes(codec16._graph_inputs[:16].clone())  # noqa: SLF001 (same codes, eager)
     results["checks"]["snac_graph_vs_eager_max_abs_diff"] = float((graphed - eager).abs().max())
