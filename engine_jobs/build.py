@@ -13,7 +13,8 @@ The output directory, once complete, holds:
 
 What this version does: validates the arguments; copies a checkpoint from a mounted PVC
 (`pvc:PATH`, hard links when on the same filesystem); fetches a hub repository
-(`hub:REPO` + revision) with huggingface_hub when the image has it; writes engine.json. A
+(`hub:REPO` + revision) with huggingface_hub when the image has it; validates the checkpoint
+with the server's loader (engine_jobs/checkpoint.py); writes engine.json. A
 directory that is already complete for the same hash is left as it is (a cache hit), and work
 happens in a staging directory renamed into place at the end, so a half-written engine is
 never mistaken for a built one.
@@ -34,10 +35,14 @@ import shutil
 import sys
 from pathlib import Path
 
-# Must equal orpheus_operator.hashing.BUILDER_VERSION: the operator hashes it into the Job name.
+from orpheus_tts.model.fp8 import FP8_MIN_COMPUTE_CAPABILITY
+
+from engine_jobs.checkpoint import validate_model
+
+# Bump when this builder changes what it writes, so every engine is built again: the operator
+# hashes it into the Job name (its copy, orpheus_operator/model_facts.py, is generated from this).
 BUILDER_VERSION = "1"
 MANIFEST = "engine.json"
-FP8_ARCHES = {"sm_89", "sm_90"}
 EXIT_INVALID = 2
 EXIT_NOT_IMPLEMENTED = 3
 
@@ -61,6 +66,12 @@ def parse_source(value: str, revision: str | None, what: str) -> dict:
     return {"pvc": rest}
 
 
+def compute_capability(gpu_arch: str) -> tuple[int, int]:
+    """`sm_89` -> (8, 9), `sm_100` -> (10, 0)."""
+    digits = gpu_arch.removeprefix("sm_")
+    return int(digits[:-1]), int(digits[-1])
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m engine_jobs.build", description=__doc__.split("\n\n")[0])
     p.add_argument("--model-source", required=True, help="hub:REPO or pvc:PATH (a mounted checkpoint directory)")
@@ -80,8 +91,10 @@ def plan_manifest(args: argparse.Namespace) -> dict:
     """engine.json as it will be written, before any file is copied (validates everything)."""
     if not re.fullmatch(r"sm_\d{2,3}", args.gpu_arch):
         raise BuildError(f"--gpu-arch must look like sm_89, got {args.gpu_arch!r}")
-    if args.precision == "fp8" and args.gpu_arch not in FP8_ARCHES:
-        raise BuildError(f"fp8 needs one of {sorted(FP8_ARCHES)}, not {args.gpu_arch}; use --precision bf16")
+    if args.precision == "fp8" and compute_capability(args.gpu_arch) < FP8_MIN_COMPUTE_CAPABILITY:
+        first = "sm_{}{}".format(*FP8_MIN_COMPUTE_CAPABILITY)
+        raise BuildError(f"fp8 needs one of the GPU architectures with FP8 tensor cores ({first} and newer), "
+                         f"not {args.gpu_arch}; use --precision bf16")
     if args.engine_hash and Path(args.output).name != args.engine_hash:
         raise BuildError(f"--output {args.output} should end in the engine hash {args.engine_hash}")
     return {
@@ -155,7 +168,11 @@ def build(args: argparse.Namespace) -> int:
     staging = output.with_name(f"{output.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    manifest["model"].update(lay_out(manifest["model"], staging / "model", ["config.json"]))
+    manifest["model"].update(lay_out(manifest["model"], staging / "model", []))
+    try:
+        validate_model(staging / "model")
+    except ValueError as exc:
+        raise BuildError(str(exc)) from None
     manifest["snac"].update(lay_out(manifest["snac"], staging / "snac", ["config.json", "pytorch_model.bin"]))
     manifest["createdAt"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     manifest["complete"] = not manifest["pending"]

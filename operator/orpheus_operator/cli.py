@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 from typing import Iterable, TextIO
@@ -28,6 +29,19 @@ class _NoAliasDumper(yaml.SafeDumper):
 
 def _dump_all(objects: Iterable[dict], out: TextIO) -> None:
     yaml.dump_all(list(objects), out, Dumper=_NoAliasDumper, sort_keys=False, explicit_start=True)
+
+
+CRD_HEADER = (
+    "# Generated from operator/orpheus_operator/crd.py by `make generate` (the same text as\n"
+    "# `orpheus-operator crd`): edit crd.py, not this file.\n"
+)
+
+
+def crd_yaml() -> str:
+    """The CRD as committed in operator/crds/ and the chart's crds/, and as `crd` prints it."""
+    out = io.StringIO()
+    _dump_all([crd_manifest()], out)
+    return CRD_HEADER + out.getvalue()
 
 
 def _read_voices(paths: list[str]) -> list[dict]:
@@ -64,7 +78,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
-    _dump_all([crd_manifest()], sys.stdout)
+    sys.stdout.write(crd_yaml())
     return 0
 
 

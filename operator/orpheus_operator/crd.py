@@ -1,10 +1,10 @@
 """The OrpheusVoice CustomResourceDefinition, and CRD-style defaulting for voices read from files.
 
-The schema is written here once. `operator/crds/orpheusvoices.yaml` is generated from it
-(`orpheus-operator crd > operator/crds/orpheusvoices.yaml`; a test fails when the two differ),
-the API server validates and defaults voices with it, and `apply_defaults` gives voices that
-never passed an API server (`orpheus-operator render`, the mock API server in tests) the
-same defaults.
+The schema is written here once. `make generate` writes it to `operator/crds/orpheusvoices.yaml`
+and the chart's `crds/` (the test suite fails when a copy differs; `orpheus-operator crd`
+prints the same text), the API server validates and defaults voices with it, and
+`apply_defaults` gives voices that never passed an API server (`orpheus-operator render`, the
+mock API server in tests) the same defaults.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .profiles import GPU_PROFILES
+from .model_facts import TOKENS_PER_SECOND, VOICES
+from .profiles import FP8_FIRST_ARCH, GPU_PROFILES
 from .settings import DEFAULT_CACHE_CLAIM, DEFAULT_IMAGE
 
 GROUP = "tts.orpheus.io"
@@ -111,7 +112,7 @@ def spec_schema() -> dict:
                 "type": "string",
                 "default": "tara",
                 "pattern": r"^[a-z0-9_-]+$",
-                "description": "Default voice for requests that name none (tara, leah, jess, leo, dan, mia, zac, zoe).",
+                "description": f"Default voice for requests that name none ({', '.join(VOICES)}).",
             },
             "profile": {
                 "type": "string",
@@ -123,7 +124,8 @@ def spec_schema() -> dict:
                 "type": "string",
                 "enum": ["bf16", "fp8"],
                 "default": "bf16",
-                "description": "Weight precision; fp8 needs Ada (sm_89) or Hopper (sm_90). KV cache stays bf16.",
+                "description": f"Weight precision; fp8 needs a GPU of {FP8_FIRST_ARCH} or newer (Ada, Hopper). "
+                "KV cache stays bf16.",
             },
             "backend": {"type": "string", "enum": ["torch", "tensorrt-llm"], "default": "torch"},
             "gpuProfile": {
@@ -152,7 +154,8 @@ def spec_schema() -> dict:
                 "minimum": 256,
                 "maximum": 131072,
                 "default": 4096,
-                "description": "Prompt plus generated tokens per session (the KV slot length). 82 tokens = 1 s of audio.",
+                "description": "Prompt plus generated tokens per session (the KV slot length). "
+                f"{TOKENS_PER_SECOND:.0f} tokens = 1 s of audio.",
             },
             "replicas": {
                 "type": "integer",

@@ -10,10 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+from .model_facts import BUILDER_VERSION
 from .voice import Voice
-
-# Bump when engine_jobs.build changes what it writes, so every engine is built again.
-BUILDER_VERSION = "1"
 
 # Characters of the sha256 kept in names and paths: 64 bits, far from colliding in one namespace.
 SHORT_HASH_LENGTH = 16

@@ -8,8 +8,10 @@ prometheus-adapter with the rules below, or by KEDA with the PromQL below:
 - `orpheus_tts_ttfb_p95_seconds`: the 95th percentile of TTFB over the last 2 minutes, per pod.
 - `orpheus_tts_active_sessions`: active sessions, per pod.
 
-The Helm chart renders its prometheus-adapter rules (or KEDA triggers) from these constants, so
-the names the HPA asks for and the names the adapter serves cannot drift apart.
+The Helm chart's prometheus-adapter rules (`templates/_adapter-rules.tpl`) are generated from
+PROMETHEUS_ADAPTER_RULES by `make generate`, and the test suite fails when they drift, so the
+names the HPA asks for and the names the adapter serves cannot drift apart. The chart's KEDA
+triggers write their PromQL in their template (`templates/keda-scaledobjects.yaml`).
 """
 
 from __future__ import annotations

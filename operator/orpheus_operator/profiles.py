@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .model_facts import FP8_MIN_COMPUTE_CAPABILITY, HIDDEN_SIZE, KV_BYTES_PER_TOKEN, VOCAB_SIZE
+
 GIB = 2**30
 MIB = 2**20
 
@@ -30,25 +32,37 @@ class GPUProfile:
     product_label: str
     memory_bytes: int
     compute_capability: tuple[int, int]
-    fp8: bool
+
+    @property
+    def fp8(self) -> bool:
+        """FP8 tensor cores: what the server needs to run FP8 weights (Ada sm_89 and newer)."""
+        return self.compute_capability >= FP8_MIN_COMPUTE_CAPABILITY
 
     @property
     def arch(self) -> str:
         """`sm_89` and the like: what a compiled engine depends on (4090 and L4 share one)."""
-        major, minor = self.compute_capability
-        return f"sm_{major}{minor}"
+        return arch_name(self.compute_capability)
+
+
+def arch_name(compute_capability: tuple[int, int]) -> str:
+    major, minor = compute_capability
+    return f"sm_{major}{minor}"
+
+
+# The oldest GPU architecture that runs FP8 weights, as status messages and the CRD name it.
+FP8_FIRST_ARCH = arch_name(FP8_MIN_COMPUTE_CAPABILITY)
 
 
 GPU_PROFILES: dict[str, GPUProfile] = {
     p.name: p
     for p in (
-        GPUProfile("rtx-4090", "NVIDIA-GeForce-RTX-4090", 24564 * MIB, (8, 9), fp8=True),
-        GPUProfile("l4", "NVIDIA-L4", 23034 * MIB, (8, 9), fp8=True),
-        GPUProfile("a10g", "NVIDIA-A10G", 23028 * MIB, (8, 6), fp8=False),
-        GPUProfile("a100-40gb", "NVIDIA-A100-SXM4-40GB", 40960 * MIB, (8, 0), fp8=False),
-        GPUProfile("a100-80gb", "NVIDIA-A100-SXM4-80GB", 81920 * MIB, (8, 0), fp8=False),
-        GPUProfile("h100-80gb", "NVIDIA-H100-80GB-HBM3", 81559 * MIB, (9, 0), fp8=True),
-        GPUProfile("h200", "NVIDIA-H200", 143771 * MIB, (9, 0), fp8=True),
+        GPUProfile("rtx-4090", "NVIDIA-GeForce-RTX-4090", 24564 * MIB, (8, 9)),
+        GPUProfile("l4", "NVIDIA-L4", 23034 * MIB, (8, 9)),
+        GPUProfile("a10g", "NVIDIA-A10G", 23028 * MIB, (8, 6)),
+        GPUProfile("a100-40gb", "NVIDIA-A100-SXM4-40GB", 40960 * MIB, (8, 0)),
+        GPUProfile("a100-80gb", "NVIDIA-A100-SXM4-80GB", 81920 * MIB, (8, 0)),
+        GPUProfile("h100-80gb", "NVIDIA-H100-80GB-HBM3", 81559 * MIB, (9, 0)),
+        GPUProfile("h200", "NVIDIA-H200", 143771 * MIB, (9, 0)),
     )
 }
 
@@ -62,8 +76,8 @@ class ModelFootprint:
     """
 
     params: int = 3_300_000_000
-    embedding_params: int = 156_940 * 3072  # vocabulary x hidden, tied with lm_head
-    kv_bytes_per_token: int = 114_688  # 28 layers x 8 KV heads x 128 x 2 (K, V) x 2 bytes
+    embedding_params: int = VOCAB_SIZE * HIDDEN_SIZE  # vocabulary x hidden, tied with lm_head
+    kv_bytes_per_token: int = KV_BYTES_PER_TOKEN  # 28 layers x 8 KV heads x 128 x 2 (K, V) x 2 bytes
     snac_bytes: int = 512 * MIB  # SNAC 24 kHz weights (fp32, ~80 MB) plus batched decode activations
     workspace_bytes: int = 2 * GIB  # CUDA context, CUDA graphs, activations, sampler buffers
     fragmentation_reserve: float = 0.05  # share of GPU memory never planned for

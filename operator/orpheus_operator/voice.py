@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .crd import apply_defaults
-from .profiles import GPU_PROFILES, GPUProfile, SlotBudget, slot_budget
+from .profiles import FP8_FIRST_ARCH, GPU_PROFILES, GPUProfile, SlotBudget, slot_budget
 from .settings import ENV_PREFIX, OperatorSettings
 
 # The Deployment, Service, HPA and PDB take the voice's name; Services need a DNS-1035 label.
@@ -178,7 +178,7 @@ def refusal(voice: Voice) -> Refusal | None:
     if voice.precision == "fp8" and not gpu.fp8:
         return Refusal(
             "PrecisionUnsupported",
-            f"{gpu.name} ({gpu.arch}) has no FP8 support (Ada sm_89 or Hopper sm_90 needed); use precision bf16",
+            f"{gpu.name} ({gpu.arch}) has no FP8 support ({FP8_FIRST_ARCH} or newer needed); use precision bf16",
         )
     budget = voice.budget
     if voice.sessions_per_pod > budget.max_sessions:

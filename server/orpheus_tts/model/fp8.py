@@ -25,9 +25,13 @@ log = logging.getLogger(__name__)
 FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max  # 448
 
+# The first CUDA compute capability with FP8 tensor cores (Ada sm_89); Hopper sm_90 and every
+# later GPU have them too. The engine builder and the operator read this value, not their own.
+FP8_MIN_COMPUTE_CAPABILITY = (8, 9)
+
 
 def fp8_supported(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= FP8_MIN_COMPUTE_CAPABILITY
 
 
 class Fp8Linear(nn.Module):

@@ -1,0 +1,22 @@
+"""Facts the operator shares with the server and the engine builder; generated, do not edit.
+
+Written by `make generate` (tools/gen_kubernetes.py) from the sources named beside each value;
+edit those. The operator must not import torch, so it reads this copy, and the test suite fails
+when the copy drifts from its source.
+"""
+
+# orpheus_tts.model.llama.ModelArgs.from_name("orpheus-3b")
+VOCAB_SIZE = 156_940
+HIDDEN_SIZE = 3_072
+# ModelArgs.kv_bytes_per_token: layers x KV heads x head_dim x 2 (K, V) x 2 bytes (a bf16/fp16 cache)
+KV_BYTES_PER_TOKEN = 114_688
+
+# orpheus_tts.model.fp8.FP8_MIN_COMPUTE_CAPABILITY: the first GPU generation with FP8 tensor cores
+FP8_MIN_COMPUTE_CAPABILITY = (8, 9)
+
+# orpheus_tts.orpheus
+VOICES = ("tara", "leah", "jess", "leo", "dan", "mia", "zac", "zoe")
+TOKENS_PER_SECOND = 82.03125  # audio tokens in one second of speech
+
+# engine_jobs.build.BUILDER_VERSION: hashed into every engine build's name
+BUILDER_VERSION = "1"
