@@ -10,8 +10,7 @@
   `PROMETHEUS_ADAPTER_RULES` in `orpheus_operator/metrics.py`.
 
 The CRD reads the operator's model facts as they are imported: after a server fact changes,
-`make generate` writes model_facts.py first and the CRD on its second run (the drift test keeps
-failing until then).
+`make generate` writes model_facts.py, then runs again to write the CRD from it.
 """
 
 from __future__ import annotations
