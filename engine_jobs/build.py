@@ -168,12 +168,16 @@ def build(args: argparse.Namespace) -> int:
     staging = output.with_name(f"{output.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    manifest["model"].update(lay_out(manifest["model"], staging / "model", []))
     try:
-        validate_model(staging / "model")
-    except ValueError as exc:
-        raise BuildError(str(exc)) from None
-    manifest["snac"].update(lay_out(manifest["snac"], staging / "snac", ["config.json", "pytorch_model.bin"]))
+        manifest["model"].update(lay_out(manifest["model"], staging / "model", []))
+        try:
+            validate_model(staging / "model")
+        except ValueError as exc:
+            raise BuildError(str(exc)) from None
+        manifest["snac"].update(lay_out(manifest["snac"], staging / "snac", ["config.json", "pytorch_model.bin"]))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a refused build leaves no half-copied checkpoint behind
+        raise
     manifest["createdAt"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     manifest["complete"] = not manifest["pending"]
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

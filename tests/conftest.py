@@ -1,4 +1,5 @@
-"""Root of the test tree: torch-free, so the operator and chart tests run without the server stack.
+"""Root of the test tree: torch-free, so the operator tests and the chart's render and rule tests
+run without the server stack.
 
 The server's fixtures live in `server/conftest.py`; `--runslow` runs the tests marked `slow`
 (long soaks and sweeps), which are otherwise reported as skipped."""

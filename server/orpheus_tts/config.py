@@ -21,6 +21,8 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
+from orpheus_tts import orpheus
+
 ENV_PREFIX = "ORPHEUS_TTS__"
 
 
@@ -209,6 +211,8 @@ class ServerConfig:
             raise ConfigError(f"model.quantization must be auto, fp8 or none, got {self.model.quantization!r}")
         if self.profile not in self.tuning:
             raise ConfigError(f"profile {self.profile!r} is not one of {sorted(self.tuning)}")
+        if self.default_voice not in orpheus.VOICES:  # else every request naming no voice would be refused
+            raise ConfigError(f"default_voice {self.default_voice!r} is not one of {', '.join(orpheus.VOICES)}")
         return self
 
 

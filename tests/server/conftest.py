@@ -1,4 +1,4 @@
-"""Shared fixtures: the demo model, codec and a small engine configuration."""
+"""Shared fixtures: the demo model, and real gRPC and HTTP servers on loopback ports."""
 
 import pytest
 import torch

@@ -33,6 +33,7 @@ def test_yaml_then_environment_then_flags_override_in_order(tmp_path):
         ({"scheduler.max_batch_size": 0}, "must be positive"),
         ({"scheduler.flush_every_n_tokens": 10}, "multiple of 7"),
         ({"profile": "karaoke"}, "not one of"),
+        ({"default_voice": "darth"}, "default_voice .darth. is not one of"),
         ({"sampling.constrained": "perhaps"}, "true/false"),
     ],
 )

@@ -101,6 +101,14 @@ def test_a_checkpoint_the_server_could_not_load_fails_the_build(tmp_path):
     result = build(*args(model, snac, out))
     assert result.returncode == 2 and "the server could not load this checkpoint" in result.stderr, result.stderr
     assert not out.exists()
+    assert list(out.parent.iterdir()) == []  # nor a half-copied staging folder
+
+
+def test_a_corrupt_weights_file_is_refused_as_the_checkpoints_fault(tmp_path):
+    model, snac = checkpoint(tmp_path)
+    (model / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    result = build(*args(model, snac, tmp_path / "cache" / "0123456789abcdef"))
+    assert result.returncode == 2 and "the server could not load this checkpoint" in result.stderr, result.stderr
 
 
 def test_a_checkpoint_without_the_orpheus_vocabulary_fails_the_build(tmp_path):

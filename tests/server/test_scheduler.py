@@ -4,7 +4,7 @@ state changes the scheduler alone makes."""
 from collections import Counter
 
 from orpheus_tts import orpheus
-from orpheus_tts.config import SamplingConfig, SchedulerConfig
+from orpheus_tts.config import CodecConfig, SamplingConfig, SchedulerConfig
 from orpheus_tts.engine.kv_cache import SlotAllocator
 from orpheus_tts.engine.scheduler import Scheduler
 from orpheus_tts.engine.session import Piece, Session, SessionState
@@ -18,7 +18,7 @@ def _session() -> Session:
 
 def _scheduler(n_slots=8, batch=3, **kw):
     return Scheduler(SchedulerConfig(max_concurrent_sessions=n_slots, max_batch_size=batch, **kw),
-                     SlotAllocator(n_slots))
+                     SlotAllocator(n_slots), CodecConfig())
 
 
 def _running(scheduler, n, first_audio=True):

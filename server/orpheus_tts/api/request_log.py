@@ -1,4 +1,5 @@
-"""One logfmt line per finished request, the same for every door (gRPC, HTTP, WebSocket).
+"""One logfmt line per finished request, in one format for every door (gRPC, HTTP, WebSocket;
+each door adds its own fields, such as HTTP's format).
 
 Outcomes use the gRPC status names (ok, invalid_argument, resource_exhausted...), so one
 dashboard and one log query cover all doors.

@@ -136,7 +136,7 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
         async with RequestRecord("Synthesize", context, self.metrics) as record:
             request = messages.well_formed(request)
             engine = self._ready_engine()
-            record.voice, record.chars = request.voice or "-", len(request.text)
+            record.voice, record.chars = request.voice or self.default_voice, len(request.text)
             speech = messages.speech_request(engine, request, request.text)
             record.voice = speech.voice
             stream = engine.open_stream(speech)
@@ -153,7 +153,7 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
             first = messages.well_formed(await anext(requests, None))
             config = first.config if first is not None and first.HasField("config") else \
                 tts_pb2.StreamingSynthesisConfig()
-            record.voice = config.voice or "-"
+            record.voice = config.voice or self.default_voice
             speech = messages.speech_request(engine, config, "", allow_empty_text=True)
             record.voice = speech.voice
             stream = engine.open_stream(speech, streaming_text=True)

@@ -98,11 +98,6 @@ class AudioPipeline:
         self._ended: list[Session] = []
 
     @property
-    def queued(self) -> list[QueuedChunk]:
-        """The chunks whose decode the last step queued, to be sent at the next."""
-        return list(self._chunks)
-
-    @property
     def busy(self) -> bool:
         """Whether decodes queued by the last step are still to be sent."""
         return self._pending is not None
@@ -110,7 +105,8 @@ class AudioPipeline:
     def launch(self, jobs: list[tuple[Session, Window]], ended: list[Session]) -> None:
         """Queue the decode of every job's window, batched across sessions; raises if the
         codec fails (nothing is then pending)."""
-        assert self._pending is None, "the last step's audio must be sent first"
+        if self._pending is not None:  # queued audio would be overwritten, never sent
+            raise RuntimeError("the last step's audio must be sent before more is queued")
         chunks = []
         for session, window in jobs:
             frames = window.emit_to - window.emit_from

@@ -2,8 +2,8 @@
 
 Each step is schedule -> run -> take the outputs, as in nano-vllm and vLLM's engine core:
 
-1. the scheduler ends cancelled and timed-out sessions, admits queued ones into free slots
-   and starts their next text piece;
+1. the scheduler picks the cancelled and timed-out sessions (the engine ends them), admits
+   queued ones into free slots and starts their next text piece;
 2. the runner queues a prefill of new prompts (a bounded number of tokens) and one batched
    decode step for up to `max_batch_size` sessions;
 3. the audio the last step queued is sent, the scheduler takes the ids a step sampled, and
@@ -70,12 +70,12 @@ class Engine:
                 codec.compile()
             codec.enable_graphs(config.codec.window_frames,
                                 batch_buckets(min(sched.max_concurrent_sessions, config.codec.graph_max_batch)))
-        self.pieces = PieceMaker(tokenizer, sched.max_context_tokens)
+        self.piece_maker = PieceMaker(tokenizer, sched.max_context_tokens)
         self.scheduler = Scheduler(sched, self.kv_cache.allocator, config.codec)
         self.timings = EngineTimings()
         self.step_cost = StepCost()  # a step's time against its batch size, for the prefill wait
         self._step_estimate_s = 0.0  # recent step duration (moving average): how fast tokens come
-        self.chunks = ChunkPolicy(sched, config.codec.lookahead_frames)
+        self.chunk_policy = ChunkPolicy(sched, config.codec.lookahead_frames)
         self.audio = AudioPipeline(codec, config.codec.graph_max_batch, self.timings)
         # With scheduler.overlap_steps: the forwards queued by the last step, read during the next.
         self._in_flight: list[tuple[LaunchedStep, str]] = []
@@ -129,7 +129,7 @@ class Engine:
                                     max_text_chars=self.config.active_profile.max_text_chars, **fields)
 
     def make_pieces(self, voice: str, text: str) -> list[Piece]:
-        return self.pieces.make(voice, text)
+        return self.piece_maker.make(voice, text)
 
     def submit(self, request: SpeechRequest, emit: Callable[[AudioChunk | SessionEnd], None],
                streaming_text: bool = False) -> Session:
@@ -226,7 +226,7 @@ class Engine:
 
     def _schedule(self) -> None:
         """End what must end, admit queued sessions, start the pieces that are ready."""
-        for session, outcome, error in self.scheduler.to_end(time.monotonic()):
+        for session, outcome, error in self.scheduler.take_ended(time.monotonic()):
             self._finish(session, outcome, error)
         for session in self.scheduler.admit():
             if session.cancelled:
@@ -279,7 +279,7 @@ class Engine:
         if not due and not ended:
             return
         started = time.perf_counter()
-        jobs = self.chunks.due_windows(due, ended, self._step_estimate_s, time.monotonic())
+        jobs = self.chunk_policy.due_windows(due, ended, self._step_estimate_s, time.monotonic())
         try:
             self.audio.launch(jobs, ended)
         except Exception as exc:

@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 
 from orpheus_tts.codec.snac_codec import SnacCodec
 from orpheus_tts.config import ServerConfig
-from orpheus_tts.model.fp8 import fp8_supported, quantize_to_fp8
+from orpheus_tts.model.fp8 import FP8_MIN_COMPUTE_CAPABILITY, fp8_supported, quantize_to_fp8
 from orpheus_tts.model.llama import Transformer
 from orpheus_tts.model.loader import compile_model, load_model
 from orpheus_tts.model.tokenizer import load_tokenizer
@@ -62,7 +62,8 @@ def load_parts(config: ServerConfig) -> EngineParts:
                        config.scheduler.max_context_tokens, config.model.seed)
     quantization = config.model.quantization
     if quantization == "fp8" and not fp8_supported(device):
-        raise ValueError(f"model.quantization=fp8 needs a GPU with FP8 (sm_89 or newer); {device} has none")
+        arch = "sm_{}{}".format(*FP8_MIN_COMPUTE_CAPABILITY)
+        raise ValueError(f"model.quantization=fp8 needs a GPU with FP8 ({arch} or newer); {device} has none")
     if quantization == "fp8" or (quantization == "auto" and fp8_supported(device)):
         log.info("FP8 weights (%s)", quantize_to_fp8(model))
     if config.model.compile and device.type == "cuda":

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 @dataclass
 class EngineStats:
-    """The seed's stats: scheduler totals, cache use, tokens and batches."""
+    """Totals since start (sessions, tokens, decode steps) and the pool now (sessions, KV slots):
+    what `GetStats` and `/v1/stats` report."""
 
     total_sessions: int
     completed_sessions: int

@@ -43,10 +43,10 @@ class SchedulerCounters:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, allocator: SlotAllocator, codec: CodecConfig | None = None):
+    def __init__(self, config: SchedulerConfig, allocator: SlotAllocator, codec: CodecConfig):
         self.config = config
         self.allocator = allocator
-        self.codec = codec or CodecConfig()  # how each piece's frames are windowed
+        self.codec = codec  # how each piece's frames are windowed
         self.pending: deque[Session] = deque()
         self.active: list[Session] = []
         self.counters = SchedulerCounters()
@@ -83,9 +83,10 @@ class Scheduler:
                 admitted.append(session)
         return admitted
 
-    def to_end(self, now: float) -> list[tuple[Session, Outcome, str | None]]:
+    def take_ended(self, now: float) -> list[tuple[Session, Outcome, str | None]]:
         """Sessions to end now, queued or running: cancelled ones, and those older than
-        `session_timeout_s`, with their outcome and error."""
+        `session_timeout_s`, with their outcome and error. Queued ones leave the queue here: the
+        caller must finish every session returned."""
         timeout = self.config.session_timeout_s
 
         def verdict(session: Session, queued: bool) -> tuple[Session, Outcome, str | None]:

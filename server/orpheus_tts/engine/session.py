@@ -3,7 +3,7 @@
 A session speaks a sequence of text pieces (one for a short request, several for long text or
 text that streams in). Each piece is its own Orpheus prompt in the session's KV slot; the audio
 of all pieces forms one stream. Only the engine thread mutates a session, except `cancel`,
-`add_text` and `close_text`, which other threads call and which only touch locked fields; its
+`add_pieces` and `open_text`, which other threads call and which only touch locked fields; its
 `state` changes only in the scheduler.
 """
 
