@@ -57,7 +57,7 @@ def engine_bench(results: dict, out: Path) -> None:
     if results["step_sweep"]:
         _decode_step(results, out, plt)
     if results.get("engine_load"):
-        _engine_load(results["engine_load"], out, plt)
+        _engine_load(results["engine_load"], out, plt, results.get("device", "GPU"))
 
 
 def _decode_step(results, out, plt):
@@ -81,12 +81,12 @@ def _decode_step(results, out, plt):
     fig.savefig(out / "decode_step.png", dpi=120)
 
 
-def _engine_load(rows, out, plt):
+def _engine_load(rows, out, plt, device: str = "GPU"):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     x = [r["concurrency"] for r in rows]
     for key in ("ttfb_p50_ms", "ttfb_p95_ms", "ttfb_p99_ms"):
         ax.plot(x, [r[key] for r in rows], marker="o", label=key)
-    ax.set(xlabel="concurrent streams", ylabel="TTFB (ms)", title="In-engine load (H100)")
+    ax.set(xlabel="concurrent streams", ylabel="TTFB (ms)", title=f"In-engine load ({device})")
     ax2 = ax.twinx()
     ax2.plot(x, [r["realtime_share"] for r in rows], color="black", ls="--", marker="s", label="real-time share")
     ax2.set(ylabel="share of streams real-time", ylim=(0, 1.05))
