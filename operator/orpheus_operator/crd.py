@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .model_facts import TOKENS_PER_SECOND, VOICES
+from .model_facts import DEFAULT_VOICE, TOKENS_PER_SECOND, VOICES
 from .profiles import FP8_FIRST_ARCH, GPU_PROFILES
 from .settings import DEFAULT_CACHE_CLAIM, DEFAULT_IMAGE
 
@@ -110,7 +110,7 @@ def spec_schema() -> dict:
             },
             "voice": {
                 "type": "string",
-                "default": "tara",
+                "default": DEFAULT_VOICE,
                 "pattern": r"^[a-z0-9_-]+$",
                 "description": f"Default voice for requests that name none ({', '.join(VOICES)}).",
             },

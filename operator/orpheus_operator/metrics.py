@@ -9,9 +9,9 @@ prometheus-adapter with the rules below, or by KEDA with the PromQL below:
 - `orpheus_tts_active_sessions`: active sessions, per pod.
 
 The Helm chart's prometheus-adapter rules (`templates/_adapter-rules.tpl`) are generated from
-PROMETHEUS_ADAPTER_RULES by `make generate`, and the test suite fails when they drift, so the
-names the HPA asks for and the names the adapter serves cannot drift apart. The chart's KEDA
-triggers write their PromQL in their template (`templates/keda-scaledobjects.yaml`).
+PROMETHEUS_ADAPTER_RULES, and its KEDA triggers' queries (`templates/_keda-queries.tpl`) from
+KEDA_QUERIES, by `make generate`; the test suite fails when they drift, so the names the HPA asks
+for, the names the adapter serves and what KEDA measures cannot drift apart.
 """
 
 from __future__ import annotations
@@ -34,6 +34,16 @@ PROMQL: dict[str, str] = {
         f"(rate(orpheus_tts_ttfb_seconds_bucket[{TTFB_WINDOW}])))"
     ),
     ACTIVE_SESSIONS_METRIC: "sum by (namespace, pod) (orpheus_tts_active_sessions)",
+}
+
+# PromQL a KEDA trigger runs for one voice, keyed by the HPA metric it stands for: `{selector}` is
+# the voice's label matchers (KEDA's HPA averages the sessions over pods itself).
+KEDA_QUERIES: dict[str, str] = {
+    TTFB_P95_METRIC: (
+        "histogram_quantile(0.95, sum by (le) "
+        f"(rate(orpheus_tts_ttfb_seconds_bucket{{{{ {{selector}} }}}}[{TTFB_WINDOW}])))"
+    ),
+    ACTIVE_SESSIONS_METRIC: "sum(orpheus_tts_active_sessions{{ {selector} }})",
 }
 
 _POD_RESOURCES = {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}}

@@ -16,6 +16,8 @@ FP8_MIN_COMPUTE_CAPABILITY = (8, 9)
 
 # orpheus_tts.orpheus
 VOICES = ("tara", "leah", "jess", "leo", "dan", "mia", "zac", "zoe")
+# orpheus_tts.config.ServerConfig.default_voice: the voice of a request that names none
+DEFAULT_VOICE = "tara"
 TOKENS_PER_SECOND = 82.03125  # audio tokens in one second of speech
 
 # engine_jobs.build.BUILDER_VERSION: hashed into every engine build's name
