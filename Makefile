@@ -26,7 +26,7 @@ run: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python -m orpheus_tts.api.protogen
 
-# Rewrite every generated copy (CRDs, adapter rules, operator facts, config defaults and
+# Rewrite every generated copy (CRDs, adapter rules, KEDA queries, operator facts, config defaults and
 # reference) from its one source; the test suite fails when one has drifted.
 generate: $(STAMP)
 	$(BIN)/python -m tools.generate
