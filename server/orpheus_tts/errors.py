@@ -9,17 +9,20 @@ from __future__ import annotations
 
 
 class RequestError(ValueError):
-    """A request is invalid; `field` names the offending field."""
+    """A request is invalid; `field` names the offending field, `code` the kind of fault (OpenAI's
+    error code on HTTP; `invalid_unicode` closes a WebSocket with 1007, invalid payload data)."""
 
-    def __init__(self, field: str, message: str):
+    def __init__(self, field: str, message: str, code: str = "invalid_value"):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+        self.code = code
 
 
 class QueueFullError(RuntimeError):
-    """The admission queue is full; the caller should retry after `retry_after_s` seconds."""
+    """The admission queue is full; the caller should retry after `retry_after_s` whole seconds."""
 
-    def __init__(self, pending: int, retry_after_s: float):
-        super().__init__(f"server busy: {pending} requests already queued; retry in {retry_after_s:.0f}s")
+    def __init__(self, waiting: int, limit: int, retry_after_s: int):
+        super().__init__(f"server busy: the admission queue is full ({waiting} requests wait for a slot, at most "
+                         f"{limit} may); retry after {retry_after_s} s")
         self.retry_after_s = retry_after_s

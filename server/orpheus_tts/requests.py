@@ -57,6 +57,7 @@ class SpeechRequest:
     ) -> "SpeechRequest":
         if not isinstance(text, str):
             raise RequestError("text", "must be a string")
+        check_unicode("text", text)
         if not allow_empty_text and not text.strip():
             raise RequestError("text", "is empty")
         check_text_length(len(text), max_text_chars)
@@ -81,6 +82,16 @@ class SpeechRequest:
             raise RequestError("ignore_end_of_speech", f"must be true or false, got {ignore_end_of_speech!r}")
         return cls(text, voice, float(temperature), float(top_p), float(repetition_penalty), seed, format,
                    ignore_end_of_speech)
+
+
+def check_unicode(field: str, text: str) -> None:
+    """Text must be encodable as UTF-8: JSON may carry a lone surrogate (`"\\ud800"`), which no
+    tokenizer or encoder accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestError(field, f"is not valid Unicode: a lone surrogate at character {exc.start}",
+                           code="invalid_unicode") from None
 
 
 def check_text_length(chars: int, max_text_chars: int, streamed: bool = False) -> None:

@@ -95,6 +95,12 @@ BAD_BODIES = [
     (b'{"input": "Hi.", "text": "Bye."}', 400, "input", "either input or text"),
     (json.dumps({"input": "x" * 201}).encode(), 400, "input", "the limit is 200"),
     (json.dumps({"input": "x" * 200_000}).encode(), 413, None, "limit"),
+    (b'{"input": "Hi \\ud800 there."}', 400, "input", "is not valid Unicode"),  # a lone surrogate
+    (b'{"input": "Hi.", "voice": "\\ud800"}', 400, "voice", "unknown voice"),
+    (b'{"input": "Hi.", "\\udc00": 1}', 400, "\\udc00", "unrecognized request argument"),
+    (b'{"input": "Hi.", "seed": ' + b"9" * 5000 + b"}", 400, "seed", "must be an integer"),
+    (b'{"input": "Hi.", "temperature": -' + b"9" * 5000 + b"}", 400, "temperature", "must be a number"),
+    (b'{"input": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", 400, None, "nested too deeply"),
 ]
 
 
@@ -120,6 +126,8 @@ async def test_full_queue_gets_429_with_retry_after_and_the_admitted_stream_is_u
         stats = (await client.get("/v1/stats")).json()
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
     assert refused.json()["error"]["code"] == "queue_full"
+    assert refused.json()["error"]["message"] == ("server busy: the admission queue is full (0 requests wait for a "
+                                                  "slot, at most 0 may); retry after 1 s")
     assert first.status_code == 200 and (len(head) + len(rest)) % (2 * orpheus.SAMPLES_PER_FRAME) == 0
     assert stats["scheduler"]["rejected_sessions"] == 1 and stats["scheduler"]["completed_sessions"] >= 1
 

@@ -62,6 +62,7 @@ BAD_CLIENTS = [
     ('{"text": "Hi.", "pitch": 2}', 1008, "unrecognized request argument"),
     ('{"text": ""}', 1008, "is empty"),
     ('{"text": "x", "streaming_text": "yes"}', 1008, "must be true or false"),
+    ('{"text": "Hi \\ud800 there."}', 1007, "text: is not valid Unicode"),  # a lone surrogate
     (None, 1008, "no request within"),  # a silent client
 ]
 
@@ -87,6 +88,14 @@ async def test_a_client_that_goes_silent_mid_text_is_closed_and_its_slot_freed(h
         await ws.send(json.dumps({"text": "Still here."}))
         _, messages = await receive_all(ws)
     assert messages[-1]["done"]
+
+
+async def test_a_lone_surrogate_in_streamed_text_closes_with_invalid_payload_data(http_server):
+    async with websockets.connect(http_server.ws_url) as ws:
+        await ws.send(json.dumps({"streaming_text": True}))
+        await ws.send(json.dumps({"text": "Fine so far. And then \ud800"}))
+        _, messages = await asyncio.wait_for(receive_all(ws), timeout=10)
+    assert ws.close_code == 1007 and "is not valid Unicode" in messages[-1]["error"]["message"]
 
 
 async def test_a_client_that_leaves_mid_stream_frees_its_slot(http_server):

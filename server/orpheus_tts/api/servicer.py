@@ -93,7 +93,7 @@ class RequestRecord:
             return RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if isinstance(exc, QueueFullError):
             return RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc),
-                              (("retry-after", f"{max(1, round(exc.retry_after_s))}"),))
+                              (("retry-after", str(exc.retry_after_s)),))
         log.error("request %s failed", self.id, exc_info=exc)
         return RpcFailure(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
 

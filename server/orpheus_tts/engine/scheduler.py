@@ -59,7 +59,7 @@ class Scheduler:
             waiting_beyond_pool = len(self.pending) - self.allocator.free_count
             if waiting_beyond_pool >= self.config.max_pending_sessions:
                 self.counters.rejected_sessions += 1
-                raise QueueFullError(len(self.pending), retry_after_s=1.0)
+                raise QueueFullError(waiting_beyond_pool, self.config.max_pending_sessions, retry_after_s=1)
             self.pending.append(session)
             self.counters.total_sessions += 1
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 from orpheus_tts.engine.session import AudioChunk, SessionEnd
 from orpheus_tts.errors import RequestError
-from orpheus_tts.requests import SpeechRequest, check_text_length
+from orpheus_tts.requests import SpeechRequest, check_text_length, check_unicode
 from orpheus_tts.text import SentenceBuffer
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ class SpeechStream:
         """Feed more text; whole sentences are spoken as soon as they are complete."""
         if self._closed:
             raise RequestError("text", "the text was already ended")
+        check_unicode("text", text)
         self._chars += len(text)
         check_text_length(self._chars, self._engine.config.active_profile.max_text_chars, streamed=True)
         self._closed = final

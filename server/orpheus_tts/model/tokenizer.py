@@ -31,9 +31,16 @@ def demo_tokenizer() -> Tokenizer:
 
 
 def load_tokenizer(model_path: str) -> Tokenizer:
+    """The tokenizer of the caller's text. Special tokens written in that text (`<|eot_id|>`,
+    `<custom_token_N>`) are encoded as the characters they are, never as control ids, so a caller
+    cannot steer the prompt; the prompt's own markers are added by id (`orpheus.prompt_ids`), and
+    emotion tags such as `<laugh>` are ordinary text to the model."""
     if model_path == "demo" or model_path.startswith("random:"):
-        return demo_tokenizer()
-    file = Path(model_path) / "tokenizer.json"
-    if not file.exists():
-        raise FileNotFoundError(f"{model_path}: no tokenizer.json")
-    return Tokenizer.from_file(str(file))
+        tokenizer = demo_tokenizer()
+    else:
+        file = Path(model_path) / "tokenizer.json"
+        if not file.exists():
+            raise FileNotFoundError(f"{model_path}: no tokenizer.json")
+        tokenizer = Tokenizer.from_file(str(file))
+    tokenizer.encode_special_tokens = True
+    return tokenizer

@@ -28,6 +28,7 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, *, param: str | None = None,
                  type: str = "invalid_request_error", code: str | None = None,
                  outcome: str = "invalid_argument", headers: dict[str, str] | None = None):
+        message, param = _printable(message), param if param is None else _printable(param)
         super().__init__(message)
         self.status = status
         self.message = message
@@ -46,13 +47,18 @@ class ApiError(Exception):
             return exc
         if isinstance(exc, RequestError):
             param = text_field if exc.field == "text" else API_FIELD_NAMES.get(exc.field, exc.field)
-            return cls(400, f"{param}: {exc.message}", param=param, code="invalid_value")
+            return cls(400, f"{param}: {exc.message}", param=param, code=exc.code)
         if isinstance(exc, QueueFullError):
-            retry = max(1, round(exc.retry_after_s))
-            return cls(429, f"server busy: {exc}; retry after {retry} s", type="rate_limit_error",
-                       code="queue_full", outcome="resource_exhausted", headers={"Retry-After": str(retry)})
+            return cls(429, str(exc), type="rate_limit_error", code="queue_full", outcome="resource_exhausted",
+                       headers={"Retry-After": str(exc.retry_after_s)})
         log.error("request failed", exc_info=exc)
         return internal(f"internal error: {type(exc).__name__}")
+
+
+def _printable(text: str) -> str:
+    """Text that can be sent back as UTF-8 JSON: a lone surrogate the client sent comes back
+    escaped (`\\ud800`), not as a failure to encode the error itself."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def unavailable(message: str) -> ApiError:

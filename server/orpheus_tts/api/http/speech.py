@@ -27,6 +27,7 @@ from orpheus_tts.requests import AUDIO_FORMATS, SpeechRequest
 
 SPEED_RANGE = (0.25, 4.0)  # OpenAI's range; only 1.0 is spoken (see `check_speed`)
 STREAM_FORMATS = ("audio", "sse")
+MAX_INT_DIGITS = 64  # longer integers in a body read as infinity (see `_parse_int`)
 _STRINGS = ("model", "input", "text", "voice", "response_format", "stream_format", "instructions")
 _NUMBERS = ("speed", "temperature", "top_p", "repetition_penalty")
 SPEECH_FIELDS = frozenset(_STRINGS + _NUMBERS + ("seed",))
@@ -52,7 +53,9 @@ class SessionFailed(Exception):
 
 def parse_json_object(raw: bytes | str) -> dict:
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_int=_parse_int)
+    except RecursionError:
+        raise ApiError(400, "malformed JSON: nested too deeply", code="invalid_json") from None
     except UnicodeDecodeError as exc:
         raise ApiError(400, f"the body is not UTF-8: {exc.reason}", code="invalid_json") from None
     except json.JSONDecodeError as exc:
@@ -61,6 +64,14 @@ def parse_json_object(raw: bytes | str) -> dict:
     if not isinstance(body, dict):
         raise ApiError(400, f"the body must be a JSON object, got {type(body).__name__}", code="invalid_json")
     return body
+
+
+def _parse_int(digits: str) -> int | float:
+    """A JSON integer; one too long for any field reads as infinity, so the field's own check
+    refuses it by name (Python would raise on over 4,300 digits, and parsing them costs time)."""
+    if len(digits) > MAX_INT_DIGITS:
+        return -math.inf if digits.startswith("-") else math.inf
+    return int(digits)
 
 
 def check_fields(body: dict, allowed: frozenset[str]) -> None:

@@ -47,6 +47,8 @@ class ClientMessageError(ApiError):
 def _close_code(error: ApiError) -> int:
     if isinstance(error, ClientMessageError):
         return error.close_code
+    if error.code == "invalid_unicode":
+        return CLOSE_INVALID_PAYLOAD
     if error.status in (429, 503):
         return CLOSE_TRY_LATER
     return CLOSE_INTERNAL if error.status >= 500 else CLOSE_POLICY
