@@ -3,6 +3,7 @@
     orpheus-tts serve [--grpc-port 50051] [--http-port 8000] [--metrics-port 9090] [--host 0.0.0.0] [--model demo|DIR] [--snac demo|DIR]
     orpheus-tts say "TEXT" -o out.wav [--voice tara] [--server HOST:PORT | --model demo|DIR --snac demo|DIR]
     orpheus-tts bench (--server HOST:PORT | --in-process) [--mode scaling|tuning|all] [--concurrent N] [--requests M] [--output results.json]
+    orpheus-tts health [--server localhost:50051]     exit 0 when the server reports SERVING (the image's HEALTHCHECK)
 
 Common flags: `--config FILE` (YAML) and `--set section.key=value` (repeatable) override the
 configuration; `--model`/`--snac` are shorthands for `model.path`/`codec.path`.
@@ -133,6 +134,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return load_cli.main(args, build_config(args), command)
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """The gRPC health check Kubernetes' probe makes, as a command: 0 when SERVING, 1 otherwise."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(args.server) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""),
+                                                              timeout=args.timeout)
+        except grpc.RpcError as exc:
+            print(f"{args.server}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{args.server}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="orpheus-tts", description="Orpheus TTS streaming server and tools")
     parser.add_argument("--log-level", default="INFO")
@@ -180,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--output", default="results.json", help="results JSON (a PNG is written beside it)")
     _add_config_flags(bench)
     bench.set_defaults(func=cmd_bench)
+
+    check = sub.add_parser("health", help="ask a server's gRPC health service; exit 0 when it is SERVING")
+    check.add_argument("--server", default="localhost:50051", metavar="HOST:PORT")
+    check.add_argument("--timeout", type=float, default=3.0, help="seconds before giving up")
+    check.set_defaults(func=cmd_health)
 
     args = parser.parse_args(argv)
     args.argv = argv

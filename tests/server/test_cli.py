@@ -1,5 +1,6 @@
 """`orpheus-tts say` in-process writes a real 24 kHz mono 16-bit WAV."""
 
+import socket
 import subprocess
 import sys
 import wave
@@ -27,3 +28,23 @@ def test_say_with_an_unknown_voice_fails_with_a_clear_message(tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 2 and "voice" in result.stderr and "tara" in result.stderr
+
+
+def test_health_exits_0_only_while_the_server_is_serving(start_grpc_server):
+    """`orpheus-tts health` is the image's HEALTHCHECK: NOT_SERVING before warm-up, SERVING after."""
+    server = start_grpc_server(load=False)
+    health = [sys.executable, "-m", "orpheus_tts.cli", "health", "--server", server.address]
+    loading = subprocess.run(health, capture_output=True, text=True, timeout=60)
+    assert loading.returncode == 1 and "NOT_SERVING" in loading.stdout
+    server.load()
+    serving = subprocess.run(health, capture_output=True, text=True, timeout=60)
+    assert serving.returncode == 0 and "SERVING" in serving.stdout
+
+
+def test_health_of_a_port_nobody_listens_on_fails_with_the_reason():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = subprocess.run([sys.executable, "-m", "orpheus_tts.cli", "health", "--server", f"127.0.0.1:{port}",
+                             "--timeout", "2"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "UNAVAILABLE" in result.stderr
