@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install run proto generate test clean
+.PHONY: install run proto generate test image clean
 
 install: $(STAMP)
 
@@ -33,6 +33,14 @@ generate: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# The server and operator images (Dockerfile; docs/container-image.md), tagged with the chart's
+# appVersion; `make image VERSION=x.y.z SOURCE_URL=https://...` overrides either.
+VERSION ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$$/\1/p' charts/orpheus-tts/Chart.yaml)
+image:
+	@docker info >/dev/null 2>&1 || { echo "make image needs Docker: a docker CLI talking to a running engine (none answered here)" >&2; exit 1; }
+	docker build --target server --build-arg VERSION=$(VERSION) $(if $(SOURCE_URL),--build-arg SOURCE_URL=$(SOURCE_URL)) -t orpheus-tts:$(VERSION) .
+	docker build --target operator --build-arg VERSION=$(VERSION) $(if $(SOURCE_URL),--build-arg SOURCE_URL=$(SOURCE_URL)) -t orpheus-operator:$(VERSION) .
 
 clean:
 	rm -rf $(VENV) build *.egg-info server/*.egg-info .pytest_cache
