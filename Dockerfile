@@ -9,6 +9,9 @@
 
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
 ARG PYTHON_IMAGE=python:3.12.11-slim-bookworm
+# The images' version and source labels (`make image` passes the chart's appVersion).
+ARG VERSION=0.1.0
+ARG SOURCE_URL=""
 
 # ---------------------------------------------------------------------------------------------
 # Server: the venv is built here, where pip may fetch and build; the final stage only copies it.
@@ -43,16 +46,17 @@ RUN /opt/venv/bin/pip install --no-cache-dir --constraint /opt/constraints.txt /
 # `orpheus-tts serve` on GPU nodes; the operator's build Job runs `python -m engine_jobs.build`
 # from this same image.
 FROM ${CUDA_IMAGE} AS server
-ARG VERSION=0.1.0
-ARG SOURCE_URL=""
+ARG VERSION
+ARG SOURCE_URL
 LABEL org.opencontainers.image.title="orpheus-tts" \
       org.opencontainers.image.description="Streaming text-to-speech server for the Orpheus model, and its engine builder" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.source="${SOURCE_URL}"
 
 # Only the interpreter the venv was made with: no pip, no compiler. Triton compiles its small C
-# launchers with a C compiler on first use; the engine directory carries them prebuilt, so this
-# image deliberately has none. (Apt versions unpinned, as in server-build.)
+# launchers with a C compiler on first use; the engine builder is to ship them prebuilt in the
+# engine directory (issue 15, not built yet): until then torch.compile needs a compiler this
+# image lacks. (Apt versions unpinned, as in server-build.)
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 \
@@ -64,7 +68,7 @@ RUN apt-get update \
 COPY --from=server-build /opt/venv /opt/venv
 
 # Compile and hub caches live under /tmp: the operator's pods mount /tmp (an emptyDir) and
-# nothing else writable. The engine (weights, codec, prebuilt kernels) is mounted read-only
+# nothing else writable. The engine (weights, codec) is mounted read-only
 # at /engine.
 ENV PATH=/opt/venv/bin:${PATH} \
     HOME=/tmp \
@@ -79,8 +83,8 @@ VOLUME ["/tmp"]
 # gRPC (with health and reflection), HTTP and WebSocket, Prometheus /metrics.
 EXPOSE 50051 8000 9090
 
-# Docker's own check (Kubernetes uses the pod's gRPC probes instead). Start-up from a built
-# engine reads the weights, compiles the codec and captures CUDA graphs: 130 s on an H200
+# Docker's own check (Kubernetes uses the pod's gRPC probes instead). Start-up reads the
+# weights, compiles the model and codec and captures CUDA graphs: 130 s on an H200
 # (docs/performance.md), so failures count only after 180 s.
 HEALTHCHECK --start-period=180s --interval=15s --timeout=5s --retries=3 \
     CMD ["orpheus-tts", "health", "--server", "localhost:50051"]
@@ -97,8 +101,8 @@ RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir /src/operator
 
 FROM ${PYTHON_IMAGE} AS operator
-ARG VERSION=0.1.0
-ARG SOURCE_URL=""
+ARG VERSION
+ARG SOURCE_URL
 LABEL org.opencontainers.image.title="orpheus-operator" \
       org.opencontainers.image.description="Kubernetes operator that turns an OrpheusVoice into an engine build and a fleet of GPU pods" \
       org.opencontainers.image.version="${VERSION}" \

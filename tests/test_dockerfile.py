@@ -63,7 +63,8 @@ class Stage:
         return out
 
 
-def read_stages() -> dict[str, Stage]:
+def read_stages() -> tuple[dict[str, str], dict[str, Stage]]:
+    """The ARGs before the first FROM (name -> default), and each stage by name."""
     global_args: dict[str, str] = {}
     stages: dict[str, Stage] = {}
     current = None
@@ -77,10 +78,10 @@ def read_stages() -> dict[str, Stage]:
             global_args[key] = default
         elif current is not None and instruction != "COMMENT":
             current.lines.append((instruction, value))
-    return stages
+    return global_args, stages
 
 
-STAGES = read_stages()
+GLOBAL_ARGS, STAGES = read_stages()
 FINAL = ("server", "operator")
 
 
@@ -243,7 +244,8 @@ def test_image_names_and_commands_match_make_image_the_chart_and_the_operator(se
     assert set(tags) == set(FINAL)
     chart = yaml.safe_load((REPO / "charts/orpheus-tts/Chart.yaml").read_text())
     for name in FINAL:
-        default_version = dict(v.partition("=")[::2] for v in STAGES[name].values("ARG"))["VERSION"]
+        assert "VERSION" in STAGES[name].values("ARG")  # the stage takes the global default into its labels
+        default_version = GLOBAL_ARGS["VERSION"]
         assert tags[name].endswith(f":{chart['appVersion']}") and default_version == chart["appVersion"]
 
     with helm.Chart.load(REPO / "charts/orpheus-tts") as loaded:
