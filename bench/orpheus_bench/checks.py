@@ -84,7 +84,7 @@ def fp8_matmul_accuracy(results):
     x = torch.randn(64, 3072, device="cuda", dtype=torch.bfloat16)
     with torch.inference_mode():
         ref = x.double() @ lin.weight.double().t()
-        results["checks"]["fp8_matmul_rel_err_vs_fp64"] = relative_difference(Fp8Linear(lin, rowwise=True)(x), ref)
+        results["checks"]["fp8_matmul_rel_err_vs_fp64"] = relative_difference(Fp8Linear.quantize(lin, rowwise=True)(x), ref)
         results["checks"]["bf16_matmul_rel_err_vs_fp64"] = relative_difference(lin(x), ref)
 
 

@@ -27,13 +27,15 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="Orpheus model: 'demo' or a Hugging Face checkpoint directory")
     parser.add_argument("--snac", help="SNAC 24 kHz codec: 'demo' or a directory (config.json + pytorch_model.bin)")
     parser.add_argument("--device", help="cpu, cuda, cuda:N (default: auto)")
+    parser.add_argument("--engine", help="a built engine directory (orpheus-tts build-engine); replaces --model/--snac")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config value, e.g. --set scheduler.max_batch_size=8")
 
 
 def build_config(args: argparse.Namespace) -> ServerConfig:
     overrides = parse_set_flags(args.set)
-    for flag, key in (("model", "model.path"), ("snac", "codec.path"), ("device", "model.device")):
+    for flag, key in (("model", "model.path"), ("snac", "codec.path"), ("device", "model.device"),
+                      ("engine", "engine.path")):
         if getattr(args, flag, None):
             overrides[key] = getattr(args, flag)
     if getattr(args, "device", None):

@@ -168,6 +168,17 @@ def _default_profiles() -> dict[str, TuningProfile]:
 
 
 @dataclass
+class EngineConfig:
+    """A built engine directory (`orpheus-tts build-engine`) to start from."""
+
+    path: str = setting("", "An engine directory: its serving weights, codec and compiled artifacts replace "
+                            "`model.path` and `codec.path`. Empty: load `model.path` and compile at start-up.")
+    on_mismatch: str = setting("refuse", "refuse | compile: what to do when the engine was compiled for another "
+                                         "torch, GPU or compiled setting (a different precision or format is "
+                                         "always refused).")
+
+
+@dataclass
 class ServerConfig:
     """The whole configuration: one section per part, then the tuning profiles."""
 
@@ -175,6 +186,7 @@ class ServerConfig:
     codec: CodecConfig = field(default_factory=CodecConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     profile: str = setting("longform", "Which tuning profile's limits apply.")
     tuning: dict[str, TuningProfile] = setting(doc="Tuning profiles by name; add one under a new name (all three "
                                                    "keys), then select it with `profile`.",
@@ -209,6 +221,10 @@ class ServerConfig:
             raise ConfigError("codec.context_frames, lookahead_frames and window_frames must be >= 0")
         if self.model.quantization not in ("auto", "fp8", "none"):
             raise ConfigError(f"model.quantization must be auto, fp8 or none, got {self.model.quantization!r}")
+        if self.engine.on_mismatch not in ("refuse", "compile"):
+            raise ConfigError(f"engine.on_mismatch must be refuse or compile, got {self.engine.on_mismatch!r}")
+        if self.engine.path and (self.model.path != "demo" or self.codec.path != "demo"):
+            raise ConfigError("engine.path replaces model.path and codec.path: set one or the other")
         if self.profile not in self.tuning:
             raise ConfigError(f"profile {self.profile!r} is not one of {sorted(self.tuning)}")
         if self.default_voice not in orpheus.VOICES:  # else every request naming no voice would be refused

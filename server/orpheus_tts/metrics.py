@@ -41,6 +41,11 @@ class ServerMetrics(EngineObserver):
         self.free_slots = Gauge(f"{PREFIX}_free_slots", "KV-cache slots free for new sessions.", registry=r)
         self.max_sessions = Gauge(f"{PREFIX}_max_concurrent_sessions", "Session slots this server has.",
                                   registry=r)
+        self.startup = Gauge(f"{PREFIX}_startup_seconds", "Seconds each start-up phase took (weights, "
+                             "compile_cache, graphs, warm_up).", ["phase"], registry=r)
+        self.engine_mismatch = Gauge(f"{PREFIX}_engine_mismatch", "1 for each engine manifest field that did not "
+                                     "match this server, which therefore compiled at start-up.", ["field"],
+                                     registry=r)
         self.ready = Gauge(f"{PREFIX}_ready", "1 once the model is loaded and warmed up.", registry=r)
         self.tokens = Counter(f"{PREFIX}_generated_tokens", "Tokens the model generated.", registry=r)
         self.audio = Counter(f"{PREFIX}_audio_seconds", "Seconds of audio produced.", registry=r)
@@ -55,6 +60,13 @@ class ServerMetrics(EngineObserver):
         self._tokens_seen = 0  # the engine's total at the last hook (hooks all run on the engine thread)
 
     # -- engine hooks (engine thread) ---------------------------------------------------
+    def on_startup_phase(self, phase: str, seconds: float) -> None:
+        self.startup.labels(phase).set(seconds)
+
+    def on_engine_mismatch(self, fields: list[str]) -> None:
+        for name in fields:
+            self.engine_mismatch.labels(name).set(1)
+
     def on_step(self, seconds: float, decode_batch: int, prefill_batch: int, stats) -> None:
         self.steps.inc()
         self.step_time.observe(seconds)

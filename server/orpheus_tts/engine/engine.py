@@ -40,6 +40,7 @@ from orpheus_tts.engine.pieces import PieceMaker
 from orpheus_tts.engine.runner import LaunchedStep, ModelRunner
 from orpheus_tts.engine.sampler import Sampler
 from orpheus_tts.engine.scheduler import Scheduler
+from orpheus_tts.engine.startup import StartupPhases
 from orpheus_tts.engine.session import AudioChunk, Outcome, Piece, Session, SessionEnd, SessionState
 from orpheus_tts.engine.step_cost import StepCost
 from orpheus_tts.engine.stream import SpeechStream
@@ -52,8 +53,9 @@ _IDLE_WAIT_S = 0.05  # how often an idle loop still checks pending timeouts
 
 class Engine:
     def __init__(self, config: ServerConfig, model, tokenizer: Tokenizer, codec: SnacCodec,
-                 observer: EngineObserver | None = None):
+                 observer: EngineObserver | None = None, phases: StartupPhases | None = None):
         self.config = config
+        self.phases = phases or StartupPhases(observer)
         self.tokenizer = tokenizer
         self.codec = codec
         self.observer = observer or EngineObserver()
@@ -62,14 +64,17 @@ class Engine:
         self.kv_cache = KVCache(args.n_layers, sched.max_concurrent_sessions, args.n_kv_heads,
                                 sched.max_context_tokens, args.head_dim, kv_cache_dtype(config, model), device)
         self.sampler = Sampler(model, sched.max_concurrent_sessions + 1, constrained=config.sampling.constrained)
-        if config.model.compile and device.type == "cuda":
-            self.sampler.compile()
-        self.runner = ModelRunner(model, self.kv_cache, self.sampler, sched.max_batch_size, config.model.cuda_graphs)
-        if config.model.cuda_graphs:
-            if config.codec.compile:
-                codec.compile()
-            codec.enable_graphs(config.codec.window_frames,
-                                batch_buckets(min(sched.max_concurrent_sessions, config.codec.graph_max_batch)))
+        with self.phases.phase("graphs"):  # compiling (or loading compiled code) happens at capture
+            if config.model.compile and device.type == "cuda":
+                self.sampler.compile()
+            self.runner = ModelRunner(model, self.kv_cache, self.sampler, sched.max_batch_size,
+                                      config.model.cuda_graphs)
+        with self.phases.phase("codec_graphs"):
+            if config.model.cuda_graphs:
+                if config.codec.compile:
+                    codec.compile()
+                codec.enable_graphs(config.codec.window_frames,
+                                    batch_buckets(min(sched.max_concurrent_sessions, config.codec.graph_max_batch)))
         self.piece_maker = PieceMaker(tokenizer, sched.max_context_tokens)
         self.scheduler = Scheduler(sched, self.kv_cache.allocator, config.codec)
         self.timings = EngineTimings()
@@ -86,8 +91,9 @@ class Engine:
 
     @classmethod
     def from_config(cls, config: ServerConfig, observer: EngineObserver | None = None) -> "Engine":
-        parts = load_parts(config)
-        return cls(config, parts.model, parts.tokenizer, parts.codec, observer)
+        phases = StartupPhases(observer)
+        parts = load_parts(config, phases, observer)
+        return cls(config, parts.model, parts.tokenizer, parts.codec, observer, phases)
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> "Engine":
@@ -112,13 +118,15 @@ class Engine:
         collection walks every object in the process, and one over a loaded torch process stops
         the engine thread (and every stream) far longer than a decode step."""
         done = threading.Event()
-        request = self.make_request("Warming up.")
-        session = self.submit(request, lambda event: done.set() if isinstance(event, SessionEnd) else None)
-        if not done.wait(timeout_s):
-            session.cancel()
-            raise TimeoutError("engine warm-up did not finish")
-        gc.collect()
-        gc.freeze()
+        with self.phases.phase("warm_up"):
+            request = self.make_request("Warming up.")
+            session = self.submit(request, lambda event: done.set() if isinstance(event, SessionEnd) else None)
+            if not done.wait(timeout_s):
+                session.cancel()
+                raise TimeoutError("engine warm-up did not finish")
+            gc.collect()
+            gc.freeze()
+        log.info(self.phases.summary())
         self.ready = True
 
     # -- requests (any thread) --------------------------------------------------------------

@@ -6,6 +6,7 @@ Every placement and precision policy lives here, so the engine itself receives r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -14,9 +15,12 @@ from tokenizers import Tokenizer
 
 from orpheus_tts.codec.snac_codec import SnacCodec
 from orpheus_tts.config import ServerConfig
-from orpheus_tts.model.fp8 import FP8_MIN_COMPUTE_CAPABILITY, fp8_supported, quantize_to_fp8
+from orpheus_tts.engine.engine_dir import EngineDir, EngineError
+from orpheus_tts.engine.startup import StartupPhases
+from orpheus_tts.model.fp8 import FP8_MIN_COMPUTE_CAPABILITY, fp8_supported, is_fp8, prepare_fp8, quantize_to_fp8
 from orpheus_tts.model.llama import Transformer
 from orpheus_tts.model.loader import compile_model, load_model
+from orpheus_tts.model.serving_weights import has_serving_weights, load_serving_weights
 from orpheus_tts.model.tokenizer import load_tokenizer
 
 log = logging.getLogger("orpheus_tts.engine")
@@ -54,21 +58,57 @@ class EngineParts:
     codec: SnacCodec
 
 
-def load_parts(config: ServerConfig) -> EngineParts:
-    """Load the model (FP8 and compiled where the configuration and the GPU allow), its
-    tokenizer and the codec."""
+def open_engine(config: ServerConfig, observer=None) -> tuple[ServerConfig, EngineDir | None]:
+    """With `engine.path`: check the manifest, point the model and codec at the engine's, and
+    report what does not match (refused unless `engine.on_mismatch=compile`)."""
+    if not config.engine.path:
+        return config, None
+    engine = EngineDir(config.engine.path)
+    engine.check_precision(config.model.quantization)
     device = resolve_device(config.model.device)
-    model = load_model(config.model.path, device, resolve_dtype(config.model.dtype, device),
-                       config.scheduler.max_context_tokens, config.model.seed)
+    mismatches = engine.mismatches(config, device)
+    if mismatches and config.engine.on_mismatch != "compile":
+        raise EngineError(f"engine {engine.path} does not match this server: " + "; ".join(map(str, mismatches))
+                          + ". Build it for these settings, or set engine.on_mismatch=compile to compile at start")
+    if mismatches:
+        log.warning("engine %s does not match (%s): compiling at start-up", engine.path, "; ".join(map(str, mismatches)))
+        if observer is not None:
+            observer.on_engine_mismatch([m.field for m in mismatches])
+    paths = dataclasses.replace(config, model=dataclasses.replace(config.model, path=engine.model_path),
+                                codec=dataclasses.replace(config.codec, path=engine.snac_path))
+    return paths, engine
+
+
+def load_parts(config: ServerConfig, phases: StartupPhases | None = None, observer=None) -> EngineParts:
+    """Load the model (FP8 and compiled where the configuration and the GPU allow), its
+    tokenizer and the codec; from a built engine's serving weights and compiled artifacts when
+    `engine.path` names one."""
+    phases = phases or StartupPhases()
+    config, engine = open_engine(config, observer)
+    device = resolve_device(config.model.device)
     quantization = config.model.quantization
     if quantization == "fp8" and not fp8_supported(device):
         arch = "sm_{}{}".format(*FP8_MIN_COMPUTE_CAPABILITY)
         raise ValueError(f"model.quantization=fp8 needs a GPU with FP8 ({arch} or newer); {device} has none")
-    if quantization == "fp8" or (quantization == "auto" and fp8_supported(device)):
-        log.info("FP8 weights (%s)", quantize_to_fp8(model))
+    if engine is not None and device.type == "cuda":
+        with phases.phase("compile_cache"):
+            log.info("compiled artifacts loaded: %s", engine.load_compile_cache())
+    with phases.phase("weights"):
+        dtype = resolve_dtype(config.model.dtype, device)
+        if has_serving_weights(config.model.path):
+            model = load_serving_weights(config.model.path, device, dtype, config.scheduler.max_context_tokens)
+        else:
+            model = load_model(config.model.path, device, dtype, config.scheduler.max_context_tokens, config.model.seed)
+        if is_fp8(model):
+            if not fp8_supported(device):
+                raise EngineError(f"precision: {config.model.path} holds FP8 weights, and {device} has no FP8")
+            log.info("FP8 weights as built (%s)", prepare_fp8(model))
+        elif quantization == "fp8" or (quantization == "auto" and fp8_supported(device) and engine is None):
+            log.info("FP8 weights (%s)", quantize_to_fp8(model))
+        tokenizer, codec = load_tokenizer(config.model.path), load_codec(config)
     if config.model.compile and device.type == "cuda":
         compile_model(model)
-    return EngineParts(model, load_tokenizer(config.model.path), load_codec(config))
+    return EngineParts(model, tokenizer, codec)
 
 
 def load_codec(config: ServerConfig) -> SnacCodec:

@@ -49,6 +49,12 @@ class EngineTimings:
 
 
 class EngineObserver:
+    def on_startup_phase(self, phase: str, seconds: float) -> None:
+        """A start-up phase (weights, compile_cache, graphs, warm_up) took `seconds`."""
+
+    def on_engine_mismatch(self, fields: list[str]) -> None:
+        """The engine's artifacts did not match these fields; the server compiles at start."""
+
     def on_step(self, seconds: float, decode_batch: int, prefill_batch: int, stats: EngineStats) -> None:
         """After each step that did work: its wall time, batch sizes, and the engine's stats."""
 

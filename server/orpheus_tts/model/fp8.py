@@ -35,23 +35,36 @@ def fp8_supported(device: torch.device) -> bool:
 
 
 class Fp8Linear(nn.Module):
-    """Drop-in for a bias-free `nn.Linear` whose weight is stored in FP8."""
+    """Drop-in for a bias-free `nn.Linear` whose weight is stored in FP8 with its scales.
 
-    def __init__(self, linear: nn.Linear, rowwise: bool, triton_rows: bool = True):
+    `weight_fp8` is [N, K] row-major (its `.t()` is the column-major operand `_scaled_mm` wants);
+    `weight_scale` is [1, N] (row-wise: one per output channel) or a scalar (per tensor). Built by
+    `quantize` from a linear layer, or straight from saved buffers (an engine's serving weights).
+    """
+
+    def __init__(self, weight_fp8: Tensor, weight_scale: Tensor, triton_rows: bool = True):
         super().__init__()
-        weight = linear.weight.detach()
-        self.out_features, self.in_features = weight.shape
-        self.rowwise = rowwise
-        w = weight.float()
+        self.out_features, self.in_features = weight_fp8.shape
+        self.rowwise = weight_scale.dim() > 0
+        self.register_buffer("weight_fp8", weight_fp8)
+        self.register_buffer("weight_scale", weight_scale)
+        self.splits = 0
+        self.use_triton_rows(triton_rows)
+
+    @classmethod
+    def quantize(cls, linear: nn.Linear, rowwise: bool, triton_rows: bool = True) -> "Fp8Linear":
+        w = linear.weight.detach().float()
         amax = w.abs().amax(dim=1, keepdim=True) if rowwise else w.abs().amax()
         scale = (amax / FP8_MAX).clamp(min=1e-12)
-        self.register_buffer("weight_fp8", (w / scale).to(FP8))  # [N, K] row-major; .t() is column-major
-        self.register_buffer("weight_scale", scale.reshape(1, -1) if rowwise else scale.reshape(()))
-        device = weight.device
-        use_triton = (triton_rows and fp8_gemm.triton_fp8_available(device)
-                      and fp8_gemm.fits(self.out_features, self.in_features))
-        sms = torch.cuda.get_device_properties(device).multi_processor_count if use_triton else 0
-        self.splits = fp8_gemm.k_splits(self.out_features, self.in_features, sms) if use_triton else 0
+        return cls((w / scale).to(FP8), scale.reshape(1, -1) if rowwise else scale.reshape(()), triton_rows)
+
+    def use_triton_rows(self, enabled: bool) -> None:
+        """Whether few-row matmuls (decode) go to the split-K Triton kernel (see fp8_gemm)."""
+        device = self.weight_fp8.device
+        use = (enabled and fp8_gemm.triton_fp8_available(device)
+               and fp8_gemm.fits(self.out_features, self.in_features))
+        sms = torch.cuda.get_device_properties(device).multi_processor_count if use else 0
+        self.splits = fp8_gemm.k_splits(self.out_features, self.in_features, sms) if use else 0
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
@@ -70,10 +83,10 @@ class Fp8Linear(nn.Module):
         return out.reshape(*shape[:-1], self.out_features)
 
 
-def _rowwise_works(device: torch.device) -> bool:
+def rowwise_works(device: torch.device) -> bool:
     """Row-wise scaled FP8 matmul needs Hopper-class support in this torch build; try it once."""
     try:
-        probe = Fp8Linear(nn.Linear(32, 32, bias=False).to(device), rowwise=True)
+        probe = Fp8Linear.quantize(nn.Linear(32, 32, bias=False).to(device), rowwise=True)
         probe(torch.randn(16, 32, device=device, dtype=torch.bfloat16))
         return True
     except RuntimeError as exc:
@@ -87,7 +100,8 @@ def _triton_rows_work(device: torch.device, rowwise: bool) -> bool:
         return False
     try:
         linear = nn.Linear(512, 256, bias=False).to(device)
-        fast, reference = Fp8Linear(linear, rowwise, triton_rows=True), Fp8Linear(linear, rowwise, triton_rows=False)
+        fast = Fp8Linear.quantize(linear, rowwise, triton_rows=True)
+        reference = Fp8Linear.quantize(linear, rowwise, triton_rows=False)
         err = 0.0
         for rows in (1, fp8_gemm.MAX_ROWS):  # the fewest and the most rows it is used for
             x = torch.randn(rows, 512, device=device, dtype=torch.bfloat16)
@@ -101,15 +115,43 @@ def _triton_rows_work(device: torch.device, rowwise: bool) -> bool:
     return False
 
 
-def quantize_to_fp8(model: nn.Module) -> str:
+def fp8_layers(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """The (parent, attribute) of every linear layer FP8 applies to: the blocks' projections."""
+    return [(parent, name) for block in model.layers
+            for parent, name in ((block.attention, "wqkv"), (block.attention, "wo"),
+                                 (block.feed_forward, "w13"), (block.feed_forward, "w2"))]
+
+
+def is_fp8(model: nn.Module) -> bool:
+    return any(isinstance(getattr(parent, name), Fp8Linear) for parent, name in fp8_layers(model))
+
+
+def quantize_to_fp8(model: nn.Module, rowwise: bool | None = None) -> str:
     """Replace the transformer blocks' linear layers by FP8 ones in place; returns the scaling
-    used and whether the decode's few-row matmuls use the Triton kernel."""
+    used and whether the decode's few-row matmuls use the Triton kernel.
+
+    `rowwise` None probes the device; the engine builder passes its choice when it quantises
+    on a machine without the target GPU."""
     device = next(model.parameters()).device
-    rowwise = _rowwise_works(device)
-    triton_rows = _triton_rows_work(device, rowwise)
-    for block in model.layers:
-        for parent, name in ((block.attention, "wqkv"), (block.attention, "wo"),
-                             (block.feed_forward, "w13"), (block.feed_forward, "w2")):
-            setattr(parent, name, Fp8Linear(getattr(parent, name), rowwise, triton_rows))
-    torch.cuda.empty_cache()
+    if rowwise is None:
+        rowwise = rowwise_works(device)
+    triton_rows = device.type == "cuda" and _triton_rows_work(device, rowwise)
+    for parent, name in fp8_layers(model):
+        setattr(parent, name, Fp8Linear.quantize(getattr(parent, name), rowwise, triton_rows))
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return describe_fp8(rowwise, triton_rows)
+
+
+def prepare_fp8(model: nn.Module) -> str:
+    """For FP8 weights loaded as they were saved: pick the few-row matmul kernel on this GPU."""
+    layers = [getattr(parent, name) for parent, name in fp8_layers(model)]
+    rowwise = layers[0].rowwise
+    triton_rows = _triton_rows_work(layers[0].weight_fp8.device, rowwise)
+    for layer in layers:
+        layer.use_triton_rows(triton_rows)
+    return describe_fp8(rowwise, triton_rows)
+
+
+def describe_fp8(rowwise: bool, triton_rows: bool) -> str:
     return ("rowwise" if rowwise else "tensorwise") + (" scales, Triton few-row matmuls" if triton_rows else " scales")

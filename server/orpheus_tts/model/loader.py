@@ -106,11 +106,17 @@ def load_model(path: str, device: torch.device, dtype: torch.dtype, max_position
     model.load_state_dict(state, strict=False, assign=True)
     if args.tie_word_embeddings:
         model.output.weight = model.tok_embeddings.weight
+    return finish_model(model, device, max_positions)
+
+
+def finish_model(model: Transformer, device: torch.device, max_positions: int) -> Transformer:
+    """After tensors were assigned into a model built on `meta`: refuse any still missing and
+    compute the RoPE table (never stored; it was built on `meta` too)."""
     missing = [n for n, p in model.named_parameters() if p.is_meta]
+    missing += [n for n, b in model.named_buffers() if b.is_meta and n != "rope"]
     if missing:
         raise CheckpointError(f"checkpoint lacks tensors for {missing[:5]}")
-    # The RoPE table is not in checkpoints; compute it for real (it was built on `meta`).
-    model.register_buffer("rope", rope_table(args, max_positions).to(device), persistent=False)
+    model.register_buffer("rope", rope_table(model.args, max_positions).to(device), persistent=False)
     return model.eval().requires_grad_(False)
 
 

@@ -1,0 +1,122 @@
+"""Build an engine, then time `serve --engine` to SERVING with empty local caches.
+
+    python -m orpheus_bench.engine_startup --out bench/results/h200-engine-startup
+
+1. `python -m engine_jobs.build` from random Orpheus-3B + SNAC weights, FP8, for the GPU here.
+2. `orpheus-tts serve --engine` with TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR new and empty
+   and no C compiler (CC=/bin/false), polled through gRPC health: process start to SERVING.
+3. Same tokens: the engine's FP8 weights against in-process quantisation (bit for bit), and the
+   same seeded speech from `say --engine` and `say --set model.quantization=fp8` (eager, no noise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SETTINGS = ["scheduler.max_concurrent_sessions=256", "scheduler.max_batch_size=256",
+            "scheduler.max_context_tokens=2048"]
+
+
+def sets(items):
+    return [x for s in items for x in ("--set", s)]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    arch = "sm_{}{}".format(*torch.cuda.get_device_capability(0))
+    work = Path(tempfile.mkdtemp())
+    engine = work / "engine"
+    result = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+              "commit": os.environ.get("GIT_COMMIT", ""), "settings": SETTINGS,
+              "command": "python -m orpheus_bench.engine_startup --out " + str(out)}
+    build_cmd = [sys.executable, "-m", "engine_jobs.build", "--model-source", "random:orpheus-3b",
+                 "--snac-source", "random", "--precision", "fp8", "--gpu-arch", arch, "--compile", "required",
+                 "--output", str(engine), *sets(SETTINGS)]
+    t = time.monotonic()
+    built = subprocess.run(build_cmd, capture_output=True, text=True)
+    result["build"] = {"seconds": round(time.monotonic() - t, 1), "rc": built.returncode,
+                       "tail": (built.stdout + built.stderr)[-3000:]}
+    print(json.dumps(result["build"], indent=1), flush=True)
+    if built.returncode == 0:
+        manifest = json.loads((engine / "engine.json").read_text())
+        result["manifest"] = {k: manifest.get(k) for k in ("compile", "weightsSeconds", "verified", "pending",
+                                                            "runtime", "buckets")}
+        result["engine_bytes"] = sum(f.stat().st_size for f in engine.rglob("*") if f.is_file())
+        result["serve"] = serve_once(engine, work)
+        print(json.dumps(result["serve"], indent=1), flush=True)
+        result["same_tokens"] = same_tokens(engine, work)
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=1)[-4000:])
+
+
+def serve_once(engine: Path, work: Path) -> dict:
+    env = {**os.environ, "CC": "/bin/false", "CXX": "/bin/false"}
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        env[name] = tempfile.mkdtemp(dir=work)
+    log = (work / "serve.log").open("w")
+    t = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "orpheus_tts.cli", "serve", "--engine", str(engine),
+                             "--grpc-port", "50071", "--http-port", "-1", "--metrics-port", "9171", *sets(SETTINGS)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    serving_s = None
+    while time.monotonic() - t < 400 and proc.poll() is None:
+        rc = subprocess.run([sys.executable, "-m", "orpheus_tts.cli", "health", "--server", "localhost:50071",
+                             "--timeout", "1"], capture_output=True).returncode
+        if rc == 0:
+            serving_s = round(time.monotonic() - t, 1)
+            break
+        time.sleep(0.5)
+    say = subprocess.run([sys.executable, "-m", "orpheus_tts.cli", "say", "Hello from a built engine.", "-o",
+                          str(work / "served.wav"), "--server", "localhost:50071"], capture_output=True, text=True)
+    proc.terminate()
+    proc.wait(60)
+    text = (work / "serve.log").read_text()
+    breakdown = re.findall(r"start-up [^\n]*", text)
+    return {"serving_s": serving_s, "breakdown": breakdown, "say": (say.stdout + say.stderr)[-300:],
+            "log_tail": text[-3000:]}
+
+
+def same_tokens(engine: Path, work: Path) -> dict:
+    import torch
+
+    from orpheus_tts.model.fp8 import quantize_to_fp8
+    from orpheus_tts.model.loader import load_model
+    from orpheus_tts.model.serving_weights import load_serving_weights
+
+    device = torch.device("cuda")
+    built = load_serving_weights(str(engine / "model"), device, torch.bfloat16, 64).state_dict()
+    ref = load_model("random:orpheus-3b", device, torch.bfloat16, 64)
+    quantize_to_fp8(ref)
+    differ = [n for n, v in ref.state_dict().items() if not torch.equal(v.view(torch.uint8), built[n].view(torch.uint8))]
+    del built, ref
+    torch.cuda.empty_cache()
+    eager = ["model.compile=false", "model.cuda_graphs=false", "codec.noise=false", "scheduler.adaptive_chunks=false"]
+    digests = {}
+    for name, extra in (("engine", ["--engine", str(engine), "--set", "engine.on_mismatch=compile"]),
+                        ("in_process", ["--model", "random:orpheus-3b", "--snac", "random",
+                                        "--set", "model.quantization=fp8"])):
+        wav = work / f"{name}.wav"
+        r = subprocess.run([sys.executable, "-m", "orpheus_tts.cli", "say", "Same tokens, same seed.", "-o", str(wav),
+                            "--seed", "7", *extra, *sets(eager)], capture_output=True, text=True)
+        digests[name] = hashlib.sha256(wav.read_bytes()).hexdigest() if wav.exists() else (r.stdout + r.stderr)[-500:]
+    return {"weights_differ": differ[:5], "weights_identical": not differ, "speech_sha256": digests,
+            "speech_identical": digests["engine"] == digests["in_process"]}
+
+
+if __name__ == "__main__":
+    main()
