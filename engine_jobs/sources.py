@@ -38,6 +38,8 @@ class Source:
 def parse_source(value: str, revision: str | None, what: str) -> Source:
     if value == "demo":
         return Source("demo")
+    if value == "random" and what == "--snac-source":  # the real SNAC architecture, random weights
+        return Source("random", "snac_24khz")
     if value.startswith(RANDOM_PREFIX):
         name = value[len(RANDOM_PREFIX):]
         if what == "--model-source" and name not in NAMED_CONFIGS:
