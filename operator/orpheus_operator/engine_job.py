@@ -1,8 +1,18 @@
 """The engine build Job: one per engine hash, writing `/cache/<hash>` on the cache PVC.
 
 The Job runs `python -m engine_jobs.build` from the server image. It is named after the hash,
-so voices sharing a model share it and re-applying a voice finds it already there. The serving
-pods mount `<hash>/` of the same PVC read-only as `/engine`.
+so voices sharing a model and slot budget share it and re-applying a voice finds it already
+there. The serving pods mount `<hash>/` of the same PVC read-only as `/engine` and start with
+`serve --engine /engine`.
+
+It runs on a GPU node of the voice's profile for every backend: compiling the kernels and
+capturing the CUDA graphs needs the target GPU. It passes `--compile auto`, so on such a node it
+compiles (and a failed compile fails the Job, exit 5); without a usable GPU of that
+architecture it writes the weights only and records the compile as pending, and the serving
+pods then refuse the engine at start (`engine.on_mismatch=refuse`) with a message naming it.
+`auto` rather than `required` keeps one Job spec for the cluster and the CPU end-to-end test.
+It gets the same `--set` settings as the pods (`server_settings.engine_settings`), so the
+compiled buckets are the ones the pods will run.
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ import json
 
 from .hashing import engine_identity
 from .labels import ENGINE_IDENTITY_ANNOTATION, RUN_AS_USER, engine_job_name, engine_labels
+from .server_settings import engine_settings, set_flags
 from .voice import ModelSource, Voice
 
 CACHE_MOUNT = "/cache"
@@ -19,6 +30,11 @@ SOURCES_MOUNT = "/sources"
 # Pod retries inside one Job; after that the operator retries the whole Job with its own backoff.
 JOB_BACKOFF_LIMIT = 2
 JOB_DEADLINE_S = 4 * 3600
+
+# The build reads a 3B checkpoint (6.6 GB in bf16) into host memory, writes the serving weights
+# (and the FP8 copy with its scales), then compiles on the GPU: 16 GiB requested covers the bf16
+# weights twice over, the 32 GiB limit leaves room for the FP8 pass and the compiler's peak.
+BUILD_RESOURCES = {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"memory": "32Gi"}}
 
 
 def pod_security_context() -> dict:
@@ -36,6 +52,17 @@ def container_security_context() -> dict:
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def gpu_placement(voice: Voice) -> dict:
+    """nodeSelector and tolerations that put a pod on a GPU of the voice's profile."""
+    return {
+        "nodeSelector": {"nvidia.com/gpu.product": voice.gpu.product_label, **voice.node_selector},
+        "tolerations": [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+            *voice.tolerations,
+        ],
     }
 
 
@@ -60,6 +87,8 @@ def build_args(voice: Voice, engine_hash: str) -> list[str]:
         "--precision", voice.precision,
         "--backend", voice.backend,
         "--gpu-arch", voice.gpu.arch,
+        "--compile", "auto",
+        *set_flags(engine_settings(voice)),
         "--engine-hash", engine_hash,
         "--output", f"{CACHE_MOUNT}/{engine_hash}",
     ]
@@ -86,10 +115,14 @@ def engine_job(voice: Voice, engine_hash: str) -> dict:
         volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": name, "mountPath": f"{SOURCES_MOUNT}/{name}", "readOnly": True})
 
-    resources: dict = {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "16Gi"}}
+    resources = {
+        "requests": {**BUILD_RESOURCES["requests"], "nvidia.com/gpu": 1},
+        "limits": {**BUILD_RESOURCES["limits"], "nvidia.com/gpu": 1},
+    }
     pod_spec: dict = {
         "restartPolicy": "Never",
         "securityContext": pod_security_context(),
+        **gpu_placement(voice),
         "containers": [
             {
                 "name": "build",
@@ -109,14 +142,6 @@ def engine_job(voice: Voice, engine_hash: str) -> dict:
         ],
         "volumes": volumes,
     }
-    if voice.backend == "tensorrt-llm":
-        # A TensorRT-LLM engine is compiled for one GPU architecture, on that GPU.
-        resources["limits"]["nvidia.com/gpu"] = 1
-        pod_spec["nodeSelector"] = {"nvidia.com/gpu.product": voice.gpu.product_label, **voice.node_selector}
-        pod_spec["tolerations"] = [
-            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
-            *voice.tolerations,
-        ]
 
     labels = engine_labels(engine_hash)
     return {

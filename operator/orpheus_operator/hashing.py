@@ -1,8 +1,14 @@
 """The engine hash: one name for everything that determines an engine build.
 
-Two voices whose engines would be byte-for-byte the same get the same hash, so they share one
-build Job and one directory on the cache PVC, and re-applying a voice starts nothing new.
-What does not change the engine (voice name, sessions per pod, replicas, ...) stays out of it.
+Two voices whose engines would be the same get the same hash, so they share one build Job and
+one directory on the cache PVC, and re-applying a voice starts nothing new. The engine holds
+weights for one precision and compiled kernels and CUDA graphs for one GPU architecture and one
+set of buckets, so the hash covers the checkpoint (model and codec sources), precision, backend,
+GPU architecture, the builder version and the server settings the Job passes
+(`server_settings.engine_settings`: sessions per pod, max batch size, context tokens,
+quantization, profile). Two voices with different slot budgets therefore get two engines, each
+compiled for its own buckets. What leaves the engine as it is (voice name, default voice,
+replicas, autoscaling, ...) stays out.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import hashlib
 import json
 
 from .model_facts import BUILDER_VERSION
+from .server_settings import engine_settings
 from .voice import Voice
 
 # Characters of the sha256 kept in names and paths: 64 bits, far from colliding in one namespace.
@@ -27,6 +34,7 @@ def engine_identity(voice: Voice) -> dict[str, str]:
     }
     identity.update({f"model.{k}": v for k, v in voice.model.identity().items()})
     identity.update({f"codec.{k}": v for k, v in voice.codec.identity().items()})
+    identity.update({f"settings.{k}": v for k, v in engine_settings(voice).items()})
     return identity
 
 

@@ -21,4 +21,4 @@ DEFAULT_VOICE = "tara"
 TOKENS_PER_SECOND = 82.03125  # audio tokens in one second of speech
 
 # engine_jobs.build.BUILDER_VERSION: hashed into every engine build's name
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"

@@ -10,9 +10,10 @@ never fight (`deployment(..., replicas=None)`).
 
 from __future__ import annotations
 
-from .engine_job import container_security_context, pod_security_context
+from .engine_job import container_security_context, gpu_placement, pod_security_context
 from .labels import GRPC_PORT, HTTP_PORT, METRICS_PORT, selector_labels, server_labels
 from .metrics import ACTIVE_SESSIONS_METRIC, TTFB_P95_METRIC
+from .server_settings import serving_settings, set_flags
 from .voice import Voice
 
 ENGINE_MOUNT = "/engine"
@@ -23,32 +24,28 @@ PRESTOP_SLEEP_S = 5
 
 DEFAULT_SERVER_RESOURCES = {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"memory": "32Gi"}}
 
+# Seconds from container start to serving, from a built engine (weights read, compiled artifacts
+# loaded, graphs captured, warm-up done): a target until measured, see
+# bench/results/h200-engine-startup/ (updated when measured). The start-up probe allows
+# STARTUP_ALLOWANCE times this, probing every STARTUP_PROBE_PERIOD_S, before liveness takes over.
+EXPECTED_STARTUP_S = 30
+STARTUP_ALLOWANCE = 3
+STARTUP_PROBE_PERIOD_S = 5
+
 
 def server_args(voice: Voice) -> list[str]:
-    """`orpheus-tts serve` flags: paths in the engine directory plus the session budget."""
+    """`orpheus-tts serve` flags: the engine directory plus the settings it was built for."""
     drain_s = max(1, voice.termination_grace_s - PRESTOP_SLEEP_S - 5)
-    settings = {
-        "scheduler.max_concurrent_sessions": voice.sessions_per_pod,
-        "scheduler.max_batch_size": voice.max_batch_size,
-        "scheduler.max_context_tokens": voice.context_tokens,
-        # The budget assumed this precision: never let the server pick another.
-        "model.quantization": "fp8" if voice.precision == "fp8" else "none",
-        "profile": voice.profile,
-        "default_voice": voice.default_voice,
-    }
-    args = [
+    return [
         "serve",
-        "--model", f"{ENGINE_MOUNT}/model",
-        "--snac", f"{ENGINE_MOUNT}/snac",
+        "--engine", ENGINE_MOUNT,
         "--device", "cuda",
         "--grpc-port", str(GRPC_PORT),
         "--http-port", str(HTTP_PORT),
         "--metrics-port", str(METRICS_PORT),
         "--grace-s", str(drain_s),
+        *set_flags(serving_settings(voice)),
     ]
-    for key, value in settings.items():
-        args += ["--set", f"{key}={value}"]
-    return args
 
 
 def _resources(voice: Voice) -> dict:
@@ -68,6 +65,12 @@ def _grpc_probe(period_s: int, failure_threshold: int, timeout_s: int = 1) -> di
     }
 
 
+def startup_probe() -> dict:
+    """gRPC health every STARTUP_PROBE_PERIOD_S until serving, for about 3x the expected start-up."""
+    failures = -(-EXPECTED_STARTUP_S * STARTUP_ALLOWANCE // STARTUP_PROBE_PERIOD_S)  # ceiling division
+    return _grpc_probe(period_s=STARTUP_PROBE_PERIOD_S, failure_threshold=failures)
+
+
 def pod_template(voice: Voice, engine_hash: str) -> dict:
     container = {
         "name": "server",
@@ -85,8 +88,7 @@ def pod_template(voice: Voice, engine_hash: str) -> dict:
             {"name": "HF_HUB_OFFLINE", "value": "1"},
         ],
         "resources": _resources(voice),
-        # Loading weights and capturing CUDA graphs takes minutes: allow up to 15 before liveness.
-        "startupProbe": _grpc_probe(period_s=10, failure_threshold=90),
+        "startupProbe": startup_probe(),
         "readinessProbe": _grpc_probe(period_s=5, failure_threshold=2),
         "livenessProbe": _grpc_probe(period_s=10, failure_threshold=6, timeout_s=5),
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_S}}},
@@ -108,11 +110,7 @@ def pod_template(voice: Voice, engine_hash: str) -> dict:
         "spec": {
             "terminationGracePeriodSeconds": voice.termination_grace_s,
             "securityContext": pod_security_context(),
-            "nodeSelector": {"nvidia.com/gpu.product": voice.gpu.product_label, **voice.node_selector},
-            "tolerations": [
-                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
-                *voice.tolerations,
-            ],
+            **gpu_placement(voice),
             "containers": [container],
             "volumes": [
                 {"name": "engine", "persistentVolumeClaim": {"claimName": voice.cache_claim, "readOnly": True}},
@@ -195,7 +193,7 @@ def horizontal_pod_autoscaler(voice: Voice, engine_hash: str) -> dict:
                     },
                 },
             ],
-            # GPU pods take minutes to start and streams last long: scale up quickly, down slowly.
+            # A new pod may wait for a GPU node and an image pull, and streams last long: up fast, down slowly.
             "behavior": {
                 "scaleUp": {
                     "stabilizationWindowSeconds": 0,

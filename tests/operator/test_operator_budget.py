@@ -75,11 +75,19 @@ def test_a_model_larger_than_the_gpu_fits_no_session():
 
 def test_engine_hash_depends_only_on_what_builds_the_engine():
     base = engine_hash(voice())
-    assert engine_hash(voice(sessionsPerPod=8, maxBatchSize=8, voice="leo", contextTokens=4096)) == base
+    assert engine_hash(voice(voice="leo")) == base  # the default voice leaves the engine as it is
     assert engine_hash(voice(gpuProfile="l4")) == base  # same architecture, sm_89
     assert engine_hash(voice(gpuProfile="h100-80gb")) != base
     assert engine_hash(voice(precision="bf16")) != base
     assert engine_hash(voice(backend="tensorrt-llm")) != base
     assert engine_hash(voice(model={"hub": {"repo": "canopylabs/orpheus-3b-0.1-ft", "revision": "v2"}})) != base
     assert len(base) == 16 and int(base, 16) >= 0
+
+
+def test_engines_for_other_slot_budgets_get_other_hashes():
+    """The engine is compiled for the buckets of its settings: a voice with another budget must not share it."""
+    base = engine_hash(voice())
+    for change in ({"sessionsPerPod": 8, "maxBatchSize": 8}, {"maxBatchSize": 16}, {"contextTokens": 4096},
+                   {"profile": "longform"}):
+        assert engine_hash(voice(**change)) != base, change
 

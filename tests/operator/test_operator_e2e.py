@@ -63,9 +63,18 @@ async def test_voice_builds_engine_then_rolls_out_and_survives_a_restart(mock_cl
     assert status["replicas"] == 1 and status["engineHash"] in job_name
     assert status["selector"] == "app.kubernetes.io/component=server,app.kubernetes.io/instance=tara-chat,app.kubernetes.io/name=orpheus-tts"
 
-    # The HPA has scaled the Deployment to 3; a spec change rolls out without touching replicas.
+    # The HPA has scaled the Deployment to 3. A new slot budget needs an engine compiled for its
+    # buckets: a second build Job, while the running pods keep the old engine and settings.
     await c.request("PATCH", f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{name}", {"spec": {"replicas": 3}})
-    await c.patch_voice(name, {"metadata": {"generation": 2}, "spec": {"sessionsPerPod": 40, "maxBatchSize": 24}})
+    changed = {"sessionsPerPod": 40, "maxBatchSize": 24}
+    await c.patch_voice(name, {"metadata": {"generation": 2}, "spec": changed})
+    new_job = job_name_for({**voice, "spec": {**voice["spec"], **changed}})
+    assert new_job != job_name
+    await eventually(lambda: c.get(JOBS, new_job), what="the build Job for the new slot budget")
+    assert "scheduler.max_concurrent_sessions=48" in c.get(DEPLOYMENTS, name)["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    # It completes: the change rolls out without touching the HPA's replicas.
+    await c.complete_job(new_job)
 
     def rolled_out():
         d = c.get(DEPLOYMENTS, name)
@@ -74,7 +83,8 @@ async def test_voice_builds_engine_then_rolls_out_and_survives_a_restart(mock_cl
     assert "scheduler.max_batch_size=24" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert deployment["spec"]["replicas"] == 3
     await eventually(lambda: c.get(VOICES, name)["status"].get("observedGeneration") == 2, what="observedGeneration=2")
-    assert c.creates(JOBS) == 1  # same engine hash: no new build
+    assert c.creates(JOBS) == 2  # one build per engine hash
+    await c.make_pods_available(name)
 
     # Restart the operator: it resumes the voice, and nothing is created again or duplicated.
     counts = {r: len(c.objects(r)) for r in [JOBS, *SERVING]}
@@ -118,7 +128,7 @@ async def test_voices_sharing_a_model_share_one_build_job(mock_cluster, start_op
     first = load_example("voice-rtx4090-conversational.yaml")
     second = load_example("voice-rtx4090-conversational.yaml")
     second["metadata"]["name"] = "leo-chat"
-    second["spec"].update(voice="leo", gpuProfile="l4", sessionsPerPod=24, maxBatchSize=16)  # L4 is sm_89 too
+    second["spec"].update(voice="leo", gpuProfile="l4")  # L4 is sm_89 too; same slot budget, so the same buckets
     job_name = job_name_for(first)
     assert job_name_for(second) == job_name
 

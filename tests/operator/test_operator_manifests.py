@@ -9,12 +9,13 @@ import kubernetes_validate
 import pytest
 from operator_testkit import load_example
 
-from orpheus_operator.engine_job import engine_job
-from orpheus_operator.hashing import engine_hash
+from orpheus_operator.engine_job import build_args, engine_job
+from orpheus_operator.hashing import engine_hash, engine_identity
 from orpheus_operator.metrics import ACTIVE_SESSIONS_METRIC, HPA_METRICS, PROMETHEUS_ADAPTER_RULES, TTFB_P95_METRIC
 from orpheus_operator.crd import crd_manifest
 from orpheus_operator.plan import render
-from orpheus_operator.serving import deployment, horizontal_pod_autoscaler, server_args, serving_objects
+from orpheus_operator.serving import (EXPECTED_STARTUP_S, deployment, horizontal_pod_autoscaler, server_args,
+                                      serving_objects)
 from orpheus_operator.voice import Voice
 
 # The oldest Kubernetes we claim: gRPC probes (GA 1.27) and preStop sleep (beta, on by default, 1.30).
@@ -104,7 +105,29 @@ def test_server_gets_the_session_budget_and_batch_size():
         "profile=conversational",
         "default_voice=tara",
     ]
-    assert args[:5] == ["serve", "--model", "/engine/model", "--snac", "/engine/snac"]
+    assert args[:3] == ["serve", "--engine", "/engine"]
+    assert "--model" not in args and "--snac" not in args  # the engine directory replaces both
+
+
+def _sets(args: list[str]) -> dict[str, str]:
+    return dict(args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--set")
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_build_job_gets_the_settings_the_pods_get_and_the_hash_covers_them(variant):
+    """The engine is compiled for the buckets of these settings; a server refuses one built for others."""
+    voice = Voice.from_body(VARIANTS[variant])
+    built_for, served_with = _sets(build_args(voice, engine_hash(voice))), _sets(server_args(voice))
+    assert built_for == {k: v for k, v in served_with.items() if k != "default_voice"}
+    assert {f"settings.{k}": v for k, v in built_for.items()}.items() <= engine_identity(voice).items()
+
+
+def test_startup_probe_allows_three_times_the_expected_start_up():
+    pod = deployment(Voice.from_body(VARIANTS["rtx-4090 conversational"]), "h", replicas=None)["spec"]["template"]["spec"]
+    probe = pod["containers"][0]["startupProbe"]
+    allowed_s = probe["periodSeconds"] * probe["failureThreshold"]
+    assert probe["periodSeconds"] == 5
+    assert 3 * EXPECTED_STARTUP_S <= allowed_s < 3 * EXPECTED_STARTUP_S + probe["periodSeconds"]
 
 
 def test_server_accepts_the_settings_the_operator_passes():
@@ -140,9 +163,19 @@ def test_build_job_mounts_the_cache_and_sources_and_runs_the_builder():
     assert build["command"] == ["python", "-m", "engine_jobs.build"]
     assert build["args"][:4] == ["--model-source", "pvc:/sources/source-0/orpheus", "--snac-source", "pvc:/sources/source-0/snac_24khz"]
     assert build["args"][-2:] == ["--output", f"/cache/{digest}"]
+    assert build["args"][build["args"].index("--compile") + 1] == "auto"
     assert [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v] == [
         "orpheus-engine-cache", "models",
     ]
-    assert "nvidia.com/gpu" not in build["resources"]["limits"]  # a torch engine is laid out, not compiled
-    trt = engine_job(Voice.from_body(VARIANTS["tensorrt-llm build on the GPU"]), digest)
-    assert trt["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+@pytest.mark.parametrize("variant", ["model and codec on PVCs", "tensorrt-llm build on the GPU"])
+def test_build_job_compiles_on_a_gpu_of_the_voices_profile_for_every_backend(variant):
+    voice = Voice.from_body(VARIANTS[variant])
+    pod = engine_job(voice, engine_hash(voice))["spec"]["template"]["spec"]
+    resources = pod["containers"][0]["resources"]
+    assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == 1
+    assert resources["requests"]["memory"] == "16Gi" and resources["limits"]["memory"] == "32Gi"
+    serving = deployment(voice, "h", replicas=None)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == serving["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-GeForce-RTX-4090"}
+    assert pod["tolerations"] == serving["tolerations"]

@@ -14,49 +14,13 @@ from snac import SNAC
 from tokenizers import Tokenizer, models
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from checkpoint_testkit import llama_config, write_checkpoint, write_snac, write_tokenizer
 from engine_jobs.checkpoint import validate_checkpoint, validate_snac
 from orpheus_tts import orpheus
 from orpheus_tts.codec.snac_codec import DEMO_DECODER_DIM, SNAC_24KHZ
 from orpheus_tts.model.loader import CheckpointError
 
 LAYER0 = "model.layers.0."
-
-
-def llama_config(**overrides) -> LlamaConfig:
-    fields = {"vocab_size": orpheus.VOCAB_SIZE, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
-              "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8, "tie_word_embeddings": True}
-    return LlamaConfig(**(fields | overrides))
-
-
-def write_tokenizer(file: Path, ids: dict[str, int | None] | None = None) -> None:
-    """A WordLevel tokenizer.json with the special tokens at `ids` (None leaves one out)."""
-    ids = {"<|begin_of_text|>": orpheus.BOS, "<|eot_id|>": orpheus.END_OF_TEXT,
-           "<custom_token_0>": orpheus.custom_token_id(0), **(ids or {})}
-    specials = {token: i for token, i in ids.items() if i is not None}
-    tokenizer = Tokenizer(models.WordLevel(vocab={"<unk>": 0, "hello": 1, **specials}, unk_token="<unk>"))
-    tokenizer.add_special_tokens(list(specials))
-    tokenizer.save(str(file))
-
-
-def write_checkpoint(directory: Path, config: LlamaConfig, shards: int = 1) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    weights = {k: v.contiguous() for k, v in LlamaForCausalLM(config).to(torch.bfloat16).state_dict().items()}
-    if config.tie_word_embeddings:
-        weights.pop("lm_head.weight")
-    if shards == 1:
-        save_file(weights, str(directory / "model.safetensors"))
-    else:
-        names = sorted(weights)
-        weight_map = {}
-        for i in range(shards):
-            shard = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-            part = names[i::shards]
-            save_file({n: weights[n] for n in part}, str(directory / shard))
-            weight_map |= dict.fromkeys(part, shard)
-        (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    (directory / "config.json").write_text(json.dumps(config.to_dict()))
-    write_tokenizer(directory / "tokenizer.json")
 
 
 @pytest.fixture(scope="module")
@@ -195,14 +159,6 @@ def test_a_tokenizer_that_stops_before_the_custom_tokens_passes(checkpoint):
 
 
 # -- SNAC ---------------------------------------------------------------------------------
-
-def write_snac(directory: Path, config: dict, weights: dict[str, torch.Tensor] | None = None) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(config))
-    if weights is not None:
-        torch.save(weights, directory / "pytorch_model.bin")
-    return directory
-
 
 @pytest.fixture(scope="module")
 def snac_weights() -> dict[str, torch.Tensor]:
