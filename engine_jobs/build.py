@@ -35,7 +35,7 @@ from orpheus_tts.engine import engine_dir as layout
 from orpheus_tts.model.fp8 import FP8_MIN_COMPUTE_CAPABILITY
 
 from engine_jobs import publish
-from engine_jobs.sources import BuildError, Source, parse_source
+from engine_jobs.sources import BuildError, parse_source
 
 # Bump when this builder changes what it writes, so every engine is built again: the operator
 # hashes it into the Job name (its copy, orpheus_operator/model_facts.py, is generated from this).
@@ -177,7 +177,11 @@ def build(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine_jobs.build", description=__doc__.split("\n\n")[0])
     add_build_flags(parser)
-    args = parser.parse_args(argv)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build, turning each failure into its message and exit code."""
     try:
         return build(args)
     except (BuildError, ValueError) as exc:  # CheckpointError and EngineError are ValueErrors
@@ -199,8 +203,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_COMPILE
 
-
-__all__ = ["Source", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -136,6 +136,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return load_cli.main(args, build_config(args), command)
 
 
+def cmd_build_engine(args: argparse.Namespace) -> int:
+    from engine_jobs.build import run
+
+    return run(args)
+
+
 def cmd_health(args: argparse.Namespace) -> int:
     """The gRPC health check Kubernetes' probe makes, as a command: 0 when SERVING, 1 otherwise."""
     import grpc
@@ -205,6 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--server", default="localhost:50051", metavar="HOST:PORT")
     check.add_argument("--timeout", type=float, default=3.0, help="seconds before giving up")
     check.set_defaults(func=cmd_health)
+
+    build = sub.add_parser("build-engine", help="build an engine directory for `serve --engine` "
+                           "(what the operator's build Job runs)")
+    from engine_jobs.build import add_build_flags
+
+    add_build_flags(build)
+    build.set_defaults(func=cmd_build_engine)
 
     args = parser.parse_args(argv)
     args.argv = argv

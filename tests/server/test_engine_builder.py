@@ -177,3 +177,12 @@ def test_the_server_refuses_an_unfinished_or_foreign_engine(tmp_path):
     served = subprocess.run([*CLI, "say", "Hi.", "-o", str(tmp_path / "x.wav"), "--engine", str(out)],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert served.returncode != 0 and "no COMPLETE marker" in served.stderr, served.stderr
+
+
+def test_orpheus_tts_build_engine_is_the_same_builder(tmp_path):
+    result = subprocess.run([*CLI, "build-engine", *demo_args(tmp_path / "engine", "--dry-run")], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["gpuArch"] == "sm_90" and plan["model"]["kind"] == "demo"
+    assert not (tmp_path / "engine").exists()
