@@ -19,7 +19,10 @@ from orpheus_operator.metrics import PROMETHEUS_ADAPTER_RULES
 from orpheus_operator.settings import ENV_PREFIX, OperatorSettings
 
 POD_MONITOR = with_values(ALL_ON, **{"metrics.monitor.kind": "PodMonitor"})
-VARIANTS = {"defaults": None, "all-on": ALL_ON, "all-on-podmonitor": POD_MONITOR}
+DEMAND_QUERY = 'sum(rate(gateway_requests_total{namespace="{{ .namespace }}",service="{{ .voice }}"}[1m]))'
+SCALE_TO_ZERO = with_values(ALL_ON, **{"keda.minReplicaCount": 0, "keda.demandQuery": DEMAND_QUERY,
+                                       "keda.activationThreshold": "0.2", "keda.demandThreshold": "4"})
+VARIANTS = {"defaults": None, "all-on": ALL_ON, "all-on-podmonitor": POD_MONITOR, "scale-to-zero": SCALE_TO_ZERO}
 CUSTOM_CRDS = {
     "ServiceMonitor": CRDS / "monitoring.coreos.com_servicemonitors.yaml",
     "PodMonitor": CRDS / "monitoring.coreos.com_podmonitors.yaml",
@@ -99,6 +102,41 @@ def test_keda_scales_each_voice_through_its_scale_subresource_and_turns_off_its_
     assert leo == {"ttfb-p95": "0.25", "active-sessions": "12"}  # the CRD defaults: 250 ms, 3/4 of 16 sessions
 
 
+def test_keda_scale_to_zero_wakes_voices_on_demand_seen_outside_their_pods():
+    scaled = {s["metadata"]["name"]: s["spec"] for s in by_kind(render_objects(SCALE_TO_ZERO), "ScaledObject")}
+    for name, namespace in (("tara-chat", "voices"), ("leo-long", NAMESPACE)):
+        spec = scaled[name]
+        assert spec["minReplicaCount"] == 0 and spec["cooldownPeriod"] == 300
+        triggers = {t["name"]: t for t in spec["triggers"]}
+        assert list(triggers) == ["ttfb-p95", "active-sessions", "demand"]
+        demand = triggers["demand"]
+        assert demand["type"] == "prometheus" and demand["metricType"] == "AverageValue"
+        assert demand["metadata"]["query"] == (
+            f'sum(rate(gateway_requests_total{{namespace="{namespace}",service="{name}"}}[1m]))')
+        assert {k: demand["metadata"][k] for k in ("threshold", "activationThreshold", "ignoreNullValues")} == {
+            "threshold": "4", "activationThreshold": "0.2", "ignoreNullValues": "true"}
+        # The server-metric triggers carry no activation threshold: at zero pods they see nothing.
+        assert all("activationThreshold" not in triggers[t]["metadata"] for t in ("ttfb-p95", "active-sessions"))
+        assert spec["minReplicaCount"] <= spec["maxReplicaCount"]  # the CRD's CEL rule, not checked by jsonschema
+
+
+def test_keda_keeps_one_pod_per_voice_by_default_and_adds_no_demand_trigger():
+    with helm.Chart.load(CHART) as chart:
+        assert chart.values["keda"]["minReplicaCount"] == 1 and chart.values["keda"]["demandQuery"] == ""
+    for obj in by_kind(render_objects(ALL_ON), "ScaledObject"):
+        assert obj["spec"]["minReplicaCount"] == 1
+        assert [t["name"] for t in obj["spec"]["triggers"]] == ["ttfb-p95", "active-sessions"]
+    with_floor = with_values(ALL_ON, **{"keda.minReplicaCount": 2})
+    floors = {o["metadata"]["name"]: o["spec"]["minReplicaCount"] for o in by_kind(render_objects(with_floor), "ScaledObject")}
+    assert floors == {"tara-chat": 1, "leo-long": 2}  # a voice's own minReplicas wins over the chart's floor
+
+
+def test_scale_to_zero_without_a_demand_query_fails_the_install():
+    with helm.Chart.load(CHART) as chart:
+        with pytest.raises(helm.HelmRenderError, match="keda.minReplicaCount 0 needs keda.demandQuery"):
+            chart.render(values=with_values(ALL_ON, **{"keda.minReplicaCount": 0}), name="orpheus", namespace=NAMESPACE)
+
+
 def test_adapter_rules_are_the_operators_rules():
     (config_map,) = [c for c in by_kind(render_objects(ALL_ON), "ConfigMap") if "adapter" in c["metadata"]["name"]]
     assert config_map["metadata"]["namespace"] == "monitoring"
@@ -172,6 +210,8 @@ def test_notes_tell_the_user_what_to_do_next():
     assert "voices/tara-chat" in notes and "scaledobjects" in notes
     defaults = render()["orpheus-tts/templates/NOTES.txt"]
     assert "neither prometheusAdapter.rules.enabled nor keda.enabled" in defaults
+    assert "clients must retry" not in notes
+    assert "clients must retry with backoff" in render(SCALE_TO_ZERO)["orpheus-tts/templates/NOTES.txt"]
 
 
 @pytest.mark.parametrize("bad, where", [
@@ -182,6 +222,9 @@ def test_notes_tell_the_user_what_to_do_next():
     ({"operator": {"settings": {"enginePollSeconds": "fast"}}}, "enginePollSeconds"),
     ({"engineCache": {"size": "fifty gigs"}}, "size"),
     ({"keda": {"enabled": "yes"}}, "enabled"),
+    ({"keda": {"minReplicaCount": -1}}, "minReplicaCount"),
+    ({"keda": {"activationThreshold": 0.5}}, "activationThreshold"),          # KEDA's metadata are strings
+    ({"keda": {"demandThreshold": "ten"}}, "demandThreshold"),
     ({"voices": [{"name": "Tara", "spec": {"model": {}, "gpuProfile": "l4"}}]}, "name"),
     ({"prometheusRule": {"alerts": {"voiceNotReady": {"for": "30 minutes"}}}}, "for"),
 ])

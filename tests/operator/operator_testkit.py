@@ -28,10 +28,16 @@ from typing import Any, Callable
 import yaml
 
 from orpheus_operator.crd import GROUP, KIND, PLURAL, VERSION
+from orpheus_operator.hashing import engine_hash
+from orpheus_operator.labels import engine_job_name
+from orpheus_operator.voice import Voice
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO_ROOT / "examples"
 NAMESPACE = "voices"
+VOICES = f"{GROUP}/{VERSION}/{PLURAL}"
+JOBS = "batch/v1/jobs"
+DEPLOYMENTS = "apps/v1/deployments"
 
 VERBS = {"create", "get", "list", "watch", "patch", "update", "delete"}
 
@@ -51,6 +57,12 @@ RESOURCES = [
 
 def load_example(name: str) -> dict:
     return yaml.safe_load((EXAMPLES / name).read_text())
+
+
+def job_name_for(body: dict) -> str:
+    """The build Job the operator makes for this voice once it is created in NAMESPACE."""
+    body = {**body, "metadata": {**body["metadata"], "namespace": NAMESPACE}}
+    return engine_job_name(engine_hash(Voice.from_body(body)))
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:

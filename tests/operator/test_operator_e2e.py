@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-from operator_testkit import NAMESPACE, eventually, load_example
+from operator_testkit import DEPLOYMENTS, JOBS, NAMESPACE, VOICES, eventually, job_name_for, load_example
 
 from orpheus_operator.crd import GROUP, PLURAL, VERSION
-from orpheus_operator.hashing import engine_hash
-from orpheus_operator.labels import engine_job_name
-from orpheus_operator.voice import Voice
 
-VOICES = f"{GROUP}/{VERSION}/{PLURAL}"
-JOBS = "batch/v1/jobs"
-DEPLOYMENTS = "apps/v1/deployments"
 SERVING = {
     DEPLOYMENTS: "Deployment",
     "v1/services": "Service",
@@ -19,11 +13,6 @@ SERVING = {
     "policy/v1/poddisruptionbudgets": "PodDisruptionBudget",
 }
 VOICE_UID = "0b6c1f36-8d5e-4c1b-9d9e-2f6a4b1c0001"
-
-
-def job_name_for(body: dict) -> str:
-    body = {**body, "metadata": {**body["metadata"], "namespace": NAMESPACE}}
-    return engine_job_name(engine_hash(Voice.from_body(body)))
 
 
 async def test_voice_builds_engine_then_rolls_out_and_survives_a_restart(mock_cluster, start_operator):
