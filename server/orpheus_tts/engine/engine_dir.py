@@ -117,10 +117,10 @@ def content_hash(directory: Path) -> str:
 def write_manifest(directory: Path, manifest: dict) -> dict:
     """Hash the content, write engine.json, then the COMPLETE marker (last)."""
     manifest = {**manifest, "formatVersion": FORMAT_VERSION, "contentHash": content_hash(directory)}
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    for path in (directory / MANIFEST,):
-        with path.open("rb") as f:
-            os.fsync(f.fileno())
+    with (directory / MANIFEST).open("w") as f:
+        f.write(json.dumps(manifest, indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the marker that vouches for it
     (directory / COMPLETE).write_text(manifest["contentHash"] + "\n")
     return manifest
 
