@@ -112,7 +112,7 @@ def target_gpu(args: argparse.Namespace):
         return None, "--compile skip"
     if not torch.cuda.is_available():
         return None, "no GPU on this machine"
-    found = "sm_{}{}".format(*torch.cuda.get_device_capability(0))
+    found = layout.gpu_arch(torch.device("cuda", 0))
     if found != args.gpu_arch:
         return None, f"this GPU is {found}, the engine is for {args.gpu_arch}"
     return torch.device("cuda"), ""
@@ -142,7 +142,9 @@ def build(args: argparse.Namespace) -> int:
 
             use_fresh_caches(staging / ".work")
             started = time.monotonic()
-            manifest["model"].update(write_model(manifest, config, staging, device, args.gpu_arch))
+            rowwise = None if device is not None else \
+                compute_capability(args.gpu_arch) >= ROWWISE_MIN_COMPUTE_CAPABILITY
+            manifest["model"].update(write_model(manifest, config, staging, device, rowwise))
             manifest["snac"].update(write_snac_dir(manifest, config, staging))
             manifest["weightsSeconds"] = round(time.monotonic() - started, 1)
             manifest["verified"] = ["checkpoint shapes, dtypes, vocabulary and special tokens", "SNAC config",

@@ -25,8 +25,9 @@ def _source(described: dict) -> Source:
 
 
 def write_model(manifest: dict, config: ServerConfig, staging: Path, device: torch.device | None,
-                gpu_arch: str) -> dict:
-    """Serving weights (+ tokenizer) in staging/model; FP8 quantised on the GPU when there is one."""
+                rowwise: bool | None) -> dict:
+    """Serving weights (+ tokenizer) in staging/model; FP8 quantised on the GPU when there is one
+    (`rowwise` None: the scaling that GPU runs; else the builder's choice for the target)."""
     source = _source(manifest["model"])
     local = None
     if source.kind in ("pvc", "hub"):
@@ -36,9 +37,6 @@ def write_model(manifest: dict, config: ServerConfig, staging: Path, device: tor
     model = load_model(model_path(source, local), where, torch.bfloat16 if where.type == "cuda" else torch.float32,
                        config.scheduler.max_context_tokens, config.model.seed)
     if manifest["precision"] == "fp8":
-        from engine_jobs.build import ROWWISE_MIN_COMPUTE_CAPABILITY, compute_capability
-
-        rowwise = None if device is not None else compute_capability(gpu_arch) >= ROWWISE_MIN_COMPUTE_CAPABILITY
         quantize_to_fp8(model, rowwise=rowwise)
     target = staging / layout.MODEL_DIR
     target.mkdir(parents=True)
