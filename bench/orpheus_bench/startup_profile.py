@@ -1,0 +1,126 @@
+"""Where start-up from a built engine spends its time: a stack-sampling profile of one start.
+
+    python -m orpheus_bench.startup_profile --engine DIR --out bench/results/h200-startup-profile [--set K=V ...]
+
+Starts the engine in this process as `serve --engine` does (fresh, empty Inductor and Triton
+caches, no C compiler), samples the starting thread's stack every few milliseconds (cProfile
+would distort Dynamo's Python-heavy tracing), and writes the phases, the compile counters (cache
+hits, misses, bypasses) and the functions that held the most samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+_SAMPLE_S = 0.005
+
+
+class StackSampler:
+    """Counts, for one thread, how often each function is on the stack (inclusive) and on top."""
+
+    def __init__(self, thread_id: int):
+        self.thread_id = thread_id
+        self.inclusive: collections.Counter = collections.Counter()
+        self.leaf: collections.Counter = collections.Counter()
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(_SAMPLE_S):
+            frame = sys._current_frames().get(self.thread_id)
+            if frame is None:
+                continue
+            self.samples += 1
+            seen = set()
+            top = True
+            while frame is not None:
+                code = frame.f_code
+                name = f"{_short(code.co_filename)}:{code.co_firstlineno}:{code.co_name}"
+                if top:
+                    self.leaf[name] += 1
+                    top = False
+                if name not in seen:
+                    seen.add(name)
+                    self.inclusive[name] += 1
+                frame = frame.f_back
+
+    def report(self, n: int) -> dict:
+        seconds = _SAMPLE_S
+        return {"samples": self.samples, "sample_s": _SAMPLE_S,
+                "inclusive_s": [(k, round(v * seconds, 2)) for k, v in self.inclusive.most_common(n)],
+                "leaf_s": [(k, round(v * seconds, 2)) for k, v in self.leaf.most_common(n)]}
+
+
+def _short(path: str) -> str:
+    for marker in ("site-packages/", "orpheus_tts/", "lib/python3"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    return path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--engine", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--set", action="append", default=[])
+    p.add_argument("--top", type=int, default=60)
+    args = p.parse_args()
+    work = Path(tempfile.mkdtemp())
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        os.environ[name] = tempfile.mkdtemp(dir=work)
+    os.environ["CC"] = os.environ["CXX"] = "/bin/false"
+    started = time.monotonic()
+    with StackSampler(threading.get_ident()) as sampler:
+        import torch
+
+        from orpheus_tts.config import load_config, parse_set_flags
+        from orpheus_tts.engine import Engine
+
+        imported = time.monotonic() - started
+        config = load_config(None, {**parse_set_flags(args.set), "engine.path": args.engine})
+        engine = Engine.from_config(config).start()
+        engine.warm_up()
+        engine.stop()
+    total = time.monotonic() - started
+    from torch._dynamo.utils import compile_times, counters
+
+    result = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
+              "commit": os.environ.get("GIT_COMMIT", ""), "settings": args.set,
+              "command": "python -m orpheus_bench.startup_profile --engine ENGINE --out " + args.out
+              + "".join(f" --set {s}" for s in args.set),
+              "env": {k: v for k, v in os.environ.items() if k.startswith(("TORCHINDUCTOR_COMPILE", "ORPHEUS_"))},
+              "total_s": round(total, 1), "import_s": round(imported, 1),
+              "phases": {k: round(v, 2) for k, v in engine.phases.seconds.items()},
+              "counters": {k: dict(v) for k, v in counters.items()},
+              "compile_times": compile_times(repr="str", aggregate=True),
+              "profile": sampler.report(args.top)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: result[k] for k in ("total_s", "import_s", "phases", "counters")}, indent=1))
+    print(result["compile_times"])
+    for kind in ("inclusive_s", "leaf_s"):
+        print(f"--- {kind}")
+        for name, s in result["profile"][kind]:
+            print(f"{s:8.2f}  {name}")
+
+
+if __name__ == "__main__":
+    main()
