@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -81,11 +82,19 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--top", type=int, default=60)
+    p.add_argument("--with-compiler", action="store_true", help="keep CC/CXX (default: none, as in the image)")
+    p.add_argument("--cache-log", help="write Inductor's and AOTAutograd's cache lookups (keys, details) here")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp())
     for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
         os.environ[name] = tempfile.mkdtemp(dir=work)
-    os.environ["CC"] = os.environ["CXX"] = "/bin/false"
+    if not args.with_compiler:
+        os.environ["CC"] = os.environ["CXX"] = "/bin/false"
+    if args.cache_log:
+        handler = logging.FileHandler(args.cache_log)
+        for name in ("torch._inductor.codecache", "torch._functorch._aot_autograd.autograd_cache"):
+            logging.getLogger(name).addHandler(handler)
+            logging.getLogger(name).setLevel(logging.DEBUG)
     started = time.monotonic()
     with StackSampler(threading.get_ident()) as sampler:
         import torch
@@ -104,7 +113,7 @@ def main() -> None:
     result = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
               "commit": os.environ.get("GIT_COMMIT", ""), "settings": args.set,
               "command": "python -m orpheus_bench.startup_profile --engine ENGINE --out " + args.out
-              + "".join(f" --set {s}" for s in args.set),
+              + "".join(f" --set {s}" for s in args.set) + (" --with-compiler" if args.with_compiler else ""),
               "env": {k: v for k, v in os.environ.items() if k.startswith(("TORCHINDUCTOR_COMPILE", "ORPHEUS_"))},
               "total_s": round(total, 1), "import_s": round(imported, 1),
               "phases": {k: round(v, 2) for k, v in engine.phases.seconds.items()},
