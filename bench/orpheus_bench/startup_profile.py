@@ -70,7 +70,7 @@ class StackSampler:
 
 
 def _short(path: str) -> str:
-    for marker in ("site-packages/", "orpheus_tts/", "lib/python3"):
+    for marker in ("site-packages/", "orpheus_tts/", "orpheus_bench/", "site/", "lib/python3"):
         if marker in path:
             return path.split(marker, 1)[1]
     return path

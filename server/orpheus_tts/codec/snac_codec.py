@@ -162,9 +162,10 @@ class SnacCodec:
         each of the 7 taps (that took longer than the unfused kernels): hence the lower
         `realize_opcount_threshold` (default 30). Captured as graphs, 64 windows of 4 frames went
         from 9.2 to 3.5 ms and 16 windows from 2.3 to 1.0 ms, at 57 dB SNR to eager fp16 (as two
-        eager runs). The batch dimension is dynamic, so each window length compiles twice (batch
-        1 and more), not once per bucket: `enable_graphs(4, batch_buckets(64))` took 150 s instead of 55 s.
-        Dynamic lengths made the kernels a third slower.
+        eager runs). The batch dimension is dynamic, so each window length compiles once for all
+        batches of 2 or more (a batch of 1 would be one more compile: the engine's codec buckets
+        start at 2, `codec_batch_buckets`), not once per bucket: `enable_graphs(4, batch_buckets(64))`
+        took 150 s instead of 55 s. Dynamic lengths made the kernels a third slower.
         """
         if self.device.type != "cuda" and not force:
             return False
@@ -192,7 +193,7 @@ class SnacCodec:
         self._graph_inputs = torch.zeros(buckets[-1], window_frames, orpheus.TOKENS_PER_FRAME,
                                          dtype=torch.int64, device=self.device)
         decoder = self.graph_decoder
-        # A compiled decoder compiles twice per window length (see `compile`); past the limit,
+        # A compiled decoder compiles once or twice per window length (see `compile`); past the limit,
         # which counts every codec's compiles in this process, dynamo would silently run eagerly.
         limit = torch._dynamo.config.recompile_limit + 2 * window_frames
         with torch.inference_mode(), torch._dynamo.config.patch(recompile_limit=limit):

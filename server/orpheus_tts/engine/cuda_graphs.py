@@ -46,6 +46,14 @@ def batch_buckets(max_batch: int) -> list[int]:
     return sorted({*sizes, max_batch})
 
 
+def codec_batch_buckets(max_sessions: int, graph_max_batch: int) -> list[int]:
+    """The codec's graph batch sizes: `batch_buckets`, from 2. A compiled decoder is traced once
+    per window length for all batches of 2 or more; batches of 1 would cost one more trace per
+    length at start-up (Dynamo specialises size-1 dimensions), and one window decodes in a
+    padded batch of 2 in the same time."""
+    return [b for b in batch_buckets(max(2, min(max_sessions, graph_max_batch))) if b > 1]
+
+
 class DecodeGraphs:
     """`runner.decode_step` captured per batch bucket; a replay needs only the rows' slots."""
 

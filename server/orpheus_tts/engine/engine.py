@@ -32,7 +32,7 @@ from orpheus_tts import orpheus
 from orpheus_tts.codec.snac_codec import SnacCodec
 from orpheus_tts.config import ServerConfig
 from orpheus_tts.engine.audio_out import AudioDelivery, AudioPipeline, ChunkPolicy
-from orpheus_tts.engine.cuda_graphs import batch_buckets
+from orpheus_tts.engine.cuda_graphs import codec_batch_buckets
 from orpheus_tts.engine.kv_cache import KVCache
 from orpheus_tts.engine.loading import kv_cache_dtype, load_parts
 from orpheus_tts.engine.observer import EngineObserver, EngineStats, EngineTimings
@@ -74,7 +74,7 @@ class Engine:
                 if config.codec.compile:
                     codec.compile()
                 codec.enable_graphs(config.codec.window_frames,
-                                    batch_buckets(min(sched.max_concurrent_sessions, config.codec.graph_max_batch)))
+                                    codec_batch_buckets(sched.max_concurrent_sessions, config.codec.graph_max_batch))
         self.piece_maker = PieceMaker(tokenizer, sched.max_context_tokens)
         self.scheduler = Scheduler(sched, self.kv_cache.allocator, config.codec)
         self.timings = EngineTimings()

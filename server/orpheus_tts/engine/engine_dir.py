@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from orpheus_tts.config import ServerConfig, settings
-from orpheus_tts.engine.cuda_graphs import PrefillGraphs, batch_buckets
+from orpheus_tts.engine.cuda_graphs import PrefillGraphs, batch_buckets, codec_batch_buckets
 
 log = logging.getLogger("orpheus_tts.engine")
 
@@ -74,7 +74,7 @@ def buckets(config: ServerConfig) -> dict:
     """The batch sizes captured as graphs for these settings (what the slot budget implies)."""
     s, c = config.scheduler, config.codec
     return {"decode": batch_buckets(s.max_batch_size),
-            "codec": batch_buckets(min(s.max_concurrent_sessions, c.graph_max_batch)),
+            "codec": codec_batch_buckets(s.max_concurrent_sessions, c.graph_max_batch),
             "codecWindowFrames": c.window_frames,
             "prefillBatches": list(PrefillGraphs.BATCHES), "prefillLengths": list(PrefillGraphs.LENGTHS)}
 

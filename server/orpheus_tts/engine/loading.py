@@ -15,6 +15,7 @@ from tokenizers import Tokenizer
 
 from orpheus_tts.codec.snac_codec import SnacCodec
 from orpheus_tts.config import ServerConfig
+from orpheus_tts.engine.compile_settings import apply_compile_settings
 from orpheus_tts.engine.engine_dir import EngineDir, EngineError
 from orpheus_tts.engine.startup import StartupPhases
 from orpheus_tts.model.fp8 import FP8_MIN_COMPUTE_CAPABILITY, fp8_supported, is_fp8, prepare_fp8, quantize_to_fp8
@@ -90,6 +91,8 @@ def load_parts(config: ServerConfig, phases: StartupPhases | None = None, observ
     if quantization == "fp8" and not fp8_supported(device):
         arch = "sm_{}{}".format(*FP8_MIN_COMPUTE_CAPABILITY)
         raise ValueError(f"model.quantization=fp8 needs a GPU with FP8 ({arch} or newer); {device} has none")
+    if device.type == "cuda" and (config.model.compile or config.codec.compile):
+        apply_compile_settings()
     if engine is not None and device.type == "cuda":
         with phases.phase("compile_cache"):
             log.info("compiled artifacts loaded: %s", engine.load_compile_cache())
