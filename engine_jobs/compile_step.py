@@ -12,11 +12,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
 from orpheus_tts.config import ServerConfig
-from orpheus_tts.engine.engine_dir import INDUCTOR_TRITON_DIR, SNAC_DIR, MODEL_DIR, TORCH_CACHE, TRITON_DIR
+from orpheus_tts.engine.engine_dir import (INDUCTOR_TRITON_DIR, MODEL_DIR, SNAC_AOT_DIR, SNAC_DIR, TORCH_CACHE,
+                                           TRITON_DIR)
 
 
 def use_fresh_caches(work: Path) -> None:
@@ -27,16 +29,26 @@ def use_fresh_caches(work: Path) -> None:
 
 
 def compile_engine(staging: Path, config: ServerConfig) -> dict:
-    """Compile, capture and warm up from `staging`; write compile/; returns what was verified."""
+    """Compile, capture and warm up from `staging`; write compile/; returns what was verified.
+
+    The SNAC decoders are compiled ahead of time first (compile/snac), so the engine warmed up
+    here captures them exactly as a server starting from this directory will."""
     import torch
 
     from orpheus_tts.engine import Engine
+    from orpheus_tts.engine.loading import load_parts
+    from orpheus_tts.engine.startup import StartupPhases
 
     config = dataclasses.replace(
         config, model=dataclasses.replace(config.model, path=str(staging / MODEL_DIR), device="cuda"),
         codec=dataclasses.replace(config.codec, path=str(staging / SNAC_DIR), device="cuda"))
     started = time.monotonic()
-    engine = Engine.from_config(config).start()
+    snac_aot = build_snac_decoders(staging / SNAC_AOT_DIR, config)
+    phases = StartupPhases()
+    parts = load_parts(config, phases)
+    if "error" not in snac_aot:
+        parts.codec.aot_dir = staging / SNAC_AOT_DIR
+    engine = Engine(config, parts.model, parts.tokenizer, parts.codec, phases=phases).start()
     try:
         engine.warm_up()
     finally:
@@ -50,6 +62,35 @@ def compile_engine(staging: Path, config: ServerConfig) -> dict:
     inductor_triton = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]) / "triton"
     if inductor_triton.is_dir():
         shutil.copytree(inductor_triton, staging / INDUCTOR_TRITON_DIR)
+    verified = ["decode graphs against the eager step", "a warm-up synthesis end to end"]
+    if "error" not in snac_aot:
+        verified.insert(0, "AOT SNAC decoders against the eager decoder")
     return {"seconds": round(time.monotonic() - started, 1), "phases": {k: round(v, 2) for k, v in phases.items()},
-            "torchCacheBytes": len(artifacts[0]) if artifacts else 0,
-            "verified": ["decode graphs against the eager step", "a warm-up synthesis end to end"]}
+            "torchCacheBytes": len(artifacts[0]) if artifacts else 0, "snacAot": snac_aot, "verified": verified}
+
+
+def build_snac_decoders(directory: Path, config: ServerConfig) -> dict:
+    """AOTInductor-compile the codec's decoders for the engine's window and batch sizes. A
+    failure is reported, not fatal: servers then compile the decoder at start, as before."""
+    import torch
+
+    from orpheus_tts.codec.snac_aot import build_decoders
+    from orpheus_tts.engine.cuda_graphs import codec_batch_buckets
+    from orpheus_tts.engine.loading import load_codec
+
+    if not (config.codec.compile and config.model.cuda_graphs):
+        return {"error": "not used: codec.compile or model.cuda_graphs is off"}
+    started = time.monotonic()
+    codec = load_codec(config)
+    max_batch = codec_batch_buckets(config.scheduler.max_concurrent_sessions, config.codec.graph_max_batch)[-1]
+    try:
+        report = build_decoders(codec, config.codec.window_frames, max_batch, directory)
+    except Exception as exc:  # noqa: BLE001 (any failure leaves the torch.compile path in place)
+        shutil.rmtree(directory, ignore_errors=True)
+        print(f"warning: AOT SNAC decoders not built ({type(exc).__name__}: {exc}); servers compile "
+              f"the decoder at start-up instead", file=sys.stderr)
+        return {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+    finally:
+        del codec
+        torch.cuda.empty_cache()
+    return {**report, "seconds": round(time.monotonic() - started, 1)}

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from orpheus_tts import orpheus
+from orpheus_tts.codec import snac_aot
 
 DEMO = "demo"
 RANDOM = "random"  # the real 24 kHz architecture with random weights (benchmarks without weights)
@@ -109,6 +110,10 @@ class SnacCodec:
         self._graph_outputs: dict[tuple[int, int], Tensor] = {}
         self._buckets: list[int] = []
         self.graph_decoder: Callable[[Tensor], Tensor] = self.model.decoder  # what enable_graphs captures
+        # An engine's AOTInductor-compiled decoders (codec/snac_aot.py), preferred by a compiled
+        # codec's `enable_graphs` when they were built for its window and batch sizes.
+        self.aot_dir: Path | None = None
+        self._compiled = False
 
     @classmethod
     def load(cls, path: str, device: torch.device, noise: bool = True, seed: int = 0,
@@ -166,9 +171,14 @@ class SnacCodec:
         batches of 2 or more (a batch of 1 would be one more compile: the engine's codec buckets
         start at 2, `codec_batch_buckets`), not once per bucket: `enable_graphs(4, batch_buckets(64))`
         took 150 s instead of 55 s. Dynamic lengths made the kernels a third slower.
+
+        A codec loaded from a built engine has the same decoder compiled ahead of time
+        (`aot_dir`, codec/snac_aot.py): `enable_graphs` captures those instead, with nothing
+        traced at start-up, when they were built for its window and batch sizes.
         """
         if self.device.type != "cuda" and not force:
             return False
+        self._compiled = True
         compiled = torch.compile(self.fused_decoder(), dynamic=False, options={"realize_opcount_threshold": 6})
 
         def decoder(latent: Tensor) -> Tensor:
@@ -193,6 +203,8 @@ class SnacCodec:
         self._graph_inputs = torch.zeros(buckets[-1], window_frames, orpheus.TOKENS_PER_FRAME,
                                          dtype=torch.int64, device=self.device)
         decoder = self.graph_decoder
+        if self._compiled and self.aot_dir is not None and buckets[0] > 1:
+            decoder = snac_aot.load_decoders(self, self.aot_dir, window_frames, buckets[-1]) or decoder
         # A compiled decoder compiles once or twice per window length (see `compile`); past the limit,
         # which counts every codec's compiles in this process, dynamo would silently run eagerly.
         limit = torch._dynamo.config.recompile_limit + 2 * window_frames

@@ -6,8 +6,9 @@
     model/        serving weights (model/serving_weights.py) + tokenizer.json + config.json
     snac/         the SNAC 24 kHz codec (config.json + pytorch_model.bin)
     compile/      torch-cache.bin (`torch.compiler.save_cache_artifacts`: Dynamo, AOTAutograd,
-                  Inductor and autotuning caches) and triton/ (the builder's Triton cache: the
-                  compiled kernels and their launchers, so no C compiler is needed at start)
+                  Inductor and autotuning caches), triton/ (the builder's Triton cache: the
+                  compiled kernels and their launchers, so no C compiler is needed at start) and
+                  snac/ (the SNAC decoders compiled ahead of time, codec/snac_aot.py)
 
 The builder and the server both read this module, so the format has one definition. A
 mismatch between the manifest and the running server is either fatal (another format or
@@ -41,13 +42,15 @@ SNAC_DIR = "snac"
 TORCH_CACHE = "compile/torch-cache.bin"
 TRITON_DIR = "compile/triton"
 INDUCTOR_TRITON_DIR = "compile/inductor-triton"
+SNAC_AOT_DIR = "compile/snac"
 COMPILE_PENDING = "compile"
 
 # The settings the compiled artifacts and captured graphs depend on (shapes, dtypes, buckets).
 COMPILED_KEYS = (
     "scheduler.max_concurrent_sessions", "scheduler.max_batch_size", "scheduler.max_context_tokens",
     "model.dtype", "model.kv_cache_dtype", "model.compile", "model.cuda_graphs",
-    "codec.dtype", "codec.compile", "codec.window_frames", "codec.graph_max_batch", "sampling.constrained",
+    "codec.dtype", "codec.compile", "codec.noise", "codec.window_frames", "codec.graph_max_batch",
+    "sampling.constrained",
 )
 
 
@@ -160,6 +163,10 @@ class EngineDir:
     @property
     def snac_path(self) -> str:
         return str(self.path / SNAC_DIR)
+
+    @property
+    def snac_aot_path(self) -> Path:
+        return self.path / SNAC_AOT_DIR
 
     @property
     def compiled(self) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -93,15 +94,22 @@ def load_parts(config: ServerConfig, phases: StartupPhases | None = None, observ
         raise ValueError(f"model.quantization=fp8 needs a GPU with FP8 ({arch} or newer); {device} has none")
     if device.type == "cuda" and (config.model.compile or config.codec.compile):
         apply_compile_settings()
-    if engine is not None and device.type == "cuda":
-        with phases.phase("compile_cache"):
-            log.info("compiled artifacts loaded: %s", engine.load_compile_cache())
+    # The compiled artifacts are copied into place while the weights load (both mostly wait on
+    # the disk); nothing may compile before they are in place, the FP8 kernel check included.
+    copier = ThreadPoolExecutor(1, thread_name_prefix="compile-cache") \
+        if engine is not None and device.type == "cuda" else None
+    cache_copy = copier.submit(engine.load_compile_cache) if copier is not None else None
     with phases.phase("weights"):
         dtype = resolve_dtype(config.model.dtype, device)
         if has_serving_weights(config.model.path):
             model = load_serving_weights(config.model.path, device, dtype, config.scheduler.max_context_tokens)
         else:
             model = load_model(config.model.path, device, dtype, config.scheduler.max_context_tokens, config.model.seed)
+    if cache_copy is not None:
+        with phases.phase("compile_cache"):  # what the copy took beyond the weights
+            log.info("compiled artifacts loaded: %s", cache_copy.result())
+        copier.shutdown()
+    with phases.phase("weights"):
         if is_fp8(model):
             if not fp8_supported(device):
                 raise EngineError(f"precision: {config.model.path} holds FP8 weights, and {device} has no FP8")
@@ -109,6 +117,8 @@ def load_parts(config: ServerConfig, phases: StartupPhases | None = None, observ
         elif quantization == "fp8" or (quantization == "auto" and fp8_supported(device) and engine is None):
             log.info("FP8 weights (%s)", quantize_to_fp8(model))
         tokenizer, codec = load_tokenizer(config.model.path), load_codec(config)
+        if engine is not None:
+            codec.aot_dir = engine.snac_aot_path
     if config.model.compile and device.type == "cuda":
         compile_model(model)
     return EngineParts(model, tokenizer, codec)
