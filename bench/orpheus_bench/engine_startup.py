@@ -1,6 +1,6 @@
 """Build an engine, then time `serve --engine` to SERVING with empty local caches.
 
-    python -m orpheus_bench.engine_startup --out bench/results/h200-engine-startup
+    python -m orpheus_bench.engine_startup --out bench/results/h200-engine-startup [--engine-dir DIR]
 
 1. `python -m engine_jobs.build` from random Orpheus-3B + SNAC weights, FP8, for the GPU here.
 2. `orpheus-tts serve --engine` with TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR new and empty
@@ -33,6 +33,8 @@ def sets(items):
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
+    p.add_argument("--engine-dir", help="build the engine here and keep it (default: a temporary directory)")
+    p.add_argument("--skip-same-tokens", action="store_true")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -40,7 +42,7 @@ def main() -> None:
 
     arch = "sm_{}{}".format(*torch.cuda.get_device_capability(0))
     work = Path(tempfile.mkdtemp())
-    engine = work / "engine"
+    engine = Path(args.engine_dir) if args.engine_dir else work / "engine"
     result = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
               "commit": os.environ.get("GIT_COMMIT", ""), "settings": SETTINGS,
               "command": "python -m orpheus_bench.engine_startup --out " + str(out)}
@@ -52,6 +54,8 @@ def main() -> None:
     result["build"] = {"seconds": round(time.monotonic() - t, 1), "rc": built.returncode,
                        "tail": (built.stdout + built.stderr)[-3000:]}
     print(json.dumps(result["build"], indent=1), flush=True)
+    save = lambda: (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")  # noqa: E731
+    save()  # after each stage: a later one may run out of time
     if built.returncode == 0:
         manifest = json.loads((engine / "engine.json").read_text())
         result["manifest"] = {k: manifest.get(k) for k in ("compile", "weightsSeconds", "verified", "pending",
@@ -59,8 +63,10 @@ def main() -> None:
         result["engine_bytes"] = sum(f.stat().st_size for f in engine.rglob("*") if f.is_file())
         result["serve"] = serve_once(engine, work)
         print(json.dumps(result["serve"], indent=1), flush=True)
-        result["same_tokens"] = same_tokens(engine, work)
-    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+        save()
+        if not args.skip_same_tokens:
+            result["same_tokens"] = same_tokens(engine, work)
+            save()
     print(json.dumps(result, indent=1)[-4000:])
 
 

@@ -76,6 +76,66 @@ def _short(path: str) -> str:
     return path
 
 
+def time_codec_graphs(codec, repeats: int = 50) -> dict:
+    """Mean time of one captured decode of four-frame windows, per batch size: the codec's speed
+    after this start-up, whichever decoder (AOT or torch.compile) its graphs hold."""
+    import torch
+
+    if not codec._graphs:
+        return {}
+    frames = max(n for n, _ in codec._graphs)
+    times = {}
+    for batch in (16, 64):
+        if (frames, batch) not in codec._graphs:
+            continue
+        codes = torch.randint(0, 4096, (batch, frames, 7), device=codec.device)
+        for _ in range(5):
+            codec.decode(codes)
+        torch.cuda.synchronize()
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        for _ in range(repeats):
+            codec.decode(codes)
+        end.record()
+        torch.cuda.synchronize()
+        times[f"{batch}x{frames}"] = round(begin.elapsed_time(end) / repeats, 3)
+    return times
+
+
+def time_compiled_decoder(codec, snac_path: str, frames: int = 4, repeats: int = 50) -> dict:
+    """The same measurement with the torch.compile decoder (the path without an engine), captured
+    here by hand for one window length only, so the AOT decoders' speed has its reference."""
+    import torch
+
+    from orpheus_tts.codec.snac_codec import SnacCodec
+
+    compiled = SnacCodec.load(snac_path, codec.device, noise=codec.noise, dtype=codec.dtype)
+    compiled.compile()
+    times = {}
+    with torch.inference_mode():
+        for batch in (64, 16):
+            codes = torch.randint(0, 4096, (batch, frames, 7), device=codec.device)
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(3):
+                    compiled._decode_codes(codes, compiled.graph_decoder)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                compiled._decode_codes(codes, compiled.graph_decoder)
+            for _ in range(5):
+                graph.replay()
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            for _ in range(repeats):
+                graph.replay()
+            end.record()
+            torch.cuda.synchronize()
+            times[f"{batch}x{frames}"] = round(begin.elapsed_time(end) / repeats, 3)
+    return times
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--engine", required=True)
@@ -83,6 +143,8 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--top", type=int, default=60)
     p.add_argument("--with-compiler", action="store_true", help="keep CC/CXX (default: none, as in the image)")
+    p.add_argument("--compare-compiled-codec", action="store_true",
+                   help="also time the torch.compile decoder's graphs (compiles it once, after start-up)")
     p.add_argument("--cache-log", help="write Inductor's and AOTAutograd's cache lookups (keys, details) here")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp())
@@ -108,6 +170,7 @@ def main() -> None:
         engine.warm_up()
         engine.stop()
     total = time.monotonic() - started
+    codec_ms = time_codec_graphs(engine.codec)
     from torch._dynamo.utils import compile_times, counters
 
     result = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
@@ -117,13 +180,17 @@ def main() -> None:
               "env": {k: v for k, v in os.environ.items() if k.startswith(("TORCHINDUCTOR_COMPILE", "ORPHEUS_"))},
               "total_s": round(total, 1), "import_s": round(imported, 1),
               "phases": {k: round(v, 2) for k, v in engine.phases.seconds.items()},
+              "codec": {"graphs_of": engine.codec.graph_source, "graph_replay_ms": codec_ms},
               "counters": {k: dict(v) for k, v in counters.items()},
               "compile_times": compile_times(repr="str", aggregate=True),
               "profile": sampler.report(args.top)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: result[k] for k in ("total_s", "import_s", "phases", "counters")}, indent=1))
+    if args.compare_compiled_codec:
+        result["codec"]["compiled_graph_replay_ms"] = time_compiled_decoder(engine.codec, str(Path(args.engine) / "snac"))
+    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: result[k] for k in ("total_s", "import_s", "phases", "codec", "counters")}, indent=1))
     print(result["compile_times"])
     for kind in ("inclusive_s", "leaf_s"):
         print(f"--- {kind}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from torch.nn.utils import parametrize
 
 from orpheus_tts import orpheus
 from orpheus_tts.codec import snac_aot
+
+log = logging.getLogger("orpheus_tts.codec")
 
 DEMO = "demo"
 RANDOM = "random"  # the real 24 kHz architecture with random weights (benchmarks without weights)
@@ -113,6 +116,7 @@ class SnacCodec:
         # An engine's AOTInductor-compiled decoders (codec/snac_aot.py), preferred by a compiled
         # codec's `enable_graphs` when they were built for its window and batch sizes.
         self.aot_dir: Path | None = None
+        self.graph_source = "none"  # which decoder the graphs hold: aot, compiled or eager
         self._compiled = False
 
     @classmethod
@@ -202,9 +206,11 @@ class SnacCodec:
         buckets = sorted(buckets)
         self._graph_inputs = torch.zeros(buckets[-1], window_frames, orpheus.TOKENS_PER_FRAME,
                                          dtype=torch.int64, device=self.device)
-        decoder = self.graph_decoder
+        decoder, self.graph_source = self.graph_decoder, "compiled" if self._compiled else "eager"
         if self._compiled and self.aot_dir is not None and buckets[0] > 1:
-            decoder = snac_aot.load_decoders(self, self.aot_dir, window_frames, buckets[-1]) or decoder
+            aot = snac_aot.load_decoders(self, self.aot_dir, window_frames, buckets[-1])
+            if aot is not None:
+                decoder, self.graph_source = aot, "aot"
         # A compiled decoder compiles once or twice per window length (see `compile`); past the limit,
         # which counts every codec's compiles in this process, dynamo would silently run eagerly.
         limit = torch._dynamo.config.recompile_limit + 2 * window_frames
@@ -226,6 +232,8 @@ class SnacCodec:
                     pool = graph.pool()
                     self._graphs[frames, n] = graph
         self._buckets = buckets
+        log.info("codec: %d CUDA graphs of the %s decoder (windows of 1-%d frames, batches %s)",
+                 len(self._graphs), self.graph_source, window_frames, buckets)
 
     @torch.inference_mode()
     def decode(self, frames: Tensor) -> Tensor:
