@@ -58,6 +58,9 @@ def add_build_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-arch", required=True, help="the serving GPU: sm_89 (Ada), sm_90 (Hopper), ...")
     p.add_argument("--compile", default="auto", choices=["auto", "required", "skip"],
                    help="auto: compile where the target GPU is present; required: fail (exit 5) without it")
+    p.add_argument("--snac-aot", action="store_true",
+                   help="also compile the SNAC decoders ahead of time (AOTInductor; experimental: crashed "
+                        "on an H200 with torch 2.11, see docs/performance.md); servers load them instead of tracing")
     p.add_argument("--config", help="the server's YAML config (the compiled buckets follow its settings)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a server setting, as serve takes")
     p.add_argument("--engine-hash", help="the operator's hash of these inputs (default: computed here)")
@@ -154,7 +157,7 @@ def build(args: argparse.Namespace) -> int:
                 from engine_jobs.compile_step import compile_engine
 
                 try:
-                    report = compile_engine(staging, config)
+                    report = compile_engine(staging, config, snac_aot=args.snac_aot)
                 except Exception as exc:  # noqa: BLE001 (any failure on the GPU is a failed compile, exit 5)
                     raise CompileError(f"compiling on {args.gpu_arch} failed: {type(exc).__name__}: {exc}") from exc
                 manifest["verified"] += report.pop("verified")

@@ -10,10 +10,12 @@ launchers; a server image has no C compiler to build launchers with).
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import os
 import shutil
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from orpheus_tts.config import ServerConfig
@@ -28,11 +30,11 @@ def use_fresh_caches(work: Path) -> None:
         os.environ[name] = str(work / sub)
 
 
-def compile_engine(staging: Path, config: ServerConfig) -> dict:
+def compile_engine(staging: Path, config: ServerConfig, snac_aot: bool = False) -> dict:
     """Compile, capture and warm up from `staging`; write compile/; returns what was verified.
 
-    The SNAC decoders are compiled ahead of time first (compile/snac), so the engine warmed up
-    here captures them exactly as a server starting from this directory will."""
+    With `snac_aot` the SNAC decoders are compiled ahead of time first (compile/snac), so the
+    engine warmed up here captures them exactly as a server starting from this directory will."""
     import torch
 
     from orpheus_tts.engine import Engine
@@ -43,7 +45,7 @@ def compile_engine(staging: Path, config: ServerConfig) -> dict:
         config, model=dataclasses.replace(config.model, path=str(staging / MODEL_DIR), device="cuda"),
         codec=dataclasses.replace(config.codec, path=str(staging / SNAC_DIR), device="cuda"))
     started = time.monotonic()
-    snac_aot = build_snac_decoders(staging / SNAC_AOT_DIR, config)
+    snac_aot = build_snac_decoders(staging / SNAC_AOT_DIR, config) if snac_aot else {"error": "not requested"}
     phases = StartupPhases()
     parts = load_parts(config, phases)
     if "error" not in snac_aot:
@@ -70,27 +72,30 @@ def compile_engine(staging: Path, config: ServerConfig) -> dict:
 
 
 def build_snac_decoders(directory: Path, config: ServerConfig) -> dict:
-    """AOTInductor-compile the codec's decoders for the engine's window and batch sizes. A
+    """AOTInductor-compile the codec's decoders for the engine's window and batch sizes, in a
+    child process (loading a compiled library can crash a process; on an H200 it did). A
     failure is reported, not fatal: servers then compile the decoder at start, as before."""
-    import torch
+    if not (config.codec.compile and config.model.cuda_graphs):
+        return {"error": "not used: codec.compile or model.cuda_graphs is off"}
+    started = time.monotonic()
+    # A child that dies (a crash included) fails the future: BrokenProcessPool.
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            report = pool.submit(_build_snac_decoders, directory, config).result()
+        except Exception as exc:  # noqa: BLE001 (any failure leaves the torch.compile path in place)
+            report = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+    if "error" in report:
+        shutil.rmtree(directory, ignore_errors=True)
+        print(f"warning: AOT SNAC decoders not built ({report['error']}); servers compile the decoder at "
+              f"start-up instead", file=sys.stderr)
+        return report
+    return {**report, "seconds": round(time.monotonic() - started, 1)}
 
+
+def _build_snac_decoders(directory: Path, config: ServerConfig) -> dict:
     from orpheus_tts.codec.snac_aot import build_decoders
     from orpheus_tts.engine.cuda_graphs import codec_batch_buckets
     from orpheus_tts.engine.loading import load_codec
 
-    if not (config.codec.compile and config.model.cuda_graphs):
-        return {"error": "not used: codec.compile or model.cuda_graphs is off"}
-    started = time.monotonic()
-    codec = load_codec(config)
     max_batch = codec_batch_buckets(config.scheduler.max_concurrent_sessions, config.codec.graph_max_batch)[-1]
-    try:
-        report = build_decoders(codec, config.codec.window_frames, max_batch, directory)
-    except Exception as exc:  # noqa: BLE001 (any failure leaves the torch.compile path in place)
-        shutil.rmtree(directory, ignore_errors=True)
-        print(f"warning: AOT SNAC decoders not built ({type(exc).__name__}: {exc}); servers compile "
-              f"the decoder at start-up instead", file=sys.stderr)
-        return {"error": f"{type(exc).__name__}: {exc}"[:2000]}
-    finally:
-        del codec
-        torch.cuda.empty_cache()
-    return {**report, "seconds": round(time.monotonic() - started, 1)}
+    return build_decoders(load_codec(config), config.codec.window_frames, max_batch, directory)

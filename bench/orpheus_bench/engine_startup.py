@@ -35,6 +35,8 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--engine-dir", help="build the engine here and keep it (default: a temporary directory)")
     p.add_argument("--skip-same-tokens", action="store_true")
+    p.add_argument("--same-tokens-only", action="store_true",
+                   help="only the same-tokens check, on --engine-dir, added to --out's results.json")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -42,6 +44,12 @@ def main() -> None:
 
     arch = "sm_{}{}".format(*torch.cuda.get_device_capability(0))
     work = Path(tempfile.mkdtemp())
+    if args.same_tokens_only:
+        result = json.loads((out / "results.json").read_text())
+        result["same_tokens"] = same_tokens(Path(args.engine_dir), work)
+        (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result["same_tokens"], indent=1))
+        return
     engine = Path(args.engine_dir) if args.engine_dir else work / "engine"
     result = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
               "commit": os.environ.get("GIT_COMMIT", ""), "settings": SETTINGS,

@@ -82,3 +82,15 @@ def test_a_package_that_does_not_load_falls_back_with_a_warning(built, tmp_path,
 
 def test_no_directory_means_no_decoders(tmp_path):
     assert snac_aot.load_decoders(demo_codec(), tmp_path / "absent", window_frames=1, max_batch=4) is None
+
+
+def test_the_builder_reports_a_failed_decoder_build_and_leaves_nothing(tmp_path):
+    """The builder compiles in a child process; its failure is a warning, never a broken build."""
+    from engine_jobs.compile_step import build_snac_decoders
+    from orpheus_tts.config import load_config
+
+    directory = tmp_path / "compile" / "snac"
+    config = load_config(overrides={"codec.path": str(tmp_path / "no-snac"), "codec.device": "cpu"})
+    report = build_snac_decoders(directory, config)
+    assert "FileNotFoundError" in report["error"] and "lacks config.json" in report["error"]
+    assert not directory.exists()
