@@ -72,10 +72,27 @@ def main() -> None:
         result["serve"] = serve_once(engine, work)
         print(json.dumps(result["serve"], indent=1), flush=True)
         save()
+        plot_history(out, result)
         if not args.skip_same_tokens:
             result["same_tokens"] = same_tokens(engine, work)
             save()
     print(json.dumps(result, indent=1)[-4000:])
+
+
+def breakdown_phases(result: dict) -> dict[str, float]:
+    """{phase: seconds} from the server's `start-up ... s: weights 3.8 s, ...` log line."""
+    line = (result.get("serve", {}).get("breakdown") or [""])[0]
+    return {k: float(v) for k, v in re.findall(r"(\w+) ([\d.]+) s", line.partition(":")[2])}
+
+
+def plot_history(out: Path, result: dict) -> None:
+    """startup.png: this run's phases under those of earlier runs kept beside it (results-<commit>.json)."""
+    from orpheus_bench.plots import startup_phases
+
+    runs = [(f"{old.get('commit', path.stem)}", breakdown_phases(old))
+            for path in sorted(out.glob("results-*.json")) for old in [json.loads(path.read_text())]]
+    runs.append((f"{result.get('commit') or 'this run'} (this run)", breakdown_phases(result)))
+    startup_phases([run for run in runs if run[1]], out / "startup.png")
 
 
 def serve_once(engine: Path, work: Path) -> dict:

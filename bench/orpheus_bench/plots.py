@@ -94,3 +94,31 @@ def _engine_load(rows, out, plt, device: str = "GPU"):
     ax2.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "engine_load.png", dpi=120)
+
+
+def startup_phases(runs: list[tuple[str, dict[str, float]]], path: Path) -> bool:
+    """Start-up from a built engine, one stacked bar of phases per run (oldest first); False when
+    matplotlib is absent."""
+    try:
+        plt = _pyplot()
+    except ImportError:
+        return False
+    phases = list(dict.fromkeys(name for _, seconds in runs for name in seconds))
+    fig, ax = plt.subplots(figsize=(9, 1.6 + 0.5 * len(runs)))
+    for row, (_, seconds) in enumerate(runs):
+        left = 0.0
+        for index, name in enumerate(phases):
+            width = seconds.get(name, 0.0)
+            ax.barh(row, width, left=left, color=f"C{index}", label=name if row == 0 else None)
+            left += width
+        ax.text(left + 1, row, f"{left:.0f} s", va="center")
+    ax.set_xlim(0, 1.12 * max(sum(seconds.values()) for _, seconds in runs))
+    ax.axvline(30, color="grey", linestyle=":", label="target: 30 s to SERVING")
+    ax.set_yticks(range(len(runs)), [label for label, _ in runs])
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds in each start-up phase (the log's breakdown)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
