@@ -73,7 +73,7 @@ def compile_engine(staging: Path, config: ServerConfig, snac_aot: bool = False) 
 
 def build_snac_decoders(directory: Path, config: ServerConfig) -> dict:
     """AOTInductor-compile the codec's decoders for the engine's window and batch sizes, in a
-    child process (loading a compiled library can crash a process; on an H200 it did). A
+    child process (on an H200 with torch 2.11 the step died with SIGSEGV in-process). A
     failure is reported, not fatal: servers then compile the decoder at start, as before."""
     if not (config.codec.compile and config.model.cuda_graphs):
         return {"error": "not used: codec.compile or model.cuda_graphs is off"}
