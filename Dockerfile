@@ -1,11 +1,14 @@
 # syntax=docker/dockerfile:1
-# Two images from one file (docs/container-image.md; `make image` builds both):
-#   docker build --target server   -t orpheus-tts:0.1.0 .       the server and the engine builder (CUDA)
-#   docker build --target operator -t orpheus-operator:0.1.0 .  the OrpheusVoice operator (no torch)
+# Three images from one file (docs/container-image.md; `make image` builds all three):
+#   docker build --target server   -t orpheus-tts:0.1.0 .          the server (CUDA, no compiler)
+#   docker build --target builder  -t orpheus-tts-builder:0.1.0 .  the engine builder: the server's
+#                                                                   venv plus a C compiler
+#   docker build --target operator -t orpheus-operator:0.1.0 .     the OrpheusVoice operator (no torch)
 # Base images are pinned by tag; for builds that never change underneath, pin their digests too
 # (`--build-arg CUDA_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04@sha256:...`).
-# Both run as uid/gid 10001 (operator/orpheus_operator/labels.py RUN_AS_USER) on a read-only root
-# filesystem: everything they write goes under /tmp, which Kubernetes mounts as an emptyDir.
+# All three run as uid/gid 10001 (operator/orpheus_operator/labels.py RUN_AS_USER) on a read-only
+# root filesystem: everything they write goes under /tmp, which Kubernetes mounts as an emptyDir
+# (and the builder's output under /cache, the engine cache PVC).
 
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
 ARG PYTHON_IMAGE=python:3.12.11-slim-bookworm
@@ -43,20 +46,20 @@ COPY engine_jobs/ /src/engine_jobs/
 RUN /opt/venv/bin/pip install --no-cache-dir --constraint /opt/constraints.txt /src
 
 # ---------------------------------------------------------------------------------------------
-# `orpheus-tts serve` on GPU nodes; the operator's build Job runs `python -m engine_jobs.build`
-# from this same image.
+# `orpheus-tts serve` on GPU nodes, from an engine the builder image (below) made.
 FROM ${CUDA_IMAGE} AS server
 ARG VERSION
 ARG SOURCE_URL
 LABEL org.opencontainers.image.title="orpheus-tts" \
-      org.opencontainers.image.description="Streaming text-to-speech server for the Orpheus model, and its engine builder" \
+      org.opencontainers.image.description="Streaming text-to-speech server for the Orpheus model" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.source="${SOURCE_URL}"
 
 # Only the interpreter the venv was made with: no pip, no compiler. Triton compiles its small C
-# launchers with a C compiler on first use; the engine builder is to ship them prebuilt in the
-# engine directory (issue 15, not built yet): until then torch.compile needs a compiler this
-# image lacks. (Apt versions unpinned, as in server-build.)
+# launchers (and its cuda_utils module) with a C compiler when it first needs them; the server
+# needs none, because the engine it starts from carries them compiled in its Triton cache
+# (compile/triton/, written by the builder image below, which has the compiler). (Apt versions
+# unpinned, as in server-build.)
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 \
@@ -84,12 +87,36 @@ VOLUME ["/tmp"]
 EXPOSE 50051 8000 9090
 
 # Docker's own check (Kubernetes uses the pod's gRPC probes instead). Start-up reads the
-# weights, compiles the model and codec and captures CUDA graphs: 130 s on an H200
-# (docs/performance.md), so failures count only after 180 s.
+# weights and captures CUDA graphs: 66 s on an H200 from a built engine, 130 s when it compiles
+# the model and codec itself (no --engine; docs/performance.md), so failures count only after 180 s.
 HEALTHCHECK --start-period=180s --interval=15s --timeout=5s --retries=3 \
     CMD ["orpheus-tts", "health", "--server", "localhost:50051"]
 ENTRYPOINT ["orpheus-tts"]
 CMD ["serve"]
+
+# ---------------------------------------------------------------------------------------------
+# The engine builder: the operator's build Job runs `python -m engine_jobs.build` from it. It is
+# the server image (same venv, user, caches under /tmp) plus what Triton needs to build its C
+# launchers and cuda_utils module while the build compiles the kernels on the GPU: gcc, libc's
+# headers (gcc only recommends libc6-dev) and Python.h for the venv's interpreter (python3-dev).
+FROM server AS builder
+ARG VERSION
+ARG SOURCE_URL
+LABEL org.opencontainers.image.title="orpheus-tts-builder" \
+      org.opencontainers.image.description="Engine builder for the Orpheus TTS server: compiles the kernels on the target GPU" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.source="${SOURCE_URL}"
+USER 0:0
+# Root for apt only, then back to the Job's user. (Apt versions unpinned, as in server-build.)
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev python3-dev \
+    && rm -rf /var/lib/apt/lists/*
+USER 10001:10001
+# A Job, not a server: nothing listens for the server's health check.
+HEALTHCHECK NONE
+ENTRYPOINT ["python", "-m", "engine_jobs.build"]
+CMD ["--help"]
 
 # ---------------------------------------------------------------------------------------------
 # Operator: a small control-plane image; operator/pyproject.toml pulls no torch.

@@ -34,12 +34,13 @@ generate: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
 
-# The server and operator images (Dockerfile; docs/container-image.md), tagged with the chart's
-# appVersion; `make image VERSION=x.y.z SOURCE_URL=https://...` overrides either.
+# The server, engine builder and operator images (Dockerfile; docs/container-image.md), tagged
+# with the chart's appVersion; `make image VERSION=x.y.z SOURCE_URL=https://...` overrides either.
 VERSION ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$$/\1/p' charts/orpheus-tts/Chart.yaml)
 image:
 	@docker info >/dev/null 2>&1 || { echo "make image needs Docker: a docker CLI talking to a running engine (none answered here)" >&2; exit 1; }
 	docker build --target server --build-arg VERSION=$(VERSION) $(if $(SOURCE_URL),--build-arg SOURCE_URL=$(SOURCE_URL)) -t orpheus-tts:$(VERSION) .
+	docker build --target builder --build-arg VERSION=$(VERSION) $(if $(SOURCE_URL),--build-arg SOURCE_URL=$(SOURCE_URL)) -t orpheus-tts-builder:$(VERSION) .
 	docker build --target operator --build-arg VERSION=$(VERSION) $(if $(SOURCE_URL),--build-arg SOURCE_URL=$(SOURCE_URL)) -t orpheus-operator:$(VERSION) .
 
 clean:

@@ -1,7 +1,8 @@
 """The Dockerfile, checked without a Docker engine: hadolint (the real binary) lints it, and its
 stages, read with dockerfile-parse, are held against the repository, `make image`, the chart and the
 operator. The operator target's build stage is replayed in a fresh venv; the server target's COPY
-set builds the wheel (its CUDA torch is not installed here: docs/container-image.md)."""
+set builds the wheel (its CUDA torch is not installed here: docs/container-image.md). The builder
+target is the server's stage plus a compiler; what it inherits is read through its FROM."""
 
 from __future__ import annotations
 
@@ -26,12 +27,13 @@ from packaging.requirements import Requirement
 
 from orpheus_operator.labels import RUN_AS_USER
 from orpheus_operator.plan import render as render_voice
-from orpheus_operator.settings import DEFAULT_IMAGE
+from orpheus_operator.settings import DEFAULT_BUILDER_IMAGE, DEFAULT_IMAGE
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
 BIN = Path(sys.executable).parent  # the venv's bin: hadolint and the console scripts
 COMPILERS = {"gcc", "g++", "cc", "clang", "make", "cmake", "build-essential", "python3-dev", "libc6-dev"}
+C_COMPILERS = {"gcc", "clang"}  # what Triton looks for (or $CC) to build its launchers
 CACHE_VARS = ("HOME", "XDG_CACHE_HOME", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "HF_HOME")
 
 
@@ -39,20 +41,48 @@ CACHE_VARS = ("HOME", "XDG_CACHE_HOME", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE
 class Stage:
     name: str
     base: str
+    parent: Stage | None = None  # the earlier stage this one starts FROM, if any
     lines: list[tuple[str, str]] = field(default_factory=list)  # (instruction, value), comments left out
 
+    def lineage(self) -> list[Stage]:
+        """This stage and the stages it starts from, the first (FROM an image) first."""
+        return [*(self.parent.lineage() if self.parent else []), self]
+
+    @property
+    def root_base(self) -> str:
+        """The image the lineage starts from."""
+        return self.lineage()[0].base
+
     def values(self, instruction: str) -> list[str]:
+        """This stage's own values of `instruction`."""
         return [v for i, v in self.lines if i == instruction]
 
+    def inherited(self, instruction: str) -> list[str]:
+        """The values of `instruction` through the lineage, in build order (the last one counts)."""
+        return [v for stage in self.lineage() for v in stage.values(instruction)]
+
     def exec_form(self, instruction: str) -> list[str]:
-        return json.loads(self.values(instruction)[-1])
+        """ENTRYPOINT or CMD as the image has it: inherited, except that a stage setting an
+        ENTRYPOINT resets the CMD it inherits (Docker's rule)."""
+        for stage in reversed(self.lineage()):
+            if stage.values(instruction):
+                return json.loads(stage.values(instruction)[-1])
+            if instruction == "CMD" and stage.values("ENTRYPOINT"):
+                return []
+        raise KeyError(f"{self.name} has no {instruction}")
 
     def env(self) -> dict[str, str]:
-        return dict(pair.partition("=")[::2] for value in self.values("ENV") for pair in shlex.split(value))
+        """The image's ENV, inherited ones included."""
+        return dict(pair.partition("=")[::2] for value in self.inherited("ENV") for pair in shlex.split(value))
 
     def commands(self) -> list[list[str]]:
-        """Each `&&`-joined command of every RUN, as words."""
+        """Each `&&`-joined command of every RUN of this stage, as words."""
         return [shlex.split(part) for run in self.values("RUN") for part in run.split("&&")]
+
+    def apt_installs(self) -> set[str]:
+        """The packages `apt-get install` puts in the image, through the lineage."""
+        return {w for stage in self.lineage() for cmd in stage.commands() if cmd[:2] == ["apt-get", "install"]
+                for w in cmd[2:] if not w.startswith("-")}
 
     def copies(self) -> list[tuple[str | None, list[str], str]]:
         """(--from stage or None, sources, destination) of every COPY."""
@@ -72,7 +102,8 @@ def read_stages() -> tuple[dict[str, str], dict[str, Stage]]:
         instruction, value = item["instruction"], item["value"]
         if instruction == "FROM":
             image, name = re.split(r"\s+AS\s+", value, flags=re.IGNORECASE)
-            current = stages[name] = Stage(name, string.Template(image).substitute(global_args))
+            base = string.Template(image).substitute(global_args)
+            current = stages[name] = Stage(name, base, parent=stages.get(base))
         elif current is None and instruction == "ARG":
             key, _, default = value.partition("=")
             global_args[key] = default
@@ -82,7 +113,7 @@ def read_stages() -> tuple[dict[str, str], dict[str, Stage]]:
 
 
 GLOBAL_ARGS, STAGES = read_stages()
-FINAL = ("server", "operator")
+FINAL = ("server", "builder", "operator")
 
 
 def _ignore_rules() -> list[tuple[bool, re.Pattern]]:
@@ -169,23 +200,39 @@ def test_copy_sources_are_in_the_build_context_and_venvs_come_from_a_stage_of_th
             if source is not None:
                 assert names.index(source) < names.index(stage.name), f"{stage.name} copies from later {source}"
                 # The venv's python is a link to the base's interpreter: the bases must be one image.
-                assert STAGES[source].base == stage.base, f"{stage.name} and {source} differ in base"
+                assert STAGES[source].root_base == stage.root_base, f"{stage.name} and {source} differ in base"
                 continue
             for src in srcs:
                 assert (REPO / src).exists(), f"COPY {src}: not in the repository"
                 assert not dockerignored(src.strip("/")) and context_files(src), f"COPY {src}: .dockerignore drops it"
 
 
-def test_final_targets_run_as_the_pods_user_with_no_compiler_or_pip_work():
+def test_final_targets_run_as_the_pods_user_with_no_pip_work_and_only_the_builder_has_a_compiler():
     assert set(FINAL) <= STAGES.keys()
     for name in FINAL:
         stage = STAGES[name]
-        assert stage.values("USER")[-1] == f"{RUN_AS_USER}:{RUN_AS_USER}", name
-        assert "devel" not in stage.base
-        for cmd in stage.commands():
+        assert stage.inherited("USER")[-1] == f"{RUN_AS_USER}:{RUN_AS_USER}", name
+        assert "devel" not in stage.root_base
+        for cmd in (cmd for s in stage.lineage() for cmd in s.commands()):
             assert not any(Path(w).name.startswith("pip") for w in cmd), f"{name}: pip runs in a final stage: {cmd}"
-            if cmd[:2] == ["apt-get", "install"]:
-                assert not COMPILERS & set(cmd), f"{name} installs {COMPILERS & set(cmd)}"
+        if name != "builder":
+            assert not COMPILERS & stage.apt_installs(), f"{name} installs {COMPILERS & stage.apt_installs()}"
+
+
+def test_builder_is_the_server_image_plus_a_compiler_and_the_headers_for_its_interpreter():
+    """Triton builds its launchers and cuda_utils with a C compiler, libc's headers and Python.h
+    while the build Job compiles; the server starts from the engine's compiled ones."""
+    builder, server = STAGES["builder"], STAGES["server"]
+    assert builder.parent is server  # the same venv, user and caches as the server it builds for
+    added = builder.apt_installs() - server.apt_installs()
+    assert C_COMPILERS & added, f"the builder installs no C compiler: {sorted(added)}"
+    assert "libc6-dev" in added  # gcc only recommends it, and recommends are not installed
+    (interpreter,) = {p for p in server.apt_installs() if re.fullmatch(r"python3(\.\d+)?", p)}
+    assert f"{interpreter}-dev" in added, f"no headers for {interpreter}, the venv's interpreter"
+    assert added <= COMPILERS, f"the builder adds more than compiling needs: {sorted(added - COMPILERS)}"
+    # It is a Job: the server's health check and command do not carry over.
+    assert builder.values("HEALTHCHECK") == ["NONE"]
+    assert builder.exec_form("ENTRYPOINT") != server.exec_form("ENTRYPOINT")
 
 
 def test_server_healthcheck_asks_the_grpc_health_command_after_a_start_period():
@@ -209,6 +256,20 @@ def test_entry_point_is_a_console_script_of_its_package_and_the_default_command_
     options = set(re.findall(r"--[\w-]+", result.stdout))
     for flag in (w.split("=")[0] for w in cmd[1:]):
         assert flag in options, f"CMD's {flag} is not an option of `{entrypoint[0]} {cmd[0]}`"
+
+
+def test_builder_entry_point_runs_the_module_in_its_wheel_and_takes_the_jobs_arguments(server_wheel):
+    builder = STAGES["builder"]
+    entrypoint, cmd = builder.exec_form("ENTRYPOINT"), builder.exec_form("CMD")
+    assert entrypoint[:2] == ["python", "-m"] and builder.env()["PATH"].startswith("/opt/venv/bin:")
+    assert entrypoint[2].replace(".", "/") + ".py" in server_wheel.namelist()
+    assert ("server-build", "/opt/venv") in [(src, dest) for s in builder.lineage() for src, _, dest in s.copies()]
+    result = run(sys.executable, *entrypoint[1:], *cmd)  # CMD is --help: a bare `docker run` shows the flags
+    assert result.returncode == 0 and "--engine-hash" in result.stdout, result.stderr
+    options = set(re.findall(r"--[\w-]+", result.stdout))
+    (job,) = [o for o in voice_objects() if o["kind"] == "Job"]
+    for flag in (a for a in job["spec"]["template"]["spec"]["containers"][0]["args"] if a.startswith("--")):
+        assert flag in options, f"the Job passes {flag}, not an option of `{' '.join(entrypoint)}`"
 
 
 def test_torch_pin_is_allowed_by_the_package_and_held_by_a_constraint():
@@ -239,7 +300,7 @@ def make_image_tags() -> dict[str, str]:
     return {words[words.index("--target") + 1]: words[words.index("-t") + 1] for words in builds}
 
 
-def test_image_names_and_commands_match_make_image_the_chart_and_the_operator(server_wheel):
+def test_image_names_and_commands_match_make_image_the_chart_and_the_operator():
     tags = make_image_tags()
     assert set(tags) == set(FINAL)
     chart = yaml.safe_load((REPO / "charts/orpheus-tts/Chart.yaml").read_text())
@@ -259,28 +320,37 @@ def test_image_names_and_commands_match_make_image_the_chart_and_the_operator(se
     assert operator_pod["securityContext"]["runAsUser"] == RUN_AS_USER
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["ORPHEUS_OPERATOR_DEFAULT_IMAGE"] == DEFAULT_IMAGE == tags["server"]
+    assert env["ORPHEUS_OPERATOR_DEFAULT_BUILDER_IMAGE"] == DEFAULT_BUILDER_IMAGE == tags["builder"]
 
-    server = STAGES["server"]
+    # The server pods run the server target's command, the build Job the builder's (the Job
+    # names it as `command`, so it must be the image's ENTRYPOINT, not something beside it).
     for obj in voice_objects():
-        command = obj["spec"]["template"]["spec"]["containers"][0]["command"]
-        if obj["kind"] == "Deployment":
-            assert command == server.exec_form("ENTRYPOINT")
-        else:  # the build Job: the venv's python on PATH, and the module in the wheel
-            assert command[:2] == ["python", "-m"] and server.env()["PATH"].startswith("/opt/venv/bin:")
-            assert command[2].replace(".", "/") + ".py" in server_wheel.namelist()
+        container = obj["spec"]["template"]["spec"]["containers"][0]
+        target = image_target(container["image"])
+        assert target == {"Deployment": "server", "Job": "builder"}[obj["kind"]], obj["kind"]
+        assert container["command"] == STAGES[target].exec_form("ENTRYPOINT")
+
+
+def image_target(image: str) -> str:
+    """The Dockerfile target that `make image` tags as `image`."""
+    (target,) = [name for name, tag in make_image_tags().items() if tag == image]
+    return target
 
 
 def voice_objects() -> list[dict]:
+    """A voice without spec.image or spec.builderImage, rendered with the operator's defaults."""
     body = yaml.safe_load((REPO / "examples/voice-rtx4090-conversational.yaml").read_text())
+    body["spec"].pop("image", None)
+    body["spec"].pop("builderImage", None)
     return [o for o in render_voice(body) if o["kind"] in ("Deployment", "Job")]
 
 
 def test_caches_lie_on_volumes_the_operators_pods_can_write():
-    image_env = STAGES["server"].env()
     for obj in voice_objects():
         pod = obj["spec"]["template"]["spec"]
         container = pod["containers"][0]
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        image_env = STAGES[image_target(container["image"])].env()  # the image this pod runs
         env = {**image_env, **{e["name"]: e["value"] for e in container["env"]}}
         writable = [m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")]
         for var in CACHE_VARS:

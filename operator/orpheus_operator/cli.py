@@ -59,7 +59,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     if not voices:
         print(f"error: no {KIND} ({API_VERSION}) found in {', '.join(args.filename)}", file=sys.stderr)
         return 2
-    try:  # the running operator's defaults (image, GPU profile, cache claim) from the same variables
+    try:  # the running operator's defaults (images, GPU profile, cache claim) from the same variables
         settings = OperatorSettings.from_env()
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

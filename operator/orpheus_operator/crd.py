@@ -14,7 +14,7 @@ from typing import Any
 
 from .model_facts import DEFAULT_VOICE, TOKENS_PER_SECOND, VOICES
 from .profiles import FP8_FIRST_ARCH, GPU_PROFILES
-from .settings import DEFAULT_CACHE_CLAIM, DEFAULT_IMAGE
+from .settings import DEFAULT_BUILDER_IMAGE, DEFAULT_CACHE_CLAIM, DEFAULT_IMAGE
 
 GROUP = "tts.orpheus.io"
 VERSION = "v1alpha1"
@@ -190,7 +190,19 @@ def spec_schema() -> dict:
                 "description": "Server image. Default: the operator's ORPHEUS_OPERATOR_DEFAULT_IMAGE (the Helm "
                 f"chart's voiceDefaults.image), else {DEFAULT_IMAGE}.",
             },
-            "imagePullPolicy": {"type": "string", "enum": ["Always", "IfNotPresent", "Never"], "default": "IfNotPresent"},
+            "builderImage": {
+                "type": "string",
+                "minLength": 1,
+                "description": "Image of the engine build Job: the server image plus the C compiler Triton "
+                "builds its launchers with. Default: the operator's ORPHEUS_OPERATOR_DEFAULT_BUILDER_IMAGE "
+                f"(the Helm chart's voiceDefaults.builderImage), else {DEFAULT_BUILDER_IMAGE}.",
+            },
+            "imagePullPolicy": {
+                "type": "string",
+                "enum": ["Always", "IfNotPresent", "Never"],
+                "default": "IfNotPresent",
+                "description": "Pull policy of the server image and the builder image.",
+            },
             "resources": {
                 "type": "object",
                 "description": "CPU and memory for the server container; one nvidia.com/gpu is always added.",

@@ -1,6 +1,8 @@
 """The engine build Job: one per engine hash, writing `/cache/<hash>` on the cache PVC.
 
-The Job runs `python -m engine_jobs.build` from the server image. It is named after the hash,
+The Job runs `python -m engine_jobs.build` from the builder image (`spec.builderImage`: the
+server image plus the C compiler Triton builds its launchers with while compiling; the engine
+then carries them, so the server image needs none). It is named after the hash,
 so voices sharing a model and slot budget share it and re-applying a voice finds it already
 there. The serving pods mount `<hash>/` of the same PVC read-only as `/engine` and start with
 `serve --engine /engine`.
@@ -30,6 +32,9 @@ SOURCES_MOUNT = "/sources"
 # Pod retries inside one Job; after that the operator retries the whole Job with its own backoff.
 JOB_BACKOFF_LIMIT = 2
 JOB_DEADLINE_S = 4 * 3600
+
+# The builder image's ENTRYPOINT, named here too so that any image holding the package will do.
+BUILD_COMMAND = ("python", "-m", "engine_jobs.build")
 
 # The build reads a 3B checkpoint (6.6 GB in bf16) into host memory, writes the serving weights
 # (and the FP8 copy with its scales), then compiles on the GPU: 16 GiB requested covers the bf16
@@ -126,9 +131,9 @@ def engine_job(voice: Voice, engine_hash: str) -> dict:
         "containers": [
             {
                 "name": "build",
-                "image": voice.image,
+                "image": voice.builder_image,
                 "imagePullPolicy": voice.image_pull_policy,
-                "command": ["python", "-m", "engine_jobs.build"],
+                "command": list(BUILD_COMMAND),
                 "args": build_args(voice, engine_hash),
                 "env": [
                     {"name": "HOME", "value": "/tmp"},

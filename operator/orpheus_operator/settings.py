@@ -3,11 +3,11 @@
 `ORPHEUS_OPERATOR_<FIELD>` (upper case) overrides a field, e.g.
 `ORPHEUS_OPERATOR_STATUS_INTERVAL_S=5`. Tests shorten every interval this way.
 
-Besides the intervals, three defaults for voices that leave a field out (the Helm chart sets
+Besides the intervals, four defaults for voices that leave a field out (the Helm chart sets
 them from `voiceDefaults` and `engineCache.claimName`): `DEFAULT_IMAGE` (`spec.image`),
-`DEFAULT_GPU_PROFILE` (`spec.gpuProfile`; empty: no default, and a voice without one is
-refused) and `ENGINE_CACHE_CLAIM` (`spec.engineCache.claimName`). An empty value keeps the
-built-in default. The chart's `ENGINE_CACHE_STORAGE_CLASS` and `ENGINE_CACHE_SIZE` are not
+`DEFAULT_BUILDER_IMAGE` (`spec.builderImage`), `DEFAULT_GPU_PROFILE` (`spec.gpuProfile`; empty:
+no default, and a voice without one is refused) and `ENGINE_CACHE_CLAIM`
+(`spec.engineCache.claimName`). An empty value keeps the built-in default. The chart's `ENGINE_CACHE_STORAGE_CLASS` and `ENGINE_CACHE_SIZE` are not
 read: the chart creates the cache PVC, the operator only mounts it by name.
 """
 
@@ -24,6 +24,7 @@ ENV_PREFIX = "ORPHEUS_OPERATOR_"
 
 # Built-in defaults, used when neither the voice nor the environment names one.
 DEFAULT_IMAGE = "orpheus-tts:0.1.0"
+DEFAULT_BUILDER_IMAGE = "orpheus-tts-builder:0.1.0"
 DEFAULT_CACHE_CLAIM = "orpheus-engine-cache"
 
 
@@ -34,6 +35,7 @@ class OperatorSettings:
     build_retry_base_s: float = 30.0  # wait before rebuilding after the first failed build Job
     build_retry_max_s: float = 900.0  # the wait doubles per failure up to this
     default_image: str = DEFAULT_IMAGE  # server image of voices without spec.image
+    default_builder_image: str = DEFAULT_BUILDER_IMAGE  # build Job image of voices without spec.builderImage
     default_gpu_profile: str = ""  # GPU profile of voices without spec.gpuProfile; "": none
     engine_cache_claim: str = DEFAULT_CACHE_CLAIM  # cache PVC of voices without spec.engineCache.claimName
 

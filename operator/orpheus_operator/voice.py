@@ -1,8 +1,9 @@
 """An OrpheusVoice read into typed values, and the checks that decide whether it may roll out.
 
 `Voice.from_body` takes the custom resource as the API returns it (or as a YAML file holds it),
-applies the CRD defaults and then the operator's own (`OperatorSettings`: image, GPU profile and
-engine cache claim for voices that name none), and gives the builders plain attributes to read.
+applies the CRD defaults and then the operator's own (`OperatorSettings`: server and builder
+images, GPU profile and engine cache claim for voices that name none), and gives the builders
+plain attributes to read.
 `refusal` says why a voice cannot be served (no GPU profile, over the slot budget, FP8 on a GPU
 without it, ...) in words a person can act on; the operator then reports it in status and rolls
 nothing out.
@@ -78,6 +79,7 @@ class Voice:
     replicas: int
     autoscaling: Autoscaling
     image: str
+    builder_image: str
     image_pull_policy: str
     termination_grace_s: int
     resources: dict = field(default_factory=dict)
@@ -86,7 +88,7 @@ class Voice:
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any], settings: OperatorSettings | None = None) -> "Voice":
-        """`settings` supplies the defaults for image, GPU profile and cache claim (built-in ones if None)."""
+        """`settings` supplies the defaults for the images, GPU profile and cache claim (built-in ones if None)."""
         settings = OperatorSettings() if settings is None else settings
         body = apply_defaults(dict(body))
         meta = body.get("metadata", {})
@@ -118,6 +120,7 @@ class Voice:
                 target_active_sessions_per_pod=scaling.get("targetActiveSessionsPerPod") or max(1, sessions * 3 // 4),
             ),
             image=spec.get("image") or settings.default_image,
+            builder_image=spec.get("builderImage") or settings.default_builder_image,
             image_pull_policy=spec["imagePullPolicy"],
             termination_grace_s=spec["terminationGracePeriodSeconds"],
             resources=dict(spec.get("resources") or {}),

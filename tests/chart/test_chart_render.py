@@ -181,6 +181,11 @@ def test_operator_settings_and_defaults_reach_its_environment():
                                       build_retry_max_s=900, default_gpu_profile="l4")
     assert {ENV_PREFIX + f.upper() for f in OperatorSettings.__dataclass_fields__} <= settings.keys()
     assert settings[f"{ENV_PREFIX}DEFAULT_IMAGE"] == "orpheus-tts:0.1.0"
+    assert settings[f"{ENV_PREFIX}DEFAULT_BUILDER_IMAGE"] == "orpheus-tts-builder:0.1.0"
+    (overridden,) = by_kind(render_objects(with_values(ALL_ON, **{"voiceDefaults.builderImage": "registry.example/b:2"})),
+                            "Deployment")
+    env_overridden = {e["name"]: e.get("value") for e in overridden["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert OperatorSettings.from_env(env_overridden).default_builder_image == "registry.example/b:2"
     assert settings[f"{ENV_PREFIX}DEFAULT_GPU_PROFILE"] == "l4"
     assert settings[f"{ENV_PREFIX}ENGINE_CACHE_STORAGE_CLASS"] == "fast"
     assert settings[f"{ENV_PREFIX}ENGINE_CACHE_SIZE"] == "100Gi"
@@ -221,6 +226,7 @@ def test_notes_tell_the_user_what_to_do_next():
     ({"prometheusRule": {"alerts": {"errorRatio": {"threshold": "5%"}}}}, "threshold"),  # mistyped
     ({"operator": {"settings": {"enginePollSeconds": "fast"}}}, "enginePollSeconds"),
     ({"engineCache": {"size": "fifty gigs"}}, "size"),
+    ({"voiceDefaults": {"builderImage": ""}}, "builderImage"),                  # empty: no image to run
     ({"keda": {"enabled": "yes"}}, "enabled"),
     ({"keda": {"minReplicaCount": -1}}, "minReplicaCount"),
     ({"keda": {"activationThreshold": 0.5}}, "activationThreshold"),          # KEDA's metadata are strings

@@ -49,6 +49,8 @@ INVALID = {
     "grace period too short": lambda s: s.update(terminationGracePeriodSeconds=1),
     "string sessions": lambda s: s.update(sessionsPerPod="many"),
     "bad toleration effect": lambda s: s.update(tolerations=[{"key": "k", "effect": "Sometimes"}]),
+    "empty builder image": lambda s: s.update(builderImage=""),
+    "builder image not a string": lambda s: s.update(builderImage=["orpheus-tts-builder:0.1.0"]),
 }
 
 
@@ -65,8 +67,8 @@ def test_defaults_match_what_the_api_server_would_fill_in():
     spec = apply_defaults(_minimal())["spec"]
     assert spec["precision"] == "bf16" and spec["backend"] == "torch" and spec["voice"] == "tara"
     assert spec["codec"] == {"hub": {"repo": "hubertsiuzdak/snac_24khz", "revision": "main"}}
-    assert spec["engineCache"] == {}  # the claim name, like image and gpuProfile, is the operator's default
-    assert "image" not in spec and spec["gpuProfile"] == "l4"
+    assert spec["engineCache"] == {}  # the claim name, like the images and gpuProfile, is the operator's default
+    assert "image" not in spec and "builderImage" not in spec and spec["gpuProfile"] == "l4"
     assert spec["autoscaling"] == {"enabled": True, "minReplicas": 1, "maxReplicas": 4, "targetTtfbP95Ms": 250}
     assert (spec["sessionsPerPod"], spec["maxBatchSize"], spec["contextTokens"]) == (16, 16, 4096)
 

@@ -1,4 +1,5 @@
-"""The operator's defaults for voices (image, GPU profile, engine cache claim) from its environment."""
+"""The operator's defaults for voices (server and builder images, GPU profile, engine cache claim)
+from its environment."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from orpheus_operator.crd import apply_defaults, voice_schema
 from orpheus_operator.hashing import engine_hash
 from orpheus_operator.plan import plan, render
 from orpheus_operator.profiles import GPU_PROFILES
-from orpheus_operator.settings import DEFAULT_CACHE_CLAIM, DEFAULT_IMAGE, ENV_PREFIX, OperatorSettings
+from orpheus_operator.settings import (DEFAULT_BUILDER_IMAGE, DEFAULT_CACHE_CLAIM, DEFAULT_IMAGE, ENV_PREFIX,
+                                       OperatorSettings)
 from orpheus_operator.voice import Voice, refusal
 
 # What the Helm chart's operator Deployment sets (templates/deployment.yaml).
@@ -22,6 +24,7 @@ CHART_ENV = {
     f"{ENV_PREFIX}BUILD_RETRY_BASE_S": "30",
     f"{ENV_PREFIX}BUILD_RETRY_MAX_S": "900",
     f"{ENV_PREFIX}DEFAULT_IMAGE": "registry.example/orpheus-tts:0.2.0",
+    f"{ENV_PREFIX}DEFAULT_BUILDER_IMAGE": "registry.example/orpheus-tts-builder:0.2.0",
     f"{ENV_PREFIX}DEFAULT_GPU_PROFILE": "l4",
     f"{ENV_PREFIX}ENGINE_CACHE_CLAIM": "engines",
     f"{ENV_PREFIX}ENGINE_CACHE_STORAGE_CLASS": "fast",  # the chart's: it creates the PVC, not the operator
@@ -30,10 +33,10 @@ CHART_ENV = {
 
 
 def bare_voice() -> dict:
-    """A voice that names no image, GPU profile or cache claim: the defaults decide them."""
+    """A voice that names no image, builder image, GPU profile or cache claim: the defaults decide them."""
     body = load_example("voice-rtx4090-conversational.yaml")
     body["metadata"].update(namespace="voices", uid="uid-1", generation=1)
-    for key in ("image", "gpuProfile", "engineCache"):
+    for key in ("image", "builderImage", "gpuProfile", "engineCache"):
         body["spec"].pop(key, None)
     body["spec"].update(precision="bf16", sessionsPerPod=16, maxBatchSize=16)  # fits an L4 and an H100
     return body
@@ -46,26 +49,30 @@ def claims(obj: dict) -> list[str]:
 
 def test_from_env_reads_the_variables_the_chart_sets():
     settings = OperatorSettings.from_env(CHART_ENV)
-    assert (settings.default_image, settings.default_gpu_profile, settings.engine_cache_claim) == (
-        "registry.example/orpheus-tts:0.2.0", "l4", "engines")
+    assert (settings.default_image, settings.default_builder_image, settings.default_gpu_profile,
+            settings.engine_cache_claim) == (
+        "registry.example/orpheus-tts:0.2.0", "registry.example/orpheus-tts-builder:0.2.0", "l4", "engines")
     assert settings.engine_poll_s == 15.0 and settings.build_retry_max_s == 900.0
 
     job, dep = render(bare_voice(), settings)[:2]
     assert (job["kind"], dep["kind"]) == ("Job", "Deployment")
-    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/orpheus-tts:0.2.0"
+    # The build Job runs the builder image (it has the compiler), the pods the server image.
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/orpheus-tts-builder:0.2.0"
     assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/orpheus-tts:0.2.0"
     assert claims(job) == ["engines"] and claims(dep) == ["engines"]
     assert dep["spec"]["template"]["spec"]["nodeSelector"]["nvidia.com/gpu.product"] == GPU_PROFILES["l4"].product_label
 
 
 def test_empty_or_missing_variables_keep_the_built_in_defaults():
-    empty = {f"{ENV_PREFIX}DEFAULT_IMAGE": "", f"{ENV_PREFIX}DEFAULT_GPU_PROFILE": "", f"{ENV_PREFIX}ENGINE_CACHE_CLAIM": " "}
+    empty = {f"{ENV_PREFIX}DEFAULT_IMAGE": "", f"{ENV_PREFIX}DEFAULT_BUILDER_IMAGE": "",
+             f"{ENV_PREFIX}DEFAULT_GPU_PROFILE": "", f"{ENV_PREFIX}ENGINE_CACHE_CLAIM": " "}
     for env in ({}, empty):
         settings = OperatorSettings.from_env(env)
         assert settings == OperatorSettings()
-        assert (settings.default_image, settings.default_gpu_profile, settings.engine_cache_claim) == (
-            DEFAULT_IMAGE, "", DEFAULT_CACHE_CLAIM)
-    assert (DEFAULT_IMAGE, DEFAULT_CACHE_CLAIM) == ("orpheus-tts:0.1.0", "orpheus-engine-cache")
+        assert (settings.default_image, settings.default_builder_image, settings.default_gpu_profile,
+                settings.engine_cache_claim) == (DEFAULT_IMAGE, DEFAULT_BUILDER_IMAGE, "", DEFAULT_CACHE_CLAIM)
+    assert (DEFAULT_IMAGE, DEFAULT_BUILDER_IMAGE, DEFAULT_CACHE_CLAIM) == (
+        "orpheus-tts:0.1.0", "orpheus-tts-builder:0.1.0", "orpheus-engine-cache")
 
 
 def test_an_unknown_default_gpu_profile_is_a_configuration_error():
@@ -74,19 +81,40 @@ def test_an_unknown_default_gpu_profile_is_a_configuration_error():
 
 
 def test_what_the_voice_names_wins_over_the_defaults():
-    settings = OperatorSettings(default_image="other:1", default_gpu_profile="l4", engine_cache_claim="engines")
+    settings = OperatorSettings(default_image="other:1", default_builder_image="other-builder:1",
+                                default_gpu_profile="l4", engine_cache_claim="engines")
     body = bare_voice()
-    body["spec"].update(image="mine:2", gpuProfile="h100-80gb", engineCache={"claimName": "my-cache"})
+    body["spec"].update(image="mine:2", builderImage="my-builder:2", gpuProfile="h100-80gb",
+                        engineCache={"claimName": "my-cache"})
+    jsonschema.Draft7Validator(voice_schema()).validate(body)
     voice = Voice.from_body(body, settings)
-    assert (voice.image, voice.gpu_profile, voice.cache_claim) == ("mine:2", "h100-80gb", "my-cache")
+    assert (voice.image, voice.builder_image, voice.gpu_profile, voice.cache_claim) == (
+        "mine:2", "my-builder:2", "h100-80gb", "my-cache")
+    job, dep = render(body, settings)[:2]
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "my-builder:2"
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "mine:2"
 
     defaulted = Voice.from_body(bare_voice(), settings)
-    assert (defaulted.image, defaulted.gpu_profile, defaulted.cache_claim) == ("other:1", "l4", "engines")
+    assert (defaulted.image, defaulted.builder_image, defaulted.gpu_profile, defaulted.cache_claim) == (
+        "other:1", "other-builder:1", "l4", "engines")
 
 
 def test_without_settings_the_built_in_defaults_apply_as_before():
     voice = Voice.from_body(bare_voice())
-    assert (voice.image, voice.cache_claim, voice.gpu_profile) == (DEFAULT_IMAGE, DEFAULT_CACHE_CLAIM, None)
+    assert (voice.image, voice.builder_image, voice.cache_claim, voice.gpu_profile) == (
+        DEFAULT_IMAGE, DEFAULT_BUILDER_IMAGE, DEFAULT_CACHE_CLAIM, None)
+
+
+def test_the_engine_hash_leaves_the_images_out_like_before():
+    """Neither image reference enters the hash (hashing.py says why): naming another server or
+    builder image, or a default one, keeps the voice's engine and its build Job."""
+    settings = OperatorSettings(default_gpu_profile="l4")
+    named = bare_voice()
+    named["spec"].update(image="mine:2", builderImage="my-builder:2")
+    defaulted = Voice.from_body(bare_voice(), settings)
+    assert engine_hash(Voice.from_body(named, settings)) == engine_hash(defaulted)
+    other_defaults = OperatorSettings(default_gpu_profile="l4", default_image="x:1", default_builder_image="y:1")
+    assert engine_hash(Voice.from_body(bare_voice(), other_defaults)) == engine_hash(defaulted)
 
 
 def test_the_engine_hash_is_the_same_for_a_default_and_a_named_gpu_profile():
@@ -98,11 +126,12 @@ def test_the_engine_hash_is_the_same_for_a_default_and_a_named_gpu_profile():
     assert engine_hash(defaulted) != engine_hash(Voice.from_body(bare_voice(), OperatorSettings(default_gpu_profile="h200")))
 
 
-def test_the_schema_accepts_a_voice_without_gpu_profile_image_or_claim_and_fills_none_in():
+def test_the_schema_accepts_a_voice_without_gpu_profile_images_or_claim_and_fills_none_in():
     body = bare_voice()
     jsonschema.Draft7Validator(voice_schema()).validate(body)
     spec = apply_defaults(body)["spec"]
-    assert "gpuProfile" not in spec and "image" not in spec and "claimName" not in spec["engineCache"]
+    assert "gpuProfile" not in spec and "image" not in spec and "builderImage" not in spec
+    assert "claimName" not in spec["engineCache"]
 
 
 def test_no_gpu_profile_and_no_default_is_refused_with_a_reason():

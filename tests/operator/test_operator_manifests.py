@@ -10,6 +10,7 @@ import pytest
 from operator_testkit import load_example
 
 from orpheus_operator.engine_job import build_args, engine_job
+from orpheus_operator.settings import DEFAULT_BUILDER_IMAGE, DEFAULT_IMAGE
 from orpheus_operator.hashing import engine_hash, engine_identity
 from orpheus_operator.metrics import ACTIVE_SESSIONS_METRIC, HPA_METRICS, PROMETHEUS_ADAPTER_RULES, TTFB_P95_METRIC
 from orpheus_operator.crd import crd_manifest
@@ -161,6 +162,9 @@ def test_build_job_mounts_the_cache_and_sources_and_runs_the_builder():
     build = pod["containers"][0]
     assert job["metadata"]["name"] == f"orpheus-engine-{digest}"
     assert build["command"] == ["python", "-m", "engine_jobs.build"]
+    # The builder image (server plus compiler), not the server image the pods run.
+    assert (build["image"], build["imagePullPolicy"]) == (DEFAULT_BUILDER_IMAGE, "IfNotPresent")
+    assert deployment(voice, digest, replicas=None)["spec"]["template"]["spec"]["containers"][0]["image"] == DEFAULT_IMAGE
     assert build["args"][:4] == ["--model-source", "pvc:/sources/source-0/orpheus", "--snac-source", "pvc:/sources/source-0/snac_24khz"]
     assert build["args"][-2:] == ["--output", f"/cache/{digest}"]
     assert build["args"][build["args"].index("--compile") + 1] == "auto"
