@@ -96,6 +96,18 @@ class SchedulerConfig:
     max_batch_size: int = setting(16, "Sessions decoded together in one step.")
     max_pending_sessions: int = setting(64, "The admission queue behind the pool; when it is full, requests are "
                                             "refused (RESOURCE_EXHAUSTED / HTTP 429 with Retry-After).")
+    admission: str = setting(
+        "capacity", "capacity | slots: with capacity, a queued session is admitted only while the streams already "
+                    "admitted (all of them, between their text pieces too) plus it would still get every id in real "
+                    "time, at the step time the engine fits to the batch size as it runs, less `admission_margin`; "
+                    "with slots, whenever a KV slot is free. Either way a free slot is needed.", live=True)
+    admission_margin: float = setting(
+        0.15, "Share of the real-time step (1/82 s) that capacity admission keeps free, for prefills, new "
+              "streams' first chunks and the fit's error.", live=True)
+    max_queue_wait_s: float = setting(
+        2.0, "A request still queued after this long is refused (RESOURCE_EXHAUSTED / HTTP 429 with Retry-After, "
+             "WebSocket 1013), so a client can go to another replica instead of waiting for its first audio.",
+        live=True)
     ttfb_priority_tokens: int = setting(20, "New sessions go first for at most this many tokens.", live=True)
     max_prefill_tokens: int = setting(2048, "Prompt tokens prefilled per step, so running sessions keep pace.",
                                       live=True)
@@ -207,6 +219,7 @@ class ServerConfig:
             "scheduler.max_context_tokens": s.max_context_tokens,
             "scheduler.max_prefill_tokens": s.max_prefill_tokens,
             "scheduler.session_timeout_s": s.session_timeout_s,
+            "scheduler.max_queue_wait_s": s.max_queue_wait_s,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -219,6 +232,10 @@ class ServerConfig:
                 raise ConfigError(f"scheduler.{name} must be a multiple of 7 (one audio frame), got {getattr(s, name)}")
         if min(self.codec.context_frames, self.codec.lookahead_frames, self.codec.window_frames) < 0:
             raise ConfigError("codec.context_frames, lookahead_frames and window_frames must be >= 0")
+        if s.admission not in ("capacity", "slots"):
+            raise ConfigError(f"scheduler.admission must be capacity or slots, got {s.admission!r}")
+        if not 0 <= s.admission_margin < 1:
+            raise ConfigError(f"scheduler.admission_margin must be in [0, 1), got {s.admission_margin}")
         if self.model.quantization not in ("auto", "fp8", "none"):
             raise ConfigError(f"model.quantization must be auto, fp8 or none, got {self.model.quantization!r}")
         if self.engine.on_mismatch not in ("refuse", "compile"):

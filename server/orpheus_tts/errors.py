@@ -1,8 +1,9 @@
 """The errors a caller can cause, in one place: every API door maps these and only these.
 
 `RequestError` is bad input (INVALID_ARGUMENT / HTTP 400 / a WebSocket close code); its `field`
-names what to fix. `QueueFullError` is a refusal for now (RESOURCE_EXHAUSTED / HTTP 429 with
-Retry-After). Anything else reaching a door is our bug, reported as internal.
+names what to fix. A `BusyError` is a refusal for now (RESOURCE_EXHAUSTED / HTTP 429 with
+Retry-After / WebSocket 1013): `QueueFullError` at once, `AtCapacityError` after waiting in the
+queue. Anything else reaching a door is our bug, reported as internal.
 """
 
 from __future__ import annotations
@@ -19,10 +20,29 @@ class RequestError(ValueError):
         self.code = code
 
 
-class QueueFullError(RuntimeError):
-    """The admission queue is full; the caller should retry after `retry_after_s` whole seconds."""
+class BusyError(RuntimeError):
+    """The server cannot take the request now; retry after `retry_after_s` whole seconds. `code`
+    names why (OpenAI's error code on HTTP, the refusal metric's reason)."""
+
+    code = "busy"
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class QueueFullError(BusyError):
+    """The admission queue is full: refused on arrival."""
+
+    code = "queue_full"
 
     def __init__(self, waiting: int, limit: int, retry_after_s: int):
         super().__init__(f"server busy: the admission queue is full ({waiting} requests wait for a slot, at most "
-                         f"{limit} may); retry after {retry_after_s} s")
-        self.retry_after_s = retry_after_s
+                         f"{limit} may); retry after {retry_after_s} s", retry_after_s)
+
+
+class AtCapacityError(BusyError):
+    """The request waited the queue's bound without a slot or real-time capacity freeing up; no
+    audio was made for it."""
+
+    code = "at_capacity"

@@ -12,7 +12,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
-from orpheus_tts.engine import EngineObserver
+from orpheus_tts.engine import EngineObserver, Outcome
 
 PREFIX = "orpheus_tts"
 
@@ -47,6 +47,14 @@ class ServerMetrics(EngineObserver):
                                      "match this server, which therefore compiled at start-up.", ["field"],
                                      registry=r)
         self.ready = Gauge(f"{PREFIX}_ready", "1 once the model is loaded and warmed up.", registry=r)
+        self.capacity = Gauge(f"{PREFIX}_capacity_streams", "Streams this server can keep in real time now, from the "
+                              "step time it measures (the session slots with scheduler.admission=slots).", registry=r)
+        self.saturation = Gauge(f"{PREFIX}_saturation", "Demand over capacity: (admitted + queued sessions) / "
+                                "capacity_streams. Above 1, requests queue and then are refused: scale out before.",
+                                registry=r)
+        self.refusals = Counter(f"{PREFIX}_refused_requests", "Requests refused with RESOURCE_EXHAUSTED / HTTP 429, by "
+                                "reason: queue_full (on arrival) or at_capacity (after scheduler.max_queue_wait_s "
+                                "in the queue).", ["reason"], registry=r)
         self.tokens = Counter(f"{PREFIX}_generated_tokens", "Tokens the model generated.", registry=r)
         self.audio = Counter(f"{PREFIX}_audio_seconds", "Seconds of audio produced.", registry=r)
         self.steps = Counter(f"{PREFIX}_engine_steps", "Engine steps that did work.", registry=r)
@@ -58,6 +66,9 @@ class ServerMetrics(EngineObserver):
                                 ["method", "outcome"], registry=r)
         self.sessions = Counter(f"{PREFIX}_sessions", "Engine sessions ended, by outcome.", ["outcome"], registry=r)
         self._tokens_seen = 0  # the engine's total at the last hook (hooks all run on the engine thread)
+        self._refusals_seen = {"queue_full": 0, "at_capacity": 0}
+        for reason in self._refusals_seen:
+            self.refusals.labels(reason)  # exported at 0 from the start, so rate() works at once
 
     # -- engine hooks (engine thread) ---------------------------------------------------
     def on_startup_phase(self, phase: str, seconds: float) -> None:
@@ -85,6 +96,8 @@ class ServerMetrics(EngineObserver):
         self.audio.inc(metrics.audio_s)
         if metrics.queue_s is not None:
             self.queue_time.observe(metrics.queue_s)
+        elif outcome is Outcome.REFUSED:  # waited the queue's whole bound
+            self.queue_time.observe(metrics.elapsed_s)
 
     def _update(self, stats) -> None:
         self.active_sessions.set(stats.active_sessions)
@@ -94,6 +107,12 @@ class ServerMetrics(EngineObserver):
         new, self._tokens_seen = stats.total_tokens - self._tokens_seen, stats.total_tokens
         if new > 0:
             self.tokens.inc(new)
+        self.capacity.set(stats.capacity)
+        self.saturation.set((stats.active_sessions + stats.pending_sessions) / max(stats.capacity, 1))
+        for reason, total in (("queue_full", stats.rejected_sessions), ("at_capacity", stats.refused_sessions)):
+            new, self._refusals_seen[reason] = total - self._refusals_seen[reason], total
+            if new > 0:
+                self.refusals.labels(reason).inc(new)
 
     # -- API side -----------------------------------------------------------------------
     def request_done(self, method: str, outcome: str) -> None:

@@ -4,7 +4,8 @@ Every RPC runs inside a `RequestRecord`, which turns our exceptions into gRPC st
 counts the outcome, and writes one log line when the request ends:
 
     INVALID_ARGUMENT    a field is invalid; the message starts with the field's name
-    RESOURCE_EXHAUSTED  the admission queue is full (trailing metadata `retry-after`, seconds)
+    RESOURCE_EXHAUSTED  the admission queue is full, or the request waited its bound there
+                        (trailing metadata `retry-after`, seconds)
     UNAVAILABLE         the model is still loading
     DEADLINE_EXCEEDED   the session ran past `scheduler.session_timeout_s`
     CANCELLED           the client went away (its session is ended at the engine's next step)
@@ -25,7 +26,7 @@ from orpheus_tts.api import messages
 from orpheus_tts.api.gen import tts_pb2, tts_pb2_grpc
 from orpheus_tts.api.request_log import log_request, request_id
 from orpheus_tts.engine import AudioChunk, Engine, Outcome, SessionMetrics, SpeechStream
-from orpheus_tts.errors import QueueFullError, RequestError
+from orpheus_tts.errors import BusyError, RequestError
 from orpheus_tts.metrics import ServerMetrics
 from orpheus_tts.requests import SpeechRequest
 
@@ -38,6 +39,7 @@ _OUTCOME_STATUS = {
     Outcome.TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
     Outcome.CANCELLED: grpc.StatusCode.CANCELLED,
     Outcome.ERROR: grpc.StatusCode.INTERNAL,
+    Outcome.REFUSED: grpc.StatusCode.RESOURCE_EXHAUSTED,  # SpeechStream raises AtCapacityError first
 }
 
 
@@ -91,7 +93,7 @@ class RequestRecord:
             return exc
         if isinstance(exc, RequestError):
             return RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if isinstance(exc, QueueFullError):
+        if isinstance(exc, BusyError):
             return RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc),
                               (("retry-after", str(exc.retry_after_s)),))
         log.error("request %s failed", self.id, exc_info=exc)

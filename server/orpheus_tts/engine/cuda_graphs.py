@@ -13,6 +13,7 @@ stream into noise.
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import torch
@@ -134,6 +135,20 @@ class DecodeGraphs:
 
     def bucket_for(self, n: int) -> int:
         return next(b for b in self.buckets if b >= n)
+
+    @torch.inference_mode()
+    def replay_seconds(self, bucket: int, repeats: int = 5) -> float:
+        """Mean seconds of one replay of `bucket`'s graph, every row on the scratch slot (as in
+        `capture`): the decode step's cost at that batch before any session has run."""
+        self._slots[:bucket].fill_(self.scratch_slot)
+        graph = self._graphs[bucket]
+        graph.replay()
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(repeats):
+            graph.replay()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - started) / repeats
 
     @torch.inference_mode()
     def run(self, slots: np.ndarray) -> Tensor:

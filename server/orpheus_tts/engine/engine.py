@@ -32,6 +32,7 @@ from orpheus_tts import orpheus
 from orpheus_tts.codec.snac_codec import SnacCodec
 from orpheus_tts.config import ServerConfig
 from orpheus_tts.engine.audio_out import AudioDelivery, AudioPipeline, ChunkPolicy
+from orpheus_tts.engine.capacity import realtime_capacity
 from orpheus_tts.engine.cuda_graphs import codec_batch_buckets
 from orpheus_tts.engine.kv_cache import KVCache
 from orpheus_tts.engine.loading import kv_cache_dtype, load_parts
@@ -119,6 +120,7 @@ class Engine:
         the engine thread (and every stream) far longer than a decode step."""
         done = threading.Event()
         with self.phases.phase("warm_up"):
+            self._seed_step_cost()
             request = self.make_request("Warming up.")
             session = self.submit(request, lambda event: done.set() if isinstance(event, SessionEnd) else None)
             if not done.wait(timeout_s):
@@ -128,6 +130,20 @@ class Engine:
             gc.freeze()
         log.info(self.phases.summary())
         self.ready = True
+
+    def _seed_step_cost(self, observations: int = 10) -> None:
+        """Give the step-cost fit the captured decode step's time at the smallest, a middle and
+        the largest batch, so capacity admission knows the slope before the first burst (a fit
+        of one batch size would take every batch to cost the same). Only the forward is in
+        these; the steps that run add the codec's and the host's share within seconds."""
+        graphs = self.runner.graphs
+        if graphs is None:
+            return
+        buckets = graphs.buckets
+        for bucket in sorted({buckets[0], buckets[len(buckets) // 2], buckets[-1]}):
+            seconds = graphs.replay_seconds(bucket)
+            for _ in range(observations):
+                self.step_cost.observe(bucket, seconds)
 
     # -- requests (any thread) --------------------------------------------------------------
     def make_request(self, text: str, *, voice: str | None = None, **fields) -> SpeechRequest:
@@ -180,6 +196,7 @@ class Engine:
             pending_sessions=self.scheduler.pending_count, max_concurrent=alloc.n_slots,
             used_slots=alloc.used_count, free_slots=alloc.free_count,
             total_tokens=c.total_tokens, total_batches=c.total_batches,
+            refused_sessions=c.refused_sessions, capacity=self.capacity(),
         )
 
     # -- the loop (engine thread) ---------------------------------------------------------
@@ -232,11 +249,20 @@ class Engine:
         self._record_step(started, launched, len(decode), len(prefill))
         return True
 
+    def capacity(self) -> int:
+        """The streams this engine can keep in real time now (`engine/capacity.py`); the slots
+        with `scheduler.admission=slots`."""
+        sched = self.config.scheduler
+        if sched.admission == "slots":
+            return self.kv_cache.allocator.n_slots
+        return realtime_capacity(self.step_cost.predict, self.kv_cache.allocator.n_slots, sched.max_batch_size,
+                                 sched.admission_margin)
+
     def _schedule(self) -> None:
         """End what must end, admit queued sessions, start the pieces that are ready."""
         for session, outcome, error in self.scheduler.take_ended(time.monotonic()):
             self._finish(session, outcome, error)
-        for session in self.scheduler.admit():
+        for session in self.scheduler.admit(self.capacity()):
             if session.cancelled:
                 self._finish(session, Outcome.CANCELLED)
             elif session.metrics.queue_s is None:

@@ -24,6 +24,8 @@ class EngineStats:
     free_slots: int
     total_tokens: int
     total_batches: int
+    refused_sessions: int = 0  # refused after waiting scheduler.max_queue_wait_s in the queue
+    capacity: int = 0  # streams the engine can keep in real time now (engine/capacity.py)
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """Who runs this step, and the one owner of every session's state: pool, queue, batches, outcomes.
 
-The pool holds at most `max_concurrent_sessions` sessions, each with a KV slot. Behind it a
-bounded queue (`max_pending_sessions`); a request that finds it full is refused at once
-(`QueueFullError`), never parked without bound. Each step decodes up to `max_batch_size`
+The pool holds at most `max_concurrent_sessions` sessions, each with a KV slot, and (with
+`admission=capacity`) at most as many as the engine can keep in real time (`engine/capacity.py`).
+Behind it a bounded queue (`max_pending_sessions`); a request that finds it full is refused at
+once (`QueueFullError`), one still queued after `max_queue_wait_s` is refused then
+(`Outcome.REFUSED`): never parked without bound. Each step decodes up to `max_batch_size`
 sessions: sessions still waiting for their first audio go first (at most
 `ttfb_priority_tokens` tokens each), the rest in least-recently-run order, so that with more
 sessions than batch places each is run every few steps and none starves.
@@ -30,6 +32,7 @@ from orpheus_tts.errors import QueueFullError
 
 
 _MIN_RATE_SPAN_S = 0.1  # the shortest span an arrival rate is measured over
+REFUSED_RETRY_AFTER_S = 1  # what a request refused after queueing is told (Retry-After)
 
 
 @dataclass
@@ -37,6 +40,7 @@ class SchedulerCounters:
     total_sessions: int = 0  # ever admitted to the queue
     completed_sessions: int = 0
     rejected_sessions: int = 0  # refused because the queue was full
+    refused_sessions: int = 0  # refused after waiting max_queue_wait_s in the queue
     total_tokens: int = 0
     total_batches: int = 0  # decode steps run
     total_prefills: int = 0
@@ -68,11 +72,15 @@ class Scheduler:
         return len(self.pending)
 
     # -- engine thread -----------------------------------------------------------------
-    def admit(self) -> list[Session]:
-        """Give queued sessions free slots, oldest first; returns the newly admitted ones."""
+    def admit(self, capacity: int | None = None) -> list[Session]:
+        """Give queued sessions free slots, oldest first, while fewer than `capacity` sessions are
+        admitted (None: slots alone decide); returns the newly admitted ones (and the cancelled
+        ones found on the way, which get no slot)."""
         admitted = []
+        limit = self.allocator.free_count + len(self.active) if capacity is None else capacity
         with self._lock:
-            while self.pending and self.allocator.free_count:
+            while self.pending and (self.pending[0].cancelled or
+                                    (self.allocator.free_count and len(self.active) < limit)):
                 session = self.pending.popleft()
                 if session.cancelled:
                     admitted.append(session)  # the engine ends it without a slot
@@ -87,20 +95,21 @@ class Scheduler:
         """Sessions to end now, queued or running: cancelled ones, and those older than
         `session_timeout_s`, with their outcome and error. Queued ones leave the queue here: the
         caller must finish every session returned."""
-        timeout = self.config.session_timeout_s
+        timeout, wait = self.config.session_timeout_s, self.config.max_queue_wait_s
 
         def verdict(session: Session, queued: bool) -> tuple[Session, Outcome, str | None]:
             if session.cancelled:
                 return session, Outcome.CANCELLED, None
-            why = f"not started within session_timeout_s={timeout}" if queued else \
-                f"exceeded session_timeout_s={timeout}"
-            return session, Outcome.TIMEOUT, why
+            if queued:
+                self.counters.refused_sessions += 1
+                return session, Outcome.REFUSED, (
+                    f"server at capacity: waited {now - session.created:.1f} s in the queue (max_queue_wait_s="
+                    f"{wait:g}) with {len(self.active)} streams admitted; retry after {REFUSED_RETRY_AFTER_S} s")
+            return session, Outcome.TIMEOUT, f"exceeded session_timeout_s={timeout}"
 
-        def gone(session: Session) -> bool:
-            return session.cancelled or now - session.created > timeout
-
-        queued = [verdict(s, True) for s in self.drain_pending(gone)]
-        return queued + [verdict(s, False) for s in self.active if gone(s)]
+        queued = [verdict(s, True) for s in self.drain_pending(
+            lambda s: s.cancelled or now - s.created > min(wait, timeout))]
+        return queued + [verdict(s, False) for s in self.active if s.cancelled or now - s.created > timeout]
 
     def drain_pending(self, predicate) -> list[Session]:
         """Remove and return queued sessions matching `predicate` (cancelled or timed out)."""

@@ -40,6 +40,7 @@ class Outcome(enum.Enum):
     CANCELLED = "cancelled"
     TIMEOUT = "timeout"
     ERROR = "error"
+    REFUSED = "refused"  # waited scheduler.max_queue_wait_s in the queue, never admitted
 
 
 @dataclass

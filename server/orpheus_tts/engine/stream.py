@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, AsyncIterator
 
-from orpheus_tts.engine.session import AudioChunk, SessionEnd
-from orpheus_tts.errors import RequestError
+from orpheus_tts.engine.scheduler import REFUSED_RETRY_AFTER_S
+from orpheus_tts.engine.session import AudioChunk, Outcome, SessionEnd
+from orpheus_tts.errors import AtCapacityError, RequestError
 from orpheus_tts.requests import SpeechRequest, check_text_length, check_unicode
 from orpheus_tts.text import SentenceBuffer
 
@@ -29,6 +30,7 @@ class SpeechStream:
         self._buffer = SentenceBuffer(max_chars=engine.config.active_profile.max_text_chars)
         self._chars = len(request.text)
         self._closed = not streaming_text
+        self._first: AudioChunk | SessionEnd | None = None  # read by `started`, not yet by `events`
         put = self._queue.put_nowait  # not `self`: a session holding its stream would be a reference cycle,
         # garbage only a full collection frees (a 50-170 ms pause of every stream under load on an H100)
         self.session = engine.submit(request, lambda event: loop.call_soon_threadsafe(put, event),
@@ -48,14 +50,29 @@ class SpeechStream:
         self.session.cancel()
         self._engine.wake()
 
+    async def started(self) -> None:
+        """Wait for the first event: audio, or the end. Raises AtCapacityError if the request was
+        refused while queued, so a door can still answer with a status (HTTP 429) rather than a
+        body that stops; the event is kept for `events`."""
+        if self._first is None:
+            self._first = await self._queue.get()
+        _raise_if_refused(self._first)
+
     async def events(self) -> AsyncIterator[AudioChunk | SessionEnd]:
-        """Audio chunks in order, then exactly one SessionEnd; leaving early cancels the session."""
+        """Audio chunks in order, then exactly one SessionEnd; leaving early cancels the session.
+        A request refused while queued raises AtCapacityError instead (it made no audio)."""
         ended = False
         try:
             while not ended:
-                event = await self._queue.get()
+                event, self._first = (self._first, None) if self._first is not None else (await self._queue.get(), None)
+                _raise_if_refused(event)
                 ended = isinstance(event, SessionEnd)
                 yield event
         finally:
             if not ended:
                 self.cancel()
+
+
+def _raise_if_refused(event: AudioChunk | SessionEnd) -> None:
+    if isinstance(event, SessionEnd) and event.outcome is Outcome.REFUSED:
+        raise AtCapacityError(event.error or "server at capacity", REFUSED_RETRY_AFTER_S)

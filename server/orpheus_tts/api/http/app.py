@@ -79,6 +79,8 @@ def create_app(host: HttpHost, settings: HttpSettings | None = None) -> FastAPI:
             record.voice, record.chars, record.format = speech_request.voice, len(speech_request.text), \
                 speech_request.format
             stream = engine.open_stream(speech_request)  # QueueFullError: nothing was admitted
+            # The status goes out with the first audio, so a request refused while queued is a 429.
+            await stream.started()
         except Exception as exc:
             error = ApiError.from_exception(exc)
             record.done(error.outcome, error.message)

@@ -13,7 +13,7 @@ import time
 
 from orpheus_tts.api.request_log import log_request, request_id
 from orpheus_tts.engine import SessionMetrics
-from orpheus_tts.errors import QueueFullError, RequestError
+from orpheus_tts.errors import BusyError, RequestError
 from orpheus_tts.metrics import ServerMetrics
 
 log = logging.getLogger("orpheus_tts.api")
@@ -48,8 +48,8 @@ class ApiError(Exception):
         if isinstance(exc, RequestError):
             param = text_field if exc.field == "text" else API_FIELD_NAMES.get(exc.field, exc.field)
             return cls(400, f"{param}: {exc.message}", param=param, code=exc.code)
-        if isinstance(exc, QueueFullError):
-            return cls(429, str(exc), type="rate_limit_error", code="queue_full", outcome="resource_exhausted",
+        if isinstance(exc, BusyError):
+            return cls(429, str(exc), type="rate_limit_error", code=exc.code, outcome="resource_exhausted",
                        headers={"Retry-After": str(exc.retry_after_s)})
         log.error("request failed", exc_info=exc)
         return internal(f"internal error: {type(exc).__name__}")

@@ -32,7 +32,8 @@ _STRINGS = ("model", "input", "text", "voice", "response_format", "stream_format
 _NUMBERS = ("speed", "temperature", "top_p", "repetition_penalty")
 SPEECH_FIELDS = frozenset(_STRINGS + _NUMBERS + ("seed",))
 _SAMPLING = ("temperature", "top_p", "repetition_penalty", "seed")
-_OUTCOME_NAMES = {Outcome.TIMEOUT: "deadline_exceeded", Outcome.CANCELLED: "cancelled", Outcome.ERROR: "internal"}
+_OUTCOME_NAMES = {Outcome.TIMEOUT: "deadline_exceeded", Outcome.CANCELLED: "cancelled", Outcome.ERROR: "internal",
+                  Outcome.REFUSED: "resource_exhausted"}
 
 
 @dataclass(frozen=True)

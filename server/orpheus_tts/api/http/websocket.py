@@ -105,7 +105,7 @@ async def serve_stream(ws: WebSocket, engine_or_error, metrics, idle_timeout_s: 
         error = reader.exception() if reader and reader.done() and not reader.cancelled() else None
         await _fail(ws, record, ApiError.from_exception(error) if error else
                     ApiError(500, str(exc), type="server_error", code=exc.outcome, outcome=exc.outcome))
-    except Exception as exc:  # ApiError, RequestError, QueueFullError, or a bug
+    except Exception as exc:  # ApiError, RequestError, BusyError, or a bug
         await _fail(ws, record, ApiError.from_exception(exc))
     finally:
         if reader is not None:
