@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-from orpheus_bench.load import Progress, run_level
+from orpheus_bench.load import Progress, Workload, run_level
 from orpheus_bench.results import log
 from orpheus_bench.server_parts import Engine, EngineObserver
 from orpheus_tts.config import load_config
@@ -87,7 +87,7 @@ async def measure_level(engine, target, observer, n, requests, label, text) -> d
     pauses = GcPauses()
     before = dataclasses.replace(engine.timings)
     torch.cuda.reset_peak_memory_stats()
-    row = await run_level(target.stream, n, requests, text, 1.0, Progress(), f"concurrency {n}")
+    row = await run_level(target.stream, n, requests, Workload("standard", text), 1.0, Progress(), f"concurrency {n}")
     after = engine.timings
     spent = {f.name: getattr(after, f.name) - getattr(before, f.name) for f in dataclasses.fields(after)}
     spent["host_s"] = after.host_s - before.host_s

@@ -6,6 +6,12 @@ start staggered over `stagger_s`; each sends a 57-character sentence (~40 prompt
 speech budget is 118 frames (10.07 s of audio), with end-of-speech suppressed so every stream
 speaks all of it, and when its stream ends sends the next one, until it has made `requests`.
 
+The mixed workload (`--workload mixed`, the capacity issue's): 70% short sentences, 30% two-sentence
+long-form, and 10% of streams cancelled at a random moment (0.2-3 s after they start). Besides the
+closed loop there is an open loop (`--arrival-rate`: Poisson arrivals for `--duration-s`), and
+`overload` runs the closed loop at 1.5x and 2x a given `--capacity`. A request the server refuses
+(RESOURCE_EXHAUSTED) counts as refused, not failed; cancelled streams count for their audio so far.
+
 Per level: TTFB p50/p95/p99 (as the client sees it), the share of streams that stayed real
 time after their first chunk (every chunk arrives before the audio already delivered has
 finished playing), the worst playback stall of each stream (p50 and max over streams: how late
@@ -18,6 +24,7 @@ scaling ramp and then the tuning search. Writing the results is `load_cli`'s job
 from __future__ import annotations
 
 import asyncio
+import random
 import sys
 import time
 from dataclasses import dataclass
@@ -28,6 +35,32 @@ import numpy as np
 from orpheus_tts.orpheus import SAMPLE_RATE_HZ
 
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog by the river."  # 57 chars: a 118-frame budget
+SHORT_TEXTS = ("Sure, I can help with that.", "Your order has shipped and arrives on Tuesday.",
+               "One moment while I check.", "The meeting moved to three o'clock.", "Thanks for calling, goodbye.")
+LONG_TEXTS = ("The quick brown fox jumps over the lazy dog by the river. Then it rests in the shade of an old oak tree.",
+              "Your appointment is confirmed for Monday at nine. Please bring your insurance card and arrive early.",
+              "We found two flights that match your dates. The earlier one is cheaper but has a stop in Denver.")
+
+
+class Workload:
+    """What each stream says, and when (if ever) its client hangs up."""
+
+    def __init__(self, kind: str, text: str = DEFAULT_TEXT, seed: int = 0):
+        if kind not in ("standard", "mixed"):
+            raise ValueError(f"unknown workload {kind!r}: standard or mixed")
+        self.kind, self.text, self.rng = kind, text, random.Random(seed)
+
+    def next(self) -> tuple[str, float | None]:
+        if self.kind == "standard":
+            return self.text, None
+        text = self.rng.choice(SHORT_TEXTS if self.rng.random() < 0.7 else LONG_TEXTS)
+        return text, self.rng.uniform(0.2, 3.0) if self.rng.random() < 0.1 else None
+
+    def describe(self) -> dict:
+        if self.kind == "standard":
+            return dict(kind="standard", text=self.text, text_chars=len(self.text))
+        return dict(kind="mixed", short_share=0.7, long_share=0.3, cancelled_share=0.1, cancel_after_s=[0.2, 3.0],
+                    short_texts=list(SHORT_TEXTS), long_texts=list(LONG_TEXTS))
 
 
 @dataclass
@@ -39,10 +72,18 @@ class StreamResult:
     error: str | None = None
     late_ms: float | None = None  # the worst gap in playback (see `lateness_ms`); <= 0 is real time
     late_at_s: float | None = None  # where in the audio that worst moment was
+    refused: bool = False  # RESOURCE_EXHAUSTED: the server said no before any audio
+    cancelled: bool = False  # the client hung up on purpose (the mixed workload)
+    queue_ms: float | None = None  # the server's own account of the wait for admission
 
     @property
     def realtime(self) -> bool:
-        return self.ok and _in_time(self.late_ms)
+        return (self.ok or self.cancelled) and _in_time(self.late_ms)
+
+    @property
+    def admitted(self) -> bool:
+        """It got audio: the streams admission promised real time to."""
+        return self.ttfb_ms is not None
 
 
 def worst_wait(arrivals: list[float], audio_before: list[float]) -> tuple[float, float] | None:
@@ -85,13 +126,24 @@ class _Timeline:
         self.audio_before.append(self.audio_s)
         self.audio_s += seconds
 
-    def result(self, ok: bool, tokens: int, error: str | None = None) -> StreamResult:
+    def result(self, ok: bool, tokens: int, error: str | None = None, **fields) -> StreamResult:
         ttfb = self.arrivals[0] * 1e3 if self.arrivals else None
         late_ms, late_at_s = worst_wait(self.arrivals, self.audio_before) or (None, None)
-        return StreamResult(ok, ttfb, tokens, self.audio_s, error, late_ms, late_at_s)
+        return StreamResult(ok, ttfb, tokens, self.audio_s, error, late_ms, late_at_s, **fields)
 
 
-StreamFn = Callable[[str, int], Awaitable[StreamResult]]
+StreamFn = Callable[[str, int, float | None], Awaitable[StreamResult]]
+
+
+async def _hang_up_after(consume: Awaitable[StreamResult], cancel_after_s: float | None,
+                         on_cancel: Callable[[], StreamResult]) -> StreamResult:
+    """Run one stream, or hang up on it after `cancel_after_s` (then `on_cancel` says what it got)."""
+    if cancel_after_s is None:
+        return await consume
+    try:
+        return await asyncio.wait_for(consume, cancel_after_s)
+    except asyncio.TimeoutError:
+        return on_cancel()
 
 
 class GrpcTarget:
@@ -111,24 +163,32 @@ class GrpcTarget:
     async def __aexit__(self, *exc):
         await self.channel.close()
 
-    async def stream(self, text: str, seed: int) -> StreamResult:
+    async def stream(self, text: str, seed: int, cancel_after_s: float | None = None) -> StreamResult:
         import grpc
 
         from orpheus_tts.api.gen import tts_pb2, tts_pb2_grpc
 
         request = tts_pb2.SynthesizeRequest(text=text, seed=seed, encoding=tts_pb2.AUDIO_ENCODING_PCM_S16LE,
                                             ignore_end_of_speech=self.ignore_eos)
-        timeline, tokens, done = _Timeline(), 0, False
-        try:
-            call = tts_pb2_grpc.TextToSpeechStub(self.channel).Synthesize(request, timeout=self.timeout_s)
-            async for response in call:
-                if response.HasField("audio"):
-                    timeline.chunk(len(response.audio.data) / 2 / SAMPLE_RATE_HZ)
-                elif response.HasField("metrics"):
-                    tokens, done = int(response.metrics.tokens), True
-        except grpc.RpcError as exc:
-            return timeline.result(False, tokens, f"{exc.code().name}: {exc.details()}")
-        return timeline.result(done, tokens, None if done else "stream ended without metrics")
+        timeline, end = _Timeline(), {}
+
+        async def consume() -> StreamResult:
+            try:
+                call = tts_pb2_grpc.TextToSpeechStub(self.channel).Synthesize(request, timeout=self.timeout_s)
+                async for response in call:
+                    if response.HasField("audio"):
+                        timeline.chunk(len(response.audio.data) / 2 / SAMPLE_RATE_HZ)
+                    elif response.HasField("metrics"):
+                        end.update(tokens=int(response.metrics.tokens), queue_ms=response.metrics.queue_ms)
+            except grpc.RpcError as exc:
+                refused = exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                return timeline.result(False, 0, f"{exc.code().name}: {exc.details()}", refused=refused)
+            done = "tokens" in end
+            return timeline.result(done, end.get("tokens", 0), None if done else "stream ended without metrics",
+                                   queue_ms=end.get("queue_ms"))
+
+        return await _hang_up_after(consume(), cancel_after_s,
+                                    lambda: timeline.result(False, 0, None, cancelled=True))
 
 
 class EngineTarget:
@@ -148,23 +208,32 @@ class EngineTarget:
     async def __aexit__(self, *exc):
         self.engine.stop()
 
-    async def stream(self, text: str, seed: int) -> StreamResult:
+    async def stream(self, text: str, seed: int, cancel_after_s: float | None = None) -> StreamResult:
         from orpheus_bench.server_parts import AudioChunk, Outcome
+        from orpheus_tts.errors import BusyError
 
-        timeline, end = _Timeline(), None
-        try:
-            request = self.engine.make_request(text, seed=seed, ignore_end_of_speech=self.ignore_eos)
-            async for event in self.engine.synthesize(request):
-                if isinstance(event, AudioChunk):
-                    timeline.chunk(len(event.samples) / SAMPLE_RATE_HZ)
-                else:
-                    end = event
-        except Exception as exc:  # a rejected request (queue full, bad text) counts as a failure
-            return timeline.result(False, 0, f"{type(exc).__name__}: {exc}")
-        if end is None:
-            return timeline.result(False, 0, "stream ended without a result")
-        ok = end.outcome is Outcome.OK
-        return timeline.result(ok, end.metrics.tokens, None if ok else f"{end.outcome.value}: {end.error}")
+        timeline = _Timeline()
+
+        async def consume() -> StreamResult:
+            end = None
+            try:
+                request = self.engine.make_request(text, seed=seed, ignore_end_of_speech=self.ignore_eos)
+                async for event in self.engine.synthesize(request):
+                    if isinstance(event, AudioChunk):
+                        timeline.chunk(len(event.samples) / SAMPLE_RATE_HZ)
+                    else:
+                        end = event
+            except Exception as exc:  # a refusal (queue full, at capacity) or bad text
+                return timeline.result(False, 0, f"{type(exc).__name__}: {exc}", refused=isinstance(exc, BusyError))
+            if end is None:
+                return timeline.result(False, 0, "stream ended without a result")
+            ok = end.outcome is Outcome.OK
+            queue_ms = None if end.metrics.queue_s is None else end.metrics.queue_s * 1e3
+            return timeline.result(ok, end.metrics.tokens, None if ok else f"{end.outcome.value}: {end.error}",
+                                   refused=end.outcome is Outcome.REFUSED, queue_ms=queue_ms)
+
+        return await _hang_up_after(consume(), cancel_after_s,
+                                    lambda: timeline.result(False, 0, None, cancelled=True))
 
 
 class Progress:
@@ -195,7 +264,7 @@ def ramp(max_concurrent: int) -> list[int]:
     return levels + [max_concurrent]
 
 
-async def run_level(stream: StreamFn, concurrency: int, requests: int, text: str, stagger_s: float,
+async def run_level(stream: StreamFn, concurrency: int, requests: int, workload: Workload, stagger_s: float,
                     progress: Progress, label: str) -> dict:
     """Closed loop: `concurrency` workers, each making `requests` streams back to back."""
     total, results = concurrency * requests, []
@@ -203,28 +272,67 @@ async def run_level(stream: StreamFn, concurrency: int, requests: int, text: str
     async def worker(index: int) -> None:
         await asyncio.sleep(index * stagger_s / concurrency)
         for k in range(requests):
-            results.append(await stream(text, (index * 7919 + k * 104729 + concurrency) % 2**31))
-            progress.update(label, len(results), total, sum(not r.ok for r in results))
+            text, cancel_after_s = workload.next()
+            results.append(await stream(text, (index * 7919 + k * 104729 + concurrency) % 2**31, cancel_after_s))
+            progress.update(label, len(results), total, sum(_failed(r) for r in results))
 
     started = time.monotonic()
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    wall = time.monotonic() - started
+    return dict(concurrency=concurrency, **summarize(results, time.monotonic() - started))
+
+
+async def run_open_loop(stream: StreamFn, rate_per_s: float, duration_s: float, workload: Workload,
+                        progress: Progress, label: str, seed: int = 0) -> dict:
+    """Open loop: streams arrive as a Poisson process at `rate_per_s` for `duration_s`, whatever
+    the server does with the ones before (what a fleet meets when traffic rises)."""
+    rng, tasks, results = random.Random(seed), [], []
+
+    async def one(index: int, text: str, cancel_after_s: float | None) -> None:
+        results.append(await stream(text, (index * 7919 + seed) % 2**31, cancel_after_s))
+        progress.update(label, len(results), len(tasks), sum(_failed(r) for r in results))
+
+    started = time.monotonic()
+    at = rng.expovariate(rate_per_s)
+    while at < duration_s:
+        await asyncio.sleep(max(0.0, started + at - time.monotonic()))
+        tasks.append(asyncio.create_task(one(len(tasks), *workload.next())))
+        at += rng.expovariate(rate_per_s)
+    await asyncio.gather(*tasks)
+    return dict(arrival_rate_per_s=rate_per_s, **summarize(results, time.monotonic() - started))
+
+
+def _failed(result: StreamResult) -> bool:
+    return not (result.ok or result.refused or result.cancelled)
+
+
+def summarize(results: list[StreamResult], wall: float) -> dict:
+    """One level's row: what the clients saw, the refused and cancelled ones apart."""
+    total = len(results)
     ok = [r for r in results if r.ok]
-    ttfb = np.array([r.ttfb_ms for r in ok if r.ttfb_ms is not None])
+    admitted = [r for r in results if r.admitted]
+    queue = np.array([r.queue_ms for r in ok if r.queue_ms is not None])
+    ttfb = np.array([r.ttfb_ms for r in admitted])
     pct = (lambda q: float(np.percentile(ttfb, q))) if len(ttfb) else (lambda q: None)
-    late = np.array([r.late_ms for r in ok if r.late_ms is not None])
-    stalled_at = [r.late_at_s for r in ok if not r.realtime and r.late_at_s is not None]
-    errors = sorted({r.error for r in results if r.error})
+    late = np.array([r.late_ms for r in admitted if r.late_ms is not None])
+    stalled_at = [r.late_at_s for r in admitted if not r.realtime and r.late_at_s is not None]
+    errors = sorted({r.error for r in results if r.error and not r.refused})
+    served = [r.realtime for r in results if not r.refused]
     return dict(
-        concurrency=concurrency, streams=total, wall_s=wall,
+        streams=total, wall_s=wall,
         ttfb_p50_ms=pct(50), ttfb_p95_ms=pct(95), ttfb_p99_ms=pct(99),
-        realtime_share=float(np.mean([r.realtime for r in results])) if results else 0.0,
+        realtime_share=float(np.mean(served)) if served else 0.0,
+        # Of the streams that got audio (the ones admission took on): how many never stalled.
+        admitted_realtime_share=float(np.mean([r.realtime for r in admitted])) if admitted else None,
+        refused=sum(r.refused for r in results), cancelled=sum(r.cancelled for r in results),
+        failed=sum(_failed(r) for r in results),
+        queue_p50_ms=float(np.percentile(queue, 50)) if len(queue) else None,
+        queue_p95_ms=float(np.percentile(queue, 95)) if len(queue) else None,
         stall_p50_ms=float(np.percentile(late, 50)) if len(late) else None,
         stall_max_ms=float(late.max()) if len(late) else None,
         # Where in their audio the streams that stalled stalled worst (start-up or later).
         stall_at_s_p50=float(np.median(stalled_at)) if stalled_at else None,
         tokens_per_s=sum(r.tokens for r in ok) / wall if wall > 0 else 0.0,
-        success_rate=len(ok) / total if total else 0.0,
+        success_rate=(total - sum(_failed(r) for r in results)) / total if total else 0.0,
         mean_audio_s=float(np.mean([r.audio_s for r in ok])) if ok else 0.0,
         errors=errors[:5],
     )
@@ -240,17 +348,20 @@ def _describe(row: dict) -> str:
     return (f"concurrency {row['concurrency']}: TTFB p50 {fmt(row['ttfb_p50_ms'])} p95 {fmt(row['ttfb_p95_ms'])} "
             f"p99 {fmt(row['ttfb_p99_ms'])} ms, real-time {row['realtime_share']:.0%} "
             f"(worst stall {fmt(row['stall_max_ms'])} ms), "
-            f"{row['tokens_per_s']:.0f} tok/s, success {row['success_rate']:.0%}")
+            f"{row['tokens_per_s']:.0f} tok/s, success {row['success_rate']:.0%}, refused {row['refused']}")
 
 
-async def run_bench(target, mode: str, max_concurrent: int, requests: int, text: str, stagger_s: float,
-                    target_ttfb_ms: float, progress: Progress | None = None) -> dict:
+async def run_bench(target, mode: str, max_concurrent: int, requests: int, workload: Workload, stagger_s: float,
+                    target_ttfb_ms: float, progress: Progress | None = None, capacity: int | None = None,
+                    arrival_rates: tuple[float, ...] = (), duration_s: float = 30.0) -> dict:
+    """`mode`: scaling, tuning, all (both) or overload (closed loop at 1.5x and 2x `capacity`);
+    `arrival_rates` adds an open-loop level for each rate."""
     progress = progress or Progress()
     measured: dict[int, dict] = {}
 
     async def level(n: int) -> dict:
         if n not in measured:
-            row = await run_level(target.stream, n, requests, text, stagger_s, progress, f"concurrency {n}")
+            row = await run_level(target.stream, n, requests, workload, stagger_s, progress, f"concurrency {n}")
             row["meets_target"] = meets(row, target_ttfb_ms)
             measured[n] = row
             progress.finish(_describe(row))
@@ -279,5 +390,17 @@ async def run_bench(target, mode: str, max_concurrent: int, requests: int, text:
                                  searched_up_to=max_concurrent)
             progress.finish(f"tuning: largest concurrency with TTFB p95 <= {target_ttfb_ms:.0f} ms and every "
                             f"stream real-time: {best}")
+        if mode == "overload":
+            if not capacity:
+                raise ValueError("overload needs --capacity (the concurrency the server keeps in real time)")
+            out["overload"] = [dict(await level(round(factor * capacity)), capacity=capacity, factor=factor)
+                               for factor in (1.5, 2.0)]
+        if arrival_rates:
+            out["open_loop"] = []
+            for rate in arrival_rates:
+                row = await run_open_loop(target.stream, rate, duration_s, workload, progress, f"{rate:g}/s")
+                progress.finish(f"open loop {rate:g} streams/s: refused {row['refused']}, "
+                                f"admitted real-time {row['admitted_realtime_share']}")
+                out["open_loop"].append(row)
     out["levels"] = [measured[n] for n in sorted(measured)]
     return out

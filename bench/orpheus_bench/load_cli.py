@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from orpheus_bench import plots
-from orpheus_bench.load import DEFAULT_TEXT, EngineTarget, GrpcTarget, run_bench
+from orpheus_bench.load import DEFAULT_TEXT, EngineTarget, GrpcTarget, Workload, run_bench
 from orpheus_bench.results import git_commit, write_json
 
 
@@ -24,6 +24,7 @@ def main(args, config, command: str) -> int:
     if not args.in_process and not args.server:
         raise ValueError("give --server HOST:PORT or --in-process")
     text = args.text or DEFAULT_TEXT
+    workload = Workload(args.workload, text)
     target_ttfb_ms = args.target_ttfb_ms or config.active_profile.target_ttfb_ms
     if args.in_process:
         if args.concurrent > config.scheduler.max_concurrent_sessions:
@@ -33,12 +34,14 @@ def main(args, config, command: str) -> int:
     else:
         target, where = GrpcTarget(args.server, args.timeout, not args.stop_at_end_of_speech), args.server
     started = time.time()
-    out = asyncio.run(run_bench(target, args.mode, args.concurrent, args.requests, text, args.stagger_s,
-                                target_ttfb_ms))
+    out = asyncio.run(run_bench(target, args.mode, args.concurrent, args.requests, workload, args.stagger_s,
+                                target_ttfb_ms, capacity=args.capacity, arrival_rates=tuple(args.arrival_rate),
+                                duration_s=args.duration_s))
     results = dict(command=command, git_commit=git_commit(), target=where, mode=args.mode,
-                   workload=dict(text=text, text_chars=len(text), concurrent=args.concurrent,
+                   workload=dict(**workload.describe(), concurrent=args.concurrent,
                                  requests_per_stream=args.requests, stagger_s=args.stagger_s,
-                                 end_of_speech_suppressed=not args.stop_at_end_of_speech),
+                                 end_of_speech_suppressed=not args.stop_at_end_of_speech,
+                                 arrival_rates_per_s=args.arrival_rate, open_loop_duration_s=args.duration_s),
                    profile=config.profile, target_ttfb_ms=target_ttfb_ms,
                    started_unix=started, duration_s=time.time() - started, **out)
     output = Path(args.output)
@@ -49,4 +52,5 @@ def main(args, config, command: str) -> int:
         print(f"wrote {png}")
     else:
         print("note: matplotlib is not installed (pip install 'orpheus-tts[bench]'); no PNG written")
-    return 0 if all(row["success_rate"] > 0 for row in results["levels"]) else 1
+    rows = results["levels"] + results.get("open_loop", [])
+    return 0 if all(row["success_rate"] > 0 for row in rows) else 1

@@ -190,8 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     where = bench.add_mutually_exclusive_group(required=True)
     where.add_argument("--server", metavar="HOST:PORT", help="benchmark a running server over gRPC")
     where.add_argument("--in-process", action="store_true", help="run the engine in this process instead")
-    bench.add_argument("--mode", choices=("scaling", "tuning", "all"), default="scaling",
-                       help="scaling: ramp 1, 2, 4 ... N; tuning: largest concurrency meeting the TTFB target; all: both")
+    bench.add_argument("--mode", choices=("scaling", "tuning", "all", "overload"), default="scaling",
+                       help="scaling: ramp 1, 2, 4 ... N; tuning: largest concurrency meeting the TTFB target; all: "
+                            "both; overload: 1.5x and 2x --capacity")
+    bench.add_argument("--workload", choices=("standard", "mixed"), default="standard",
+                       help="standard: one sentence, its whole budget; mixed: 70%% short, 30%% two-sentence, 10%% "
+                            "cancelled at a random moment")
+    bench.add_argument("--capacity", type=int, help="with --mode overload: the concurrency the server keeps real time")
+    bench.add_argument("--arrival-rate", type=float, action="append", default=[], metavar="PER_S",
+                       help="also an open-loop level: Poisson arrivals at this rate for --duration-s (repeatable)")
+    bench.add_argument("--duration-s", type=float, default=30.0, help="length of each open-loop level")
     bench.add_argument("--concurrent", type=int, default=16, help="highest concurrency (default: 16)")
     bench.add_argument("--requests", type=int, default=4,
                        help="streams each concurrent client makes back to back at each level (default: 4)")

@@ -86,3 +86,30 @@ def test_bench_without_the_bench_package_says_what_is_missing():
     result = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "needs the orpheus_bench package" in result.stderr
+
+
+def test_bench_overload_and_open_loop_count_refusals_and_cancels_apart(tmp_path):
+    """Against a 2-slot server that refuses after 0.3 s in the queue: the mixed workload at 1.5x
+    and 2x its capacity, then Poisson arrivals; nothing may fail but be refused or cancelled."""
+    server = RunningServer(grpc_server_config(**{"scheduler.max_concurrent_sessions": 2,
+                                                 "scheduler.max_pending_sessions": 16,
+                                                 "scheduler.max_queue_wait_s": 0.3}))
+    try:
+        out = tmp_path / "overload.json"
+        code = cli.main(["--log-level", "WARNING", "bench", "--server", server.address, "--mode", "overload",
+                         "--capacity", "2", "--workload", "mixed", "--requests", "1", "--stagger-s", "0",
+                         "--arrival-rate", "8", "--duration-s", "0.5", "--output", str(out)])
+    finally:
+        server.close()
+    assert code == 0
+    results = json.loads(out.read_text())
+    assert results["workload"]["kind"] == "mixed" and results["workload"]["cancelled_share"] == 0.1
+    assert [(row["concurrency"], row["factor"]) for row in results["overload"]] == [(3, 1.5), (4, 2.0)]
+    rows = results["overload"] + results["open_loop"]
+    assert results["open_loop"][0]["arrival_rate_per_s"] == 8
+    for row in rows:
+        assert row["failed"] == 0, row["errors"]
+        assert row["refused"] + row["cancelled"] <= row["streams"]
+    # Four clients on two slots, each request waiting at most 0.3 s: some are refused.
+    assert results["overload"][1]["refused"] > 0
+    assert all(row["admitted_realtime_share"] is None or 0 <= row["admitted_realtime_share"] <= 1 for row in rows)
