@@ -19,7 +19,8 @@ import time
 import numpy as np
 import torch
 
-from orpheus_bench.load import Progress, Workload, run_level
+from orpheus_bench.load import Progress, run_level
+from orpheus_bench.workload import Workload
 from orpheus_bench.results import log
 from orpheus_bench.server_parts import Engine, EngineObserver
 from orpheus_tts.config import load_config

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from orpheus_bench import plots
-from orpheus_bench.load import DEFAULT_TEXT, EngineTarget, GrpcTarget, Workload, run_bench
+from orpheus_bench.load import EngineTarget, GrpcTarget, run_bench
+from orpheus_bench.workload import DEFAULT_TEXT, Workload
 from orpheus_bench.results import git_commit, write_json
 
 
