@@ -80,7 +80,11 @@ def create_app(host: HttpHost, settings: HttpSettings | None = None) -> FastAPI:
                 speech_request.format
             stream = engine.open_stream(speech_request)  # QueueFullError: nothing was admitted
             # The status goes out with the first audio, so a request refused while queued is a 429.
-            await stream.started()
+            try:
+                await stream.started()
+            except BaseException:  # refused, or the client left while it waited: end the session
+                stream.cancel()
+                raise
         except Exception as exc:
             error = ApiError.from_exception(exc)
             record.done(error.outcome, error.message)
