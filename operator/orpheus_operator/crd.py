@@ -182,6 +182,17 @@ def spec_schema() -> dict:
                         "minimum": 1,
                         "description": "Scale out above this many active sessions per pod (default: 3/4 of sessionsPerPod).",
                     },
+                    "targetSaturation": {
+                        "type": "number",
+                        # OpenAPI v3.0, as CRDs take it: exclusiveMinimum is a flag on minimum (> 0).
+                        "minimum": 0,
+                        "exclusiveMinimum": True,
+                        "maximum": 1,
+                        "default": 0.8,
+                        "description": "Scale out when demand over real-time capacity per pod (the server's "
+                        "orpheus_tts_saturation: admitted plus queued sessions over the streams it can keep "
+                        "in real time) passes this; 1 is where requests start to queue.",
+                    },
                 },
             },
             "image": {

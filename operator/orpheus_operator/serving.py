@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .engine_job import container_security_context, gpu_placement, pod_security_context
 from .labels import GRPC_PORT, HTTP_PORT, METRICS_PORT, selector_labels, server_labels
-from .metrics import ACTIVE_SESSIONS_METRIC, TTFB_P95_METRIC
+from .metrics import ACTIVE_SESSIONS_METRIC, SATURATION_METRIC, TTFB_P95_METRIC
 from .server_settings import serving_settings, set_flags
 from .voice import Voice
 
@@ -167,8 +167,19 @@ def service(voice: Voice, engine_hash: str) -> dict:
     }
 
 
+def milli_quantity(value: float) -> str:
+    """A fraction as a Kubernetes quantity in thousandths, the precision the HPA compares at:
+    0.8 -> "800m", 0.125 -> "125m", 1 -> "1". Never below "1m" (a zero target would divide by zero)."""
+    milli = max(1, round(value * 1000))
+    return str(milli // 1000) if milli % 1000 == 0 else f"{milli}m"
+
+
 def horizontal_pod_autoscaler(voice: Voice, engine_hash: str) -> dict:
-    """autoscaling/v2 on two per-pod metrics (see `metrics.py` for where they come from)."""
+    """autoscaling/v2 on three per-pod metrics (see `metrics.py` for where they come from).
+
+    The HPA takes the largest replica count any of them asks for; saturation (demand over
+    real-time capacity) against a target below 1 makes a voice grow before its pods queue.
+    """
     scaling = voice.autoscaling
     return {
         "apiVersion": "autoscaling/v2",
@@ -191,6 +202,13 @@ def horizontal_pod_autoscaler(voice: Voice, engine_hash: str) -> dict:
                     "pods": {
                         "metric": {"name": ACTIVE_SESSIONS_METRIC},
                         "target": {"type": "AverageValue", "averageValue": str(scaling.target_active_sessions_per_pod)},
+                    },
+                },
+                {
+                    "type": "Pods",
+                    "pods": {
+                        "metric": {"name": SATURATION_METRIC},
+                        "target": {"type": "AverageValue", "averageValue": milli_quantity(scaling.target_saturation)},
                     },
                 },
             ],

@@ -55,6 +55,7 @@ class Autoscaling:
     max_replicas: int
     target_ttfb_p95_ms: int
     target_active_sessions_per_pod: int
+    target_saturation: float  # demand over real-time capacity per pod, in (0, 1]
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ class Voice:
                 max_replicas=scaling["maxReplicas"],
                 target_ttfb_p95_ms=scaling["targetTtfbP95Ms"],
                 target_active_sessions_per_pod=scaling.get("targetActiveSessionsPerPod") or max(1, sessions * 3 // 4),
+                target_saturation=float(scaling["targetSaturation"]),
             ),
             image=spec.get("image") or settings.default_image,
             builder_image=spec.get("builderImage") or settings.default_builder_image,

@@ -11,8 +11,9 @@ import yaml
 from chart_testkit import ALL_ON, prometheus_rule_groups, require_binary, with_values
 
 HERE = Path(__file__).resolve().parent
-ALERTS = {"OrpheusTTSTTFBAboveTarget", "OrpheusTTSVoiceSaturated", "OrpheusTTSHighErrorRatio",
-          "OrpheusTTSEngineBuildFailed", "OrpheusTTSVoiceNotReady", "OrpheusTTSPodRestarting"}
+ALERTS = {"OrpheusTTSTTFBAboveTarget", "OrpheusTTSVoiceSaturated", "OrpheusTTSVoiceOverCapacity",
+          "OrpheusTTSRequestsRefused", "OrpheusTTSHighErrorRatio", "OrpheusTTSEngineBuildFailed",
+          "OrpheusTTSVoiceNotReady", "OrpheusTTSPodRestarting"}
 
 
 def write_rules(directory: Path, values: dict) -> Path:
@@ -29,7 +30,7 @@ def test_promtool_checks_the_rendered_rules(tmp_path):
     rules = write_rules(tmp_path, ALL_ON)
     result = promtool("check", "rules", str(rules), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 10 rules found" in result.stdout
+    assert "SUCCESS: 13 rules found" in result.stdout
 
 
 def test_each_alert_fires_and_stays_silent_under_promtool(tmp_path):
@@ -56,6 +57,23 @@ def test_every_alert_has_a_summary_a_description_and_a_runbook_section():
 
 def test_alerts_can_be_switched_off_one_by_one():
     values = with_values(ALL_ON, **{f"prometheusRule.alerts.{name}.enabled": False
-                                   for name in ("voiceNotReady", "podRestarting")})
+                                   for name in ("voiceNotReady", "podRestarting", "requestsRefused")})
     (_, alerts) = prometheus_rule_groups(values)["groups"]
-    assert {r["alert"] for r in alerts["rules"]} == ALERTS - {"OrpheusTTSVoiceNotReady", "OrpheusTTSPodRestarting"}
+    assert {r["alert"] for r in alerts["rules"]} == ALERTS - {"OrpheusTTSVoiceNotReady", "OrpheusTTSPodRestarting",
+                                                              "OrpheusTTSRequestsRefused"}
+
+
+def test_capacity_alerts_take_their_threshold_duration_and_severity_from_values():
+    values = with_values(ALL_ON, **{"prometheusRule.alerts.voiceOverCapacity.threshold": 0.95,
+                                    "prometheusRule.alerts.voiceOverCapacity.for": "10m",
+                                    "prometheusRule.alerts.requestsRefused.severity": "critical"})
+    (_, alerts) = prometheus_rule_groups(values)["groups"]
+    rules = {r["alert"]: r for r in alerts["rules"]}
+    over = rules["OrpheusTTSVoiceOverCapacity"]
+    assert over["expr"] == "namespace_voice:orpheus_tts_saturation:ratio > 0.95"
+    assert (over["for"], over["labels"]["severity"]) == ("10m", "warning")
+    assert "above 95% for 10m" in over["annotations"]["description"]
+    refused = rules["OrpheusTTSRequestsRefused"]
+    assert (refused["for"], refused["labels"]["severity"]) == ("5m", "critical")
+    assert refused["expr"] == ('sum by (namespace, voice, reason) '
+                               '(rate(orpheus_tts_refused_requests_total{job="orpheus-tts"}[5m])) > 0')

@@ -180,6 +180,7 @@ def test_adapter_rules_discover_and_serve_one_value_per_pod_for_each_hpa_metric(
     for pod in PODS:
         assert 0 < served["orpheus_tts_ttfb_p95_seconds"][pod] < 10  # a real quantile of real requests
         assert served["orpheus_tts_active_sessions"][pod] == 0  # idle after the requests
+        assert served["orpheus_tts_saturation"][pod] == 0  # no demand, whatever the capacity
 
 
 def test_keda_triggers_return_one_value_for_the_voice(cluster):
@@ -196,13 +197,23 @@ def test_recording_rules_and_alert_expressions_evaluate_cleanly(cluster):
                15, "every rule evaluated without error")
     groups = cluster.get("/api/v1/rules")["groups"]
     rules = {r.get("name"): r for g in groups for r in g["rules"]}
-    assert len(rules) == 10
+    assert len(rules) == 13
     p95 = wait_until(lambda: cluster.query("namespace_voice:orpheus_tts_ttfb_seconds:p95_rate2m"), 15,
                      "the TTFB recording rule")
     assert [(r["metric"]["namespace"], r["metric"]["voice"]) for r in p95] == [(NAMESPACE, VOICE)]
     requests = wait_until(lambda: cluster.query("namespace_voice:orpheus_tts_requests:rate5m > 0"), 15,
                           "the request-rate recording rule")
     assert [(r["metric"]["namespace"], r["metric"]["voice"]) for r in requests] == [(NAMESPACE, VOICE)]
+    # The voice's pooled saturation: once the last request's session has ended (the rule may still
+    # hold a sample from while it ran), no demand over the real-time capacity its two servers report.
+    saturation = wait_until(lambda: cluster.query("namespace_voice:orpheus_tts_saturation:ratio == 0"), 15,
+                            "the saturation recording rule to show the idle voice")
+    assert [(r["metric"]["namespace"], r["metric"]["voice"]) for r in saturation] == [(NAMESPACE, VOICE)]
+    assert len(cluster.query('orpheus_tts_capacity_streams{job="orpheus-tts"} > 0')) == len(PODS)
+    # Both refusal reasons are exported at 0 from the start, so the refusal alert's rate() has series.
+    refusals = cluster.query('orpheus_tts_refused_requests_total{job="orpheus-tts"} == 0')
+    assert sorted((r["metric"]["pod"], r["metric"]["reason"]) for r in refusals) == sorted(
+        (pod, reason) for pod in PODS for reason in ("queue_full", "at_capacity"))
     for name, rule in rules.items():
         cluster.query(rule["query"])  # every expression parses and runs against real series
     # With light traffic and no kube-state-metrics nothing fires, except possibly the TTFB alert's

@@ -15,7 +15,7 @@ from chart_testkit import (ALL_ON, CHART, CRDS, KUBERNETES_VERSION, NAMESPACE, b
 
 from orpheus_operator.crd import voice_schema
 from orpheus_operator.labels import METRICS_PORT, selector_labels
-from orpheus_operator.metrics import PROMETHEUS_ADAPTER_RULES
+from orpheus_operator.metrics import PROMETHEUS_ADAPTER_RULES, SATURATION_METRIC
 from orpheus_operator.settings import ENV_PREFIX, OperatorSettings
 
 POD_MONITOR = with_values(ALL_ON, **{"metrics.monitor.kind": "PodMonitor"})
@@ -79,7 +79,7 @@ def test_chart_crd_passes_strict_kubernetes_validation():
 def test_voices_from_values_pass_the_voice_schema():
     voices = by_kind(render_objects(with_values(ALL_ON, **{"keda.enabled": False})), "OrpheusVoice")
     assert [(v["metadata"]["namespace"], v["metadata"]["name"]) for v in voices] == [("voices", "tara-chat"), (NAMESPACE, "leo-long")]
-    validator = jsonschema.Draft7Validator(closed(voice_schema()))
+    validator = jsonschema.Draft4Validator(closed(voice_schema()))  # OpenAPI v3.0: draft 4's exclusiveMinimum
     for voice in voices:
         assert not list(validator.iter_errors(voice)), voice
     assert voices[0]["spec"]["autoscaling"]["targetTtfbP95Ms"] == 150
@@ -97,9 +97,23 @@ def test_keda_scales_each_voice_through_its_scale_subresource_and_turns_off_its_
     tara = scaled["tara-chat"]["spec"]
     assert (tara["minReplicaCount"], tara["maxReplicaCount"]) == (1, 6)
     thresholds = {t["name"]: (t["metricType"], t["metadata"]["threshold"]) for t in tara["triggers"]}
-    assert thresholds == {"ttfb-p95": ("Value", "0.15"), "active-sessions": ("AverageValue", "36")}
+    assert thresholds == {"ttfb-p95": ("Value", "0.15"), "active-sessions": ("AverageValue", "36"),
+                          "saturation": ("AverageValue", "0.75")}
     leo = {t["name"]: t["metadata"]["threshold"] for t in scaled["leo-long"]["spec"]["triggers"]}
-    assert leo == {"ttfb-p95": "0.25", "active-sessions": "12"}  # the CRD defaults: 250 ms, 3/4 of 16 sessions
+    # The CRD defaults: 250 ms, 3/4 of 16 sessions, saturation 0.8.
+    assert leo == {"ttfb-p95": "0.25", "active-sessions": "12", "saturation": "0.8"}
+
+
+def test_keda_saturation_trigger_sums_the_voices_pods_for_its_average_value_target():
+    """KEDA's HPA divides an AverageValue trigger's one value by the target itself: the sum over the
+    voice's pods gives ceil(sum / target) pods, as the operator's HPA on the per-pod metric."""
+    for obj in by_kind(render_objects(ALL_ON), "ScaledObject"):
+        name, namespace = obj["metadata"]["name"], obj["metadata"]["namespace"]
+        (trigger,) = [t for t in obj["spec"]["triggers"] if t["name"] == "saturation"]
+        assert (trigger["type"], trigger["metricType"]) == ("prometheus", "AverageValue")
+        selector = f'job="orpheus-tts",namespace="{namespace}",voice="{name}"'
+        assert trigger["metadata"]["query"] == f"sum(orpheus_tts_saturation{{{selector}}})"
+        assert trigger["metadata"]["ignoreNullValues"] == "true"
 
 
 def test_keda_scale_to_zero_wakes_voices_on_demand_seen_outside_their_pods():
@@ -108,7 +122,7 @@ def test_keda_scale_to_zero_wakes_voices_on_demand_seen_outside_their_pods():
         spec = scaled[name]
         assert spec["minReplicaCount"] == 0 and spec["cooldownPeriod"] == 300
         triggers = {t["name"]: t for t in spec["triggers"]}
-        assert list(triggers) == ["ttfb-p95", "active-sessions", "demand"]
+        assert list(triggers) == ["ttfb-p95", "active-sessions", "saturation", "demand"]
         demand = triggers["demand"]
         assert demand["type"] == "prometheus" and demand["metricType"] == "AverageValue"
         assert demand["metadata"]["query"] == (
@@ -116,7 +130,7 @@ def test_keda_scale_to_zero_wakes_voices_on_demand_seen_outside_their_pods():
         assert {k: demand["metadata"][k] for k in ("threshold", "activationThreshold", "ignoreNullValues")} == {
             "threshold": "4", "activationThreshold": "0.2", "ignoreNullValues": "true"}
         # The server-metric triggers carry no activation threshold: at zero pods they see nothing.
-        assert all("activationThreshold" not in triggers[t]["metadata"] for t in ("ttfb-p95", "active-sessions"))
+        assert all("activationThreshold" not in triggers[t]["metadata"] for t in ("ttfb-p95", "active-sessions", "saturation"))
         assert spec["minReplicaCount"] <= spec["maxReplicaCount"]  # the CRD's CEL rule, not checked by jsonschema
 
 
@@ -125,7 +139,7 @@ def test_keda_keeps_one_pod_per_voice_by_default_and_adds_no_demand_trigger():
         assert chart.values["keda"]["minReplicaCount"] == 1 and chart.values["keda"]["demandQuery"] == ""
     for obj in by_kind(render_objects(ALL_ON), "ScaledObject"):
         assert obj["spec"]["minReplicaCount"] == 1
-        assert [t["name"] for t in obj["spec"]["triggers"]] == ["ttfb-p95", "active-sessions"]
+        assert [t["name"] for t in obj["spec"]["triggers"]] == ["ttfb-p95", "active-sessions", "saturation"]
     with_floor = with_values(ALL_ON, **{"keda.minReplicaCount": 2})
     floors = {o["metadata"]["name"]: o["spec"]["minReplicaCount"] for o in by_kind(render_objects(with_floor), "ScaledObject")}
     assert floors == {"tara-chat": 1, "leo-long": 2}  # a voice's own minReplicas wins over the chart's floor
@@ -141,6 +155,9 @@ def test_adapter_rules_are_the_operators_rules():
     (config_map,) = [c for c in by_kind(render_objects(ALL_ON), "ConfigMap") if "adapter" in c["metadata"]["name"]]
     assert config_map["metadata"]["namespace"] == "monitoring"
     assert yaml.safe_load(config_map["data"]["config.yaml"]) == {"rules": PROMETHEUS_ADAPTER_RULES}
+    (saturation,) = [r for r in PROMETHEUS_ADAPTER_RULES if r["name"]["as"] == SATURATION_METRIC]
+    assert saturation["seriesQuery"] == 'orpheus_tts_saturation{namespace!="",pod!=""}'
+    assert saturation["metricsQuery"] == "max by (<<.GroupBy>>) (<<.Series>>{<<.LabelMatchers>>})"
 
 
 def test_monitors_select_the_operators_voice_services_and_pods():
@@ -233,6 +250,10 @@ def test_notes_tell_the_user_what_to_do_next():
     ({"keda": {"demandThreshold": "ten"}}, "demandThreshold"),
     ({"voices": [{"name": "Tara", "spec": {"model": {}, "gpuProfile": "l4"}}]}, "name"),
     ({"prometheusRule": {"alerts": {"voiceNotReady": {"for": "30 minutes"}}}}, "for"),
+    ({"prometheusRule": {"alerts": {"voiceOverCapacity": {"threshold": 0}}}}, "threshold"),
+    ({"prometheusRule": {"alerts": {"voiceOverCapacity": {"threshold": "100%"}}}}, "threshold"),
+    ({"prometheusRule": {"alerts": {"requestsRefused": {"severity": "urgent"}}}}, "severity"),
+    ({"prometheusRule": {"alerts": {"requestsRefused": {"window": "5m"}}}}, "window"),  # not one of its keys
 ])
 def test_values_schema_rejects_misspelled_and_mistyped_values(bad, where):
     with helm.Chart.load(CHART) as chart:

@@ -15,7 +15,9 @@ EXAMPLES = ["voice-rtx4090-conversational.yaml", "voice-h100-longform.yaml"]
 
 
 def validate(voice: dict) -> None:
-    jsonschema.Draft7Validator(voice_schema()).validate(voice)
+    # Draft 4: a CRD schema is OpenAPI v3.0's, whose exclusiveMinimum is a flag on minimum, as in
+    # draft 4 (draft 7 reads it as a number of its own).
+    jsonschema.Draft4Validator(voice_schema()).validate(voice)
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
@@ -46,6 +48,10 @@ INVALID = {
     "zero sessions": lambda s: s.update(sessionsPerPod=0),
     "tiny context": lambda s: s.update(contextTokens=100),
     "zero max replicas": lambda s: s.update(autoscaling={"maxReplicas": 0}),
+    "zero target saturation": lambda s: s.update(autoscaling={"targetSaturation": 0}),
+    "negative target saturation": lambda s: s.update(autoscaling={"targetSaturation": -0.5}),
+    "target saturation past 1": lambda s: s.update(autoscaling={"targetSaturation": 1.2}),
+    "target saturation as a percentage": lambda s: s.update(autoscaling={"targetSaturation": "80%"}),
     "grace period too short": lambda s: s.update(terminationGracePeriodSeconds=1),
     "string sessions": lambda s: s.update(sessionsPerPod="many"),
     "bad toleration effect": lambda s: s.update(tolerations=[{"key": "k", "effect": "Sometimes"}]),
@@ -69,8 +75,18 @@ def test_defaults_match_what_the_api_server_would_fill_in():
     assert spec["codec"] == {"hub": {"repo": "hubertsiuzdak/snac_24khz", "revision": "main"}}
     assert spec["engineCache"] == {}  # the claim name, like the images and gpuProfile, is the operator's default
     assert "image" not in spec and "builderImage" not in spec and spec["gpuProfile"] == "l4"
-    assert spec["autoscaling"] == {"enabled": True, "minReplicas": 1, "maxReplicas": 4, "targetTtfbP95Ms": 250}
+    assert spec["autoscaling"] == {"enabled": True, "minReplicas": 1, "maxReplicas": 4, "targetTtfbP95Ms": 250,
+                                   "targetSaturation": 0.8}
     assert (spec["sessionsPerPod"], spec["maxBatchSize"], spec["contextTokens"]) == (16, 16, 4096)
+
+
+@pytest.mark.parametrize("target", [0.05, 0.8, 1, 1.0])
+def test_target_saturation_takes_any_fraction_up_to_one_and_reaches_the_voice(target):
+    voice = _minimal()
+    voice["spec"]["autoscaling"] = {"targetSaturation": target}
+    validate(voice)
+    assert Voice.from_body(voice).autoscaling.target_saturation == target
+    assert Voice.from_body(_minimal()).autoscaling.target_saturation == 0.8  # the CRD default
 
 
 def test_defaulting_does_not_change_the_input():
@@ -109,7 +125,7 @@ def test_schema_is_structural():
         for branch in node.get("oneOf", []):
             assert set(branch) <= {"required"}, f"{path}: oneOf may only constrain, not declare"
         if "default" in node:
-            jsonschema.Draft7Validator(node).validate(node["default"])
+            jsonschema.Draft4Validator(node).validate(node["default"])
 
 
 def test_crd_has_status_scale_and_printer_columns():

@@ -86,7 +86,7 @@ def test_what_the_voice_names_wins_over_the_defaults():
     body = bare_voice()
     body["spec"].update(image="mine:2", builderImage="my-builder:2", gpuProfile="h100-80gb",
                         engineCache={"claimName": "my-cache"})
-    jsonschema.Draft7Validator(voice_schema()).validate(body)
+    jsonschema.Draft4Validator(voice_schema()).validate(body)
     voice = Voice.from_body(body, settings)
     assert (voice.image, voice.builder_image, voice.gpu_profile, voice.cache_claim) == (
         "mine:2", "my-builder:2", "h100-80gb", "my-cache")
@@ -128,7 +128,7 @@ def test_the_engine_hash_is_the_same_for_a_default_and_a_named_gpu_profile():
 
 def test_the_schema_accepts_a_voice_without_gpu_profile_images_or_claim_and_fills_none_in():
     body = bare_voice()
-    jsonschema.Draft7Validator(voice_schema()).validate(body)
+    jsonschema.Draft4Validator(voice_schema()).validate(body)
     spec = apply_defaults(body)["spec"]
     assert "gpuProfile" not in spec and "image" not in spec and "builderImage" not in spec
     assert "claimName" not in spec["engineCache"]

@@ -12,7 +12,8 @@ from operator_testkit import load_example
 from orpheus_operator.engine_job import build_args, engine_job
 from orpheus_operator.settings import DEFAULT_BUILDER_IMAGE, DEFAULT_IMAGE
 from orpheus_operator.hashing import engine_hash, engine_identity
-from orpheus_operator.metrics import ACTIVE_SESSIONS_METRIC, HPA_METRICS, PROMETHEUS_ADAPTER_RULES, TTFB_P95_METRIC
+from orpheus_operator.metrics import (ACTIVE_SESSIONS_METRIC, HPA_METRICS, PROMETHEUS_ADAPTER_RULES, SATURATION_METRIC,
+                                      TTFB_P95_METRIC)
 from orpheus_operator.crd import crd_manifest
 from orpheus_operator.plan import render
 from orpheus_operator.serving import (EXPECTED_STARTUP_S, deployment, horizontal_pod_autoscaler, server_args,
@@ -143,15 +144,26 @@ def test_server_accepts_the_settings_the_operator_passes():
     assert loaded.model.quantization == "none"  # bf16, as budgeted
 
 
-def test_hpa_scales_on_ttfb_p95_and_active_sessions_per_pod():
+def test_hpa_scales_on_ttfb_p95_active_sessions_and_saturation_per_pod():
     voice = Voice.from_body(VARIANTS["rtx-4090 conversational"])
     metrics = horizontal_pod_autoscaler(voice, "h")["spec"]["metrics"]
-    assert [(m["type"], m["pods"]["metric"]["name"], m["pods"]["target"]["averageValue"]) for m in metrics] == [
-        ("Pods", TTFB_P95_METRIC, "150m"),  # 150 ms, as a quantity of seconds
-        ("Pods", ACTIVE_SESSIONS_METRIC, "36"),
+    assert [(m["type"], m["pods"]["metric"]["name"], m["pods"]["target"]) for m in metrics] == [
+        ("Pods", TTFB_P95_METRIC, {"type": "AverageValue", "averageValue": "150m"}),  # 150 ms, as a quantity of seconds
+        ("Pods", ACTIVE_SESSIONS_METRIC, {"type": "AverageValue", "averageValue": "36"}),
+        ("Pods", SATURATION_METRIC, {"type": "AverageValue", "averageValue": "800m"}),  # the CRD default, 0.8
     ]
-    assert HPA_METRICS == {"ttfbP95": "orpheus_tts_ttfb_p95_seconds", "activeSessions": "orpheus_tts_active_sessions"}
+    assert HPA_METRICS == {"ttfbP95": "orpheus_tts_ttfb_p95_seconds", "activeSessions": "orpheus_tts_active_sessions",
+                           "saturation": "orpheus_tts_saturation"}
     assert {rule["name"]["as"] for rule in PROMETHEUS_ADAPTER_RULES} == set(HPA_METRICS.values())
+
+
+@pytest.mark.parametrize("target, quantity", [(0.65, "650m"), (0.125, "125m"), (0.9995, "1"), (1, "1"), (0.0001, "1m")])
+def test_hpa_saturation_target_is_the_voices_as_a_quantity_in_thousandths(target, quantity):
+    body = _voice(autoscaling={"targetSaturation": target})
+    hpa = horizontal_pod_autoscaler(Voice.from_body(body), "h")
+    (saturation,) = [m["pods"] for m in hpa["spec"]["metrics"] if m["pods"]["metric"]["name"] == SATURATION_METRIC]
+    assert saturation["target"] == {"type": "AverageValue", "averageValue": quantity}
+    kubernetes_validate.validate(hpa, KUBERNETES_VERSION, strict=True)
 
 
 def test_build_job_mounts_the_cache_and_sources_and_runs_the_builder():

@@ -26,4 +26,15 @@ rules:
     matches: ^orpheus_tts_active_sessions$
     as: orpheus_tts_active_sessions
   metricsQuery: sum by (<<.GroupBy>>) (<<.Series>>{<<.LabelMatchers>>})
+- seriesQuery: orpheus_tts_saturation{namespace!="",pod!=""}
+  resources:
+    overrides:
+      namespace:
+        resource: namespace
+      pod:
+        resource: pod
+  name:
+    matches: ^orpheus_tts_saturation$
+    as: orpheus_tts_saturation
+  metricsQuery: max by (<<.GroupBy>>) (<<.Series>>{<<.LabelMatchers>>})
 {{- end }}

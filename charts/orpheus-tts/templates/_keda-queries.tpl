@@ -8,3 +8,6 @@ histogram_quantile(0.95, sum by (le) (rate(orpheus_tts_ttfb_seconds_bucket{ {{- 
 {{- define "orpheus-tts.kedaQuery.activeSessions" -}}
 sum(orpheus_tts_active_sessions{ {{- . -}} })
 {{- end }}
+{{- define "orpheus-tts.kedaQuery.saturation" -}}
+sum(orpheus_tts_saturation{ {{- . -}} })
+{{- end }}
