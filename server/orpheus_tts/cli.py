@@ -179,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--grpc-port", type=int, default=50051, help="gRPC port (default: 50051; 0 picks one)")
     serve.add_argument("--http-port", type=int, default=8000,
                        help="HTTP and WebSocket port (default: 8000; 0 picks one; -1 serves no HTTP)")
-    serve.add_argument("--ws-idle-timeout-s", type=float, default=30.0,
-                       help="close a WebSocket whose client sends nothing for this long while text is due")
+    serve.add_argument("--stream-idle-timeout-s", "--ws-idle-timeout-s", dest="ws_idle_timeout_s", type=float,
+                       default=30.0, help="end a streamed-text request (WebSocket, gRPC StreamingSynthesize) whose "
+                                          "client sends nothing for this long while text is due")
     serve.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port (default: 9090)")
     serve.add_argument("--grace-s", type=float, default=10.0, help="seconds in-flight streams get on shutdown")
     _add_config_flags(serve)

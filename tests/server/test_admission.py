@@ -95,11 +95,13 @@ def one_slot_server(start_http_server):
 
 
 async def _hold_the_slot(stub):
-    """A streaming call that sends its config and no text: it holds the only session slot."""
+    """A streaming call that sends a sentence and then neither more text nor its end: it holds
+    the only session slot (until the idle timeout, 30 s)."""
     queue: asyncio.Queue = asyncio.Queue()
 
     async def requests():
         yield tts_pb2.StreamingSynthesizeRequest(config=tts_pb2.StreamingSynthesisConfig(voice="tara"))
+        yield tts_pb2.StreamingSynthesizeRequest(input=tts_pb2.TextInput(text="Hold on."))
         await queue.get()
 
     call = stub.StreamingSynthesize(requests())

@@ -1,8 +1,13 @@
 """StreamingSynthesize: text arrives in pieces and audio starts before the text is complete."""
 
-import grpc
+import asyncio
+import time
 
-from orpheus_tts.api.gen import tts_pb2
+import grpc
+import pytest
+
+from orpheus_tts.api.gen import tts_pb2, tts_pb2_grpc
+from server_testkit import RunningServer, grpc_server_config
 
 
 def config(**fields) -> tts_pb2.StreamingSynthesizeRequest:
@@ -59,3 +64,38 @@ async def test_closing_the_request_stream_ends_the_text(tts):
     assert responses[-1].metrics.frames > 0
     stats = await tts.GetStats(tts_pb2.GetStatsRequest())
     assert stats.free_slots == stats.max_concurrent_sessions
+
+
+async def test_no_slot_until_text_arrives_and_a_silent_client_is_ended_after_the_idle_timeout():
+    """Config and then silence takes no session slot; text and then silence holds one only until
+    the idle timeout, when the call ends with DEADLINE_EXCEEDED and the slot is free again."""
+    server = RunningServer(grpc_server_config(**{"scheduler.max_concurrent_sessions": 2}), stream_idle_timeout_s=0.5)
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = tts_pb2_grpc.TextToSpeechStub(channel)
+            forever = asyncio.Event()
+
+            async def silent(*first):
+                for request in first:
+                    yield request
+                await forever.wait()
+
+            idle = stub.StreamingSynthesize(silent(config(voice="tara")))
+            talked = stub.StreamingSynthesize(silent(config(voice="tara"), text("One sentence.")))
+            await asyncio.sleep(0.2)
+            assert (await stub.GetStats(tts_pb2.GetStatsRequest())).free_slots == 1  # only `talked` holds one
+            started = time.monotonic()
+            for call in (idle, talked):
+                with pytest.raises(grpc.aio.AioRpcError) as error:
+                    async for _ in call:
+                        pass
+                assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert error.value.details().startswith("no text for 0.5 s (the server's idle timeout)")
+            assert time.monotonic() - started < 10
+            for _ in range(100):
+                if (await stub.GetStats(tts_pb2.GetStatsRequest())).free_slots == 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert (await stub.GetStats(tts_pb2.GetStatsRequest())).free_slots == 2
+    finally:
+        server.close()

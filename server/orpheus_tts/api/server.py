@@ -33,7 +33,7 @@ DEFAULT_GRACE_S = 10.0  # in-flight streams get this long to finish on shutdown
 class OrpheusServer:
     def __init__(self, config: ServerConfig, host: str = "0.0.0.0", grpc_port: int = 50051,
                  metrics_port: int | None = 9090, http_port: int | None = None,
-                 http_settings: HttpSettings | None = None):
+                 http_settings: HttpSettings | None = None, stream_idle_timeout_s: float = 30.0):
         """Port 0 picks a free port (see `grpc_port`/`http_port`/`metrics_port` after `start`).
 
         metrics_port None: no separate metrics port (HTTP still serves /metrics); http_port None: no HTTP.
@@ -47,7 +47,7 @@ class OrpheusServer:
         self.metrics = ServerMetrics()
         self._http = HttpServer(create_app(self, http_settings), host, http_port, DEFAULT_GRACE_S) \
             if http_port is not None else None
-        self.servicer = TextToSpeechServicer(self.metrics, config.default_voice)
+        self.servicer = TextToSpeechServicer(self.metrics, config.default_voice, stream_idle_timeout_s)
         self.health = health.aio.HealthServicer()
         self.engine: Engine | None = None
         self._grpc: grpc.aio.Server | None = None
@@ -117,7 +117,8 @@ async def serve(config: ServerConfig, host: str, grpc_port: int, metrics_port: i
                 grace_s: float = DEFAULT_GRACE_S, http_port: int | None = 8000,
                 http_settings: HttpSettings | None = None) -> None:
     """Run until SIGINT or SIGTERM, then shut down gracefully."""
-    server = OrpheusServer(config, host, grpc_port, metrics_port, http_port, http_settings)
+    idle_s = (http_settings or HttpSettings()).idle_timeout_s  # one idle timeout for streamed text
+    server = OrpheusServer(config, host, grpc_port, metrics_port, http_port, http_settings, idle_s)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -129,9 +129,10 @@ def add_to_server(servicer: "TextToSpeechServicer", server: grpc.aio.Server) -> 
 
 
 class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
-    def __init__(self, metrics: ServerMetrics, default_voice: str):
+    def __init__(self, metrics: ServerMetrics, default_voice: str, idle_timeout_s: float = 30.0):
         self.metrics = metrics
         self.default_voice = default_voice  # ListVoices answers it while the model loads
+        self.idle_timeout_s = idle_timeout_s  # a StreamingSynthesize client silent this long (text due) is ended
         self.engine: Engine | None = None  # set by the server once the model is warmed up
 
     async def Synthesize(self, request: tts_pb2.SynthesizeRequest, context) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
@@ -158,9 +159,18 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
             record.voice = config.voice or self.default_voice
             speech = messages.speech_request(engine, config, "", allow_empty_text=True)
             record.voice = speech.voice
+            # No session (no slot, no share of the capacity) until the client has sent some text.
+            early = [first] if first is not None and first.HasField("input") else []
+            while first is not None and not early:
+                request = messages.well_formed(await self._next(requests))
+                if request is None:
+                    break  # closed with no text: the empty text is refused below, as Synthesize refuses it
+                if request.HasField("config"):
+                    raise RequestError("config", "only the first request may carry config")
+                early.append(request)
             stream = engine.open_stream(speech, streaming_text=True)
             text = messages.StreamedText(stream)
-            reader = asyncio.create_task(self._read_text(first, requests, text, stream, record))
+            reader = asyncio.create_task(self._read_text(early, requests, text, stream, record))
             try:
                 async for response in self._respond(stream, speech, record, tts_pb2.StreamingSynthesizeResponse):
                     yield response
@@ -213,22 +223,32 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
                 raise RpcFailure(_OUTCOME_STATUS[event.outcome], event.error or f"session {event.outcome.value}")
             yield response_type(metrics=messages.synthesis_metrics(record.id, event.metrics))
 
-    @staticmethod
-    async def _read_text(first, requests, text: messages.StreamedText, stream: SpeechStream,
+    async def _read_text(self, early: list, requests, text: messages.StreamedText, stream: SpeechStream,
                          record: RequestRecord) -> None:
-        """Feed the client's text to the stream; on a bad piece, cancel the session and keep the error."""
+        """Feed the client's text to the stream; on a bad piece or a client silent for the idle
+        timeout while text is due, cancel the session and keep the error."""
         try:
-            pending = [first] if first is not None and first.HasField("input") else []
-            for request in pending:
+            for request in early:
                 record.chars += len(request.input.text or request.input.text_utf8)
                 text.add(request.input)
-            async for request in requests:
-                request = messages.well_formed(request)
+            while True:  # after end_of_text, a piece more is refused; the client may stay silent
+                request = messages.well_formed(await (anext(requests, None) if text.ended else self._next(requests)))
+                if request is None:
+                    break
                 if request.HasField("config"):
                     raise RequestError("config", "only the first request may carry config")
                 record.chars += len(request.input.text or request.input.text_utf8)
                 text.add(request.input)
             text.end()
-        except RequestError:
+        except (RequestError, RpcFailure):
             stream.cancel()
             raise
+
+    async def _next(self, requests):
+        """The client's next request (None once it closed its side), within the idle timeout."""
+        try:
+            return await asyncio.wait_for(anext(requests, None), self.idle_timeout_s)
+        except asyncio.TimeoutError:
+            raise RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED,
+                             f"no text for {self.idle_timeout_s:g} s (the server's idle timeout): send text, or "
+                             f"end_of_text to finish") from None
