@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,6 +29,7 @@ log = logging.getLogger("orpheus_tts.server")
 
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 DEFAULT_GRACE_S = 10.0  # in-flight streams get this long to finish on shutdown
+_DRAIN_POLL_S = 0.05  # how often a draining server looks whether its streams have finished
 
 
 class OrpheusServer:
@@ -86,16 +88,28 @@ class OrpheusServer:
                  self.config.scheduler.max_batch_size)
 
     async def stop(self, grace_s: float = DEFAULT_GRACE_S) -> None:
-        """NOT_SERVING at once, let in-flight streams finish for `grace_s`, then stop everything."""
-        self.draining = True
+        """NOT_SERVING at once, let in-flight streams finish for `grace_s`, then stop everything.
+
+        The listeners stay up while the streams drain: probes get their answer (`/readyz` 503,
+        gRPC health NOT_SERVING, `/healthz` alive) and new requests a clear refusal (HTTP 503,
+        UNAVAILABLE, WebSocket 1013) instead of a refused connection, and streams of every
+        protocol, WebSocket included, finish. Only then, or at the end of the grace, do the
+        doors close (what is still running then is ended: gRPC CANCELLED, WebSocket 1012)."""
+        self.draining = self.servicer.draining = True
         await self.health.enter_graceful_shutdown()
         self.metrics.ready.set(0)
+        deadline = time.monotonic() + grace_s
+        while self.engine is not None and self._in_flight() and time.monotonic() < deadline:
+            await asyncio.sleep(_DRAIN_POLL_S)
+        left = max(0.0, deadline - time.monotonic())
+        if self.engine is not None and self._in_flight():
+            log.warning("grace of %.0f s over with %d sessions still running: ending them", grace_s, self._in_flight())
         doors = []
         if self._grpc is not None:
-            doors.append(self._grpc.stop(grace_s))
+            doors.append(self._grpc.stop(left))
             self._grpc = None
         if self._http is not None:
-            doors.append(self._http.stop(grace_s))
+            doors.append(self._http.stop(left))
         await asyncio.gather(*doors)
         if self.engine is not None:
             await asyncio.to_thread(self.engine.stop)
@@ -103,6 +117,10 @@ class OrpheusServer:
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.close()
             self._metrics_endpoint = None
+
+    def _in_flight(self) -> int:
+        stats = self.engine.stats()
+        return stats.active_sessions + stats.pending_sessions
 
     async def _set_health(self, status) -> None:
         for service in ("", SERVICE_NAME):  # "" is the whole server, as Kubernetes' gRPC probe asks

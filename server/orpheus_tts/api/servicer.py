@@ -134,6 +134,7 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
         self.default_voice = default_voice  # ListVoices answers it while the model loads
         self.idle_timeout_s = idle_timeout_s  # a StreamingSynthesize client silent this long (text due) is ended
         self.engine: Engine | None = None  # set by the server once the model is warmed up
+        self.draining = False  # set by the server at shutdown: new requests are refused
 
     async def Synthesize(self, request: tts_pb2.SynthesizeRequest, context) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
         async with RequestRecord("Synthesize", context, self.metrics) as record:
@@ -206,6 +207,8 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
 
     # -- helpers --------------------------------------------------------------------------
     def _ready_engine(self) -> Engine:
+        if self.draining:
+            raise RpcFailure(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another replica")
         if self.engine is None or not self.engine.ready:
             raise RpcFailure(grpc.StatusCode.UNAVAILABLE, "the model is still loading; retry shortly")
         return self.engine
