@@ -163,11 +163,9 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
             # No session (no slot, no share of the capacity) until the client has sent some text.
             early = [first] if first is not None and first.HasField("input") else []
             while first is not None and not early:
-                request = messages.well_formed(await self._next(requests))
+                request = _later_request(await self._next(requests))
                 if request is None:
                     break  # closed with no text: the empty text is refused below, as Synthesize refuses it
-                if request.HasField("config"):
-                    raise RequestError("config", "only the first request may carry config")
                 early.append(request)
             stream = engine.open_stream(speech, streaming_text=True)
             text = messages.StreamedText(stream)
@@ -235,11 +233,9 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
                 record.chars += len(request.input.text or request.input.text_utf8)
                 text.add(request.input)
             while True:  # after end_of_text, a piece more is refused; the client may stay silent
-                request = messages.well_formed(await (anext(requests, None) if text.ended else self._next(requests)))
+                request = _later_request(await (anext(requests, None) if text.ended else self._next(requests)))
                 if request is None:
                     break
-                if request.HasField("config"):
-                    raise RequestError("config", "only the first request may carry config")
                 record.chars += len(request.input.text or request.input.text_utf8)
                 text.add(request.input)
             text.end()
@@ -255,3 +251,11 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
             raise RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED,
                              f"no text for {self.idle_timeout_s:g} s (the server's idle timeout): send text, or "
                              f"end_of_text to finish") from None
+
+
+def _later_request(request):
+    """A StreamingSynthesize request after the first, checked (None: the client closed its side)."""
+    request = messages.well_formed(request)
+    if request is not None and request.HasField("config"):
+        raise RequestError("config", "only the first request may carry config")
+    return request

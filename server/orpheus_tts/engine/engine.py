@@ -79,7 +79,8 @@ class Engine:
         self.piece_maker = PieceMaker(tokenizer, sched.max_context_tokens)
         self.scheduler = Scheduler(sched, self.kv_cache.allocator, config.codec)
         self.timings = EngineTimings()
-        self.step_cost = StepCost()  # a step's time against its batch size, for the prefill wait
+        self.step_cost = StepCost()  # a step's time against its batch size: prefill wait, capacity
+        self._capacity = sched.max_concurrent_sessions  # real-time capacity, re-estimated each step
         self._step_estimate_s = 0.0  # recent step duration (moving average): how fast tokens come
         self.chunk_policy = ChunkPolicy(sched, config.codec.lookahead_frames)
         self.audio = AudioPipeline(codec, config.codec.graph_max_batch, self.timings)
@@ -196,7 +197,7 @@ class Engine:
             pending_sessions=self.scheduler.pending_count, max_concurrent=alloc.n_slots,
             used_slots=alloc.used_count, free_slots=alloc.free_count,
             total_tokens=c.total_tokens, total_batches=c.total_batches,
-            refused_sessions=c.refused_sessions, capacity=self.capacity(),
+            refused_sessions=c.refused_sessions, capacity=self._capacity,
         )
 
     # -- the loop (engine thread) ---------------------------------------------------------
@@ -249,9 +250,9 @@ class Engine:
         self._record_step(started, launched, len(decode), len(prefill))
         return True
 
-    def capacity(self) -> int:
+    def _estimate_capacity(self) -> int:
         """The streams this engine can keep in real time now (`engine/capacity.py`); the slots
-        with `scheduler.admission=slots`."""
+        with `scheduler.admission=slots`. Once per step, in `_schedule`; `stats` reports it."""
         sched = self.config.scheduler
         if sched.admission == "slots":
             return self.kv_cache.allocator.n_slots
@@ -262,7 +263,8 @@ class Engine:
         """End what must end, admit queued sessions, start the pieces that are ready."""
         for session, outcome, error in self.scheduler.take_ended(time.monotonic()):
             self._finish(session, outcome, error)
-        for session in self.scheduler.admit(self.capacity()):
+        self._capacity = self._estimate_capacity()
+        for session in self.scheduler.admit(self._capacity):
             if session.cancelled:
                 self._finish(session, Outcome.CANCELLED)
             elif session.metrics.queue_s is None:

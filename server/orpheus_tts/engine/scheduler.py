@@ -77,10 +77,9 @@ class Scheduler:
         admitted (None: slots alone decide); returns the newly admitted ones (and the cancelled
         ones found on the way, which get no slot)."""
         admitted = []
-        limit = self.allocator.free_count + len(self.active) if capacity is None else capacity
         with self._lock:
-            while self.pending and (self.pending[0].cancelled or
-                                    (self.allocator.free_count and len(self.active) < limit)):
+            while self.pending and (self.pending[0].cancelled or (self.allocator.free_count and (
+                    capacity is None or len(self.active) < capacity))):
                 session = self.pending.popleft()
                 if session.cancelled:
                     admitted.append(session)  # the engine ends it without a slot
