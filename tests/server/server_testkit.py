@@ -14,7 +14,9 @@ from orpheus_tts.config import load_config
 
 def small_config(**overrides):
     """Engine config for tests: CPU, short contexts, short texts, deterministic codec and chunk
-    joins (a slow CPU step would otherwise send every chunk frame by frame)."""
+    joins (a slow CPU step would otherwise send every chunk frame by frame), and a long queue
+    bound: on a slow machine a queued session waits past the default 2 s for a CPU stream to
+    finish; tests of refusal set `scheduler.max_queue_wait_s` themselves."""
     base = {
         "model.device": "cpu",
         "codec.device": "cpu",
@@ -23,6 +25,7 @@ def small_config(**overrides):
         "scheduler.max_context_tokens": 1024,
         "scheduler.max_concurrent_sessions": 4,
         "scheduler.max_batch_size": 4,
+        "scheduler.max_queue_wait_s": 60.0,
     }
     base.update(overrides)
     return load_config(overrides=base, environ={})
