@@ -325,9 +325,10 @@ def _describe(row: dict) -> str:
 
 async def run_bench(target, mode: str, max_concurrent: int, requests: int, workload: Workload, stagger_s: float,
                     target_ttfb_ms: float, progress: Progress | None = None, capacity: int | None = None,
-                    arrival_rates: tuple[float, ...] = (), duration_s: float = 30.0) -> dict:
-    """`mode`: scaling, tuning, all (both) or overload (closed loop at 1.5x and 2x `capacity`);
-    `arrival_rates` adds an open-loop level for each rate."""
+                    arrival_rates: tuple[float, ...] = (), duration_s: float = 30.0,
+                    levels: list[int] | None = None) -> dict:
+    """`mode`: scaling (the ramp to `max_concurrent`, or `levels`), tuning, all (both) or overload
+    (closed loop at 1.5x and 2x `capacity`); `arrival_rates` adds an open-loop level for each rate."""
     progress = progress or Progress()
     measured: dict[int, dict] = {}
 
@@ -342,7 +343,7 @@ async def run_bench(target, mode: str, max_concurrent: int, requests: int, workl
     out: dict = {}
     async with target:
         if mode in ("scaling", "all"):
-            out["scaling"] = [await level(n) for n in ramp(max_concurrent)]
+            out["scaling"] = [await level(n) for n in (levels or ramp(max_concurrent))]
         if mode in ("tuning", "all"):
             # Ramp until a level fails, then bisect between the last pass and the first failure.
             best, failed = 0, None

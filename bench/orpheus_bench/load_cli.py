@@ -18,12 +18,24 @@ from orpheus_bench.workload import DEFAULT_TEXT, Workload
 from orpheus_bench.results import git_commit, write_json
 
 
+def parse_levels(text: str) -> list[int]:
+    """`--levels 1,256,450`: positive concurrencies, in the order given."""
+    try:
+        levels = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--levels must be comma-separated whole numbers, got {text!r}") from None
+    if not levels or min(levels) < 1:
+        raise ValueError(f"--levels must all be at least 1, got {text!r}")
+    return levels
+
+
 def main(args, config, command: str) -> int:
     """Run from `orpheus-tts bench`; exits 0 when every level had a successful stream."""
     if args.concurrent < 1 or args.requests < 1:
         raise ValueError("--concurrent and --requests must be at least 1")
     if not args.in_process and not args.server:
         raise ValueError("give --server HOST:PORT or --in-process")
+    levels = parse_levels(args.levels) if getattr(args, "levels", None) else None
     text = args.text or DEFAULT_TEXT
     workload = Workload(args.workload, text)
     target_ttfb_ms = args.target_ttfb_ms or config.active_profile.target_ttfb_ms
@@ -37,9 +49,9 @@ def main(args, config, command: str) -> int:
     started = time.time()
     out = asyncio.run(run_bench(target, args.mode, args.concurrent, args.requests, workload, args.stagger_s,
                                 target_ttfb_ms, capacity=args.capacity, arrival_rates=tuple(args.arrival_rate),
-                                duration_s=args.duration_s))
+                                duration_s=args.duration_s, levels=levels))
     results = dict(command=command, git_commit=git_commit(), target=where, mode=args.mode,
-                   workload=dict(**workload.describe(), concurrent=args.concurrent,
+                   workload=dict(**workload.describe(), concurrent=args.concurrent, levels=levels,
                                  requests_per_stream=args.requests, stagger_s=args.stagger_s,
                                  end_of_speech_suppressed=not args.stop_at_end_of_speech,
                                  arrival_rates_per_s=args.arrival_rate, open_loop_duration_s=args.duration_s),

@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="also an open-loop level: Poisson arrivals at this rate for --duration-s (repeatable)")
     bench.add_argument("--duration-s", type=float, default=30.0, help="length of each open-loop level")
     bench.add_argument("--concurrent", type=int, default=16, help="highest concurrency (default: 16)")
+    bench.add_argument("--levels", metavar="N,N,...",
+                       help="with --mode scaling: these concurrencies instead of the ramp 1, 2, 4 ... --concurrent")
     bench.add_argument("--requests", type=int, default=4,
                        help="streams each concurrent client makes back to back at each level (default: 4)")
     bench.add_argument("--text", default=None, help="the sentence each stream speaks (default: a 57-character one, 118 frames)")

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from orpheus_bench import load
+from orpheus_bench import load, load_cli
 from orpheus_tts import cli
 from server_testkit import RunningServer, grpc_server_config
 
@@ -69,6 +69,27 @@ def test_bench_against_a_server_tunes_to_a_concurrency_within_range(tmp_path):
     _check_levels(results, [1, 2], 1)
     assert 0 <= results["tuning"]["max_concurrent_meeting_target"] <= 2
     assert results["tuning"]["target_ttfb_ms"] == 60000
+
+
+def test_bench_scaling_runs_the_levels_given_in_their_order(tmp_path):
+    server = RunningServer(grpc_server_config())
+    try:
+        out = tmp_path / "levels.json"
+        code = cli.main(["--log-level", "WARNING", "bench", "--server", server.address, "--mode", "scaling",
+                         "--levels", "3,1", "--requests", "1", *SHORT, "--output", str(out)])
+    finally:
+        server.close()
+    assert code == 0
+    results = json.loads(out.read_text())
+    assert [row["concurrency"] for row in results["scaling"]] == [3, 1]
+    assert results["workload"]["levels"] == [3, 1]
+    _check_levels(results, [1, 3], 1)
+
+
+@pytest.mark.parametrize("levels", ["1,x", "0,4", ""])
+def test_bench_refuses_levels_that_are_not_positive_whole_numbers(levels):
+    with pytest.raises(ValueError, match="--levels"):
+        load_cli.parse_levels(levels)
 
 
 def test_bench_needs_a_target(capsys):
