@@ -54,17 +54,11 @@ def main() -> None:
     result = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
               "commit": os.environ.get("GIT_COMMIT", ""), "settings": SETTINGS,
               "command": "python -m orpheus_bench.engine_startup --out " + str(out)}
-    build_cmd = [sys.executable, "-m", "engine_jobs.build", "--model-source", "random:orpheus-3b",
-                 "--snac-source", "random", "--precision", "fp8", "--gpu-arch", arch, "--compile", "required",
-                 "--output", str(engine), *sets(SETTINGS)]
-    t = time.monotonic()
-    built = subprocess.run(build_cmd, capture_output=True, text=True)
-    result["build"] = {"seconds": round(time.monotonic() - t, 1), "rc": built.returncode,
-                       "tail": (built.stdout + built.stderr)[-3000:]}
+    result["build"] = build_engine(engine, SETTINGS, arch)
     print(json.dumps(result["build"], indent=1), flush=True)
     save = lambda: (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")  # noqa: E731
     save()  # after each stage: a later one may run out of time
-    if built.returncode == 0:
+    if result["build"]["rc"] == 0:
         manifest = json.loads((engine / "engine.json").read_text())
         result["manifest"] = {k: manifest.get(k) for k in ("compile", "weightsSeconds", "verified", "pending",
                                                             "runtime", "buckets")}
@@ -77,6 +71,17 @@ def main() -> None:
             result["same_tokens"] = same_tokens(engine, work)
             save()
     print(json.dumps(result, indent=1)[-4000:])
+
+
+def build_engine(engine: Path, settings: list[str], arch: str) -> dict:
+    """`python -m engine_jobs.build` from random Orpheus-3B + SNAC weights, FP8, compiled for `arch`."""
+    t = time.monotonic()
+    built = subprocess.run([sys.executable, "-m", "engine_jobs.build", "--model-source", "random:orpheus-3b",
+                            "--snac-source", "random", "--precision", "fp8", "--gpu-arch", arch,
+                            "--compile", "required", "--output", str(engine), *sets(settings)],
+                           capture_output=True, text=True)
+    return {"seconds": round(time.monotonic() - t, 1), "rc": built.returncode,
+            "tail": (built.stdout + built.stderr)[-3000:]}
 
 
 def breakdown_phases(result: dict) -> dict[str, float]:
@@ -95,28 +100,34 @@ def plot_history(out: Path, result: dict) -> None:
     startup_phases([run for run in runs if run[1]], out / "startup.png")
 
 
-def serve_once(engine: Path, work: Path) -> dict:
+def start_server(engine: Path, work: Path, settings: list[str], port: int = 50071, metrics_port: int = 9171,
+                 limit_s: float = 400) -> tuple[subprocess.Popen, float | None, Path]:
+    """`serve --engine` with new empty compile caches and no C compiler, polled through gRPC
+    health: (process, seconds from its start to SERVING or None, its log)."""
     env = {**os.environ, "CC": "/bin/false", "CXX": "/bin/false"}
     for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
         env[name] = tempfile.mkdtemp(dir=work)
-    log = (work / "serve.log").open("w")
+    log_path = work / "serve.log"
     t = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "orpheus_tts.cli", "serve", "--engine", str(engine),
-                             "--grpc-port", "50071", "--http-port", "-1", "--metrics-port", "9171", *sets(SETTINGS)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    serving_s = None
-    while time.monotonic() - t < 400 and proc.poll() is None:
-        rc = subprocess.run([sys.executable, "-m", "orpheus_tts.cli", "health", "--server", "localhost:50071",
+                             "--grpc-port", str(port), "--http-port", "-1", "--metrics-port", str(metrics_port),
+                             *sets(settings)], env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+    while time.monotonic() - t < limit_s and proc.poll() is None:
+        rc = subprocess.run([sys.executable, "-m", "orpheus_tts.cli", "health", "--server", f"localhost:{port}",
                              "--timeout", "1"], capture_output=True).returncode
         if rc == 0:
-            serving_s = round(time.monotonic() - t, 1)
-            break
+            return proc, round(time.monotonic() - t, 1), log_path
         time.sleep(0.5)
+    return proc, None, log_path
+
+
+def serve_once(engine: Path, work: Path) -> dict:
+    proc, serving_s, log_path = start_server(engine, work, SETTINGS)
     say = subprocess.run([sys.executable, "-m", "orpheus_tts.cli", "say", "Hello from a built engine.", "-o",
                           str(work / "served.wav"), "--server", "localhost:50071"], capture_output=True, text=True)
     proc.terminate()
     proc.wait(60)
-    text = (work / "serve.log").read_text()
+    text = log_path.read_text()
     breakdown = re.findall(r"start-up [^\n]*", text)
     return {"serving_s": serving_s, "breakdown": breakdown, "say": (say.stdout + say.stderr)[-300:],
             "log_tail": text[-3000:]}

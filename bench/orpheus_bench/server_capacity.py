@@ -1,0 +1,113 @@
+"""Capacity through the real server: build an engine, serve it, and load it over gRPC.
+
+    python -m orpheus_bench.server_capacity --out bench/results/h200-capacity \\
+        [--slots 512] [--context 1536] [--levels 1,256,450,512] [--overload] [--set KEY=VALUE ...]
+
+1. `python -m engine_jobs.build` (random Orpheus-3B + SNAC weights, FP8) for the slots given.
+2. `orpheus-tts serve --engine` (empty compile caches), timed to SERVING.
+3. `orpheus-tts bench --server --mode scaling --workload mixed --levels ...`: the capacity issue's
+   mixed workload, closed loop, chunk by chunk against a player clock.
+4. With `--overload`: `--mode overload` at 1.5x and 2x the capacity the server itself estimates
+   (`orpheus_tts_capacity_streams` after the scaling run), so what is refused and what stalls at
+   the excess is measured against the server's own figure.
+The server's metrics (capacity, saturation, refusals, queue wait) are scraped after each bench.
+Each stage's result is written as it ends: a later one may run out of time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from orpheus_bench.engine_startup import build_engine, sets, start_server
+
+PORT, METRICS_PORT = 50071, 9171
+SCRAPED = ("orpheus_tts_capacity_streams", "orpheus_tts_saturation", "orpheus_tts_refused_requests_total",
+           "orpheus_tts_queue_seconds_sum", "orpheus_tts_queue_seconds_count", "orpheus_tts_requests_total",
+           "orpheus_tts_sessions_total", "orpheus_tts_step_seconds_sum", "orpheus_tts_step_seconds_count",
+           "orpheus_tts_batch_size_sum", "orpheus_tts_batch_size_count")
+
+
+def scrape() -> dict[str, float]:
+    """The server's own figures, one per series, as `{name{labels}: value}`."""
+    text = urllib.request.urlopen(f"http://localhost:{METRICS_PORT}/metrics", timeout=5).read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith(SCRAPED)}
+
+
+def bench(out: Path, name: str, args: list[str], limit_s: float) -> dict:
+    """One `orpheus-tts bench` run against the server: its JSON, exit code and the metrics after."""
+    output = out / f"{name}.json"
+    cmd = [sys.executable, "-m", "orpheus_tts.cli", "--log-level", "WARNING", "bench", "--server",
+           f"localhost:{PORT}", "--workload", "mixed", "--requests", "1", "--output", str(output), *args]
+    t = time.monotonic()
+    try:
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=limit_s)
+        rc, tail = run.returncode, (run.stdout + run.stderr)[-2000:]
+    except subprocess.TimeoutExpired as exc:
+        rc, tail = "timeout", str(exc.stderr or "")[-2000:]
+    return {"command": "orpheus-tts bench " + " ".join(cmd[cmd.index("bench") + 1:]).replace(str(out), "OUT"),
+            "rc": rc, "seconds": round(time.monotonic() - t, 1), "results": f"{name}.json" if output.exists() else None,
+            "tail": tail, "metrics_after": scrape()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--slots", type=int, default=512)
+    p.add_argument("--context", type=int, default=1536)
+    p.add_argument("--levels", default="1,256,450,512")
+    p.add_argument("--overload", action="store_true", help="then 1.5x and 2x the server's own capacity estimate")
+    p.add_argument("--bench-limit-s", type=float, default=240, help="seconds each bench run may take")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more engine settings")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    settings = [f"scheduler.max_concurrent_sessions={args.slots}", f"scheduler.max_batch_size={args.slots}",
+                f"scheduler.max_context_tokens={args.context}", f"scheduler.max_pending_sessions={2 * args.slots}",
+                *args.set]
+    arch = "sm_{}{}".format(*torch.cuda.get_device_capability(0))
+    work = Path(tempfile.mkdtemp())
+    result = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+              "commit": os.environ.get("GIT_COMMIT", ""), "settings": settings,
+              "command": "python -m orpheus_bench.server_capacity " + " ".join(sys.argv[1:]).replace(str(out), "OUT")}
+    save = lambda: (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")  # noqa: E731
+    result["build"] = build_engine(work / "engine", settings, arch)
+    print(json.dumps(result["build"], indent=1), flush=True)
+    save()
+    if result["build"]["rc"] != 0:
+        return
+    proc, result["serving_s"], log_path = start_server(work / "engine", work, settings, PORT, METRICS_PORT)
+    print(f"SERVING after {result['serving_s']} s", flush=True)
+    save()
+    try:
+        if result["serving_s"] is None:
+            return
+        result["scaling"] = bench(out, "scaling", ["--mode", "scaling", "--levels", args.levels],
+                                  args.bench_limit_s)
+        print(json.dumps(result["scaling"], indent=1)[-3000:], flush=True)
+        save()
+        capacity = int(result["scaling"]["metrics_after"].get("orpheus_tts_capacity_streams", 0))
+        if args.overload and capacity:
+            result["overload"] = bench(out, "overload", ["--mode", "overload", "--capacity", str(capacity)],
+                                       args.bench_limit_s)
+            print(json.dumps(result["overload"], indent=1)[-3000:], flush=True)
+            save()
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        result["server_log_tail"] = log_path.read_text()[-4000:]
+        save()
+
+
+if __name__ == "__main__":
+    main()
