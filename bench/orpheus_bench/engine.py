@@ -44,7 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sections", default="sweep,snac,baseline,load",
                         help="what to run, in this order: any of sweep,snac,baseline,load")
     parser.add_argument("--skip", default="", help="sections to leave out")
-    parser.add_argument("--precisions", default="bf16,fp8", help="sweep: bf16, fp8 or both")
+    parser.add_argument("--precisions", default="bf16,fp8",
+                        help="sweep: any of bf16, fp8 (weights) and fp8kv (FP8 weights over an FP8 KV cache)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="load: an engine config override, e.g. codec.compile=false")
     parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE",

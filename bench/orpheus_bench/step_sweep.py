@@ -1,10 +1,10 @@
-"""The decode step swept over batch sizes and context lengths, in bf16 and FP8: how far the
-step is from the real-time limit and from the weight-read floor.
+"""The decode step swept over batch sizes and context lengths, in bf16, FP8 and FP8 over an FP8
+KV cache (`fp8kv`): how far the step is from the real-time limit and from the weight-read floor.
 
 Per (precision, batch, context): the graph replay alone, the step as the engine sees it (host
 staging, copies, replay, token readback), tokens/s, bytes moved and the share of the copy
 bandwidth that is. Reaches into `DecodeGraphs.buckets`, `.capture()`, `.verify(tolerance)`,
-`.bucket_for(b)`, `.run(slots)` and `._graphs[bucket].replay()`, `model.args.kv_bytes_per_token`
+`.bucket_for(b)`, `.run(slots)` and `._graphs[bucket].replay()`, `kv_cache.nbytes` and `n_slots`,
 and the weights of each block (`attention.wqkv/wo`, `feed_forward.w13/w2`, `weight_fp8`).
 """
 
@@ -17,7 +17,7 @@ import torch
 
 from orpheus_bench import checks
 from orpheus_bench.results import log
-from orpheus_bench.server_parts import DecodeGraphs, compile_model, load_model, quantize_to_fp8
+from orpheus_bench.server_parts import FP8, DecodeGraphs, compile_model, load_model, quantize_to_fp8
 from orpheus_bench.synthetic import load_rows, synthetic_runner
 from orpheus_bench.timing import cuda_time_ms
 from orpheus_tts import orpheus
@@ -34,10 +34,10 @@ def measure_weight_bytes(model) -> int:
 
 
 @torch.inference_mode()
-def step_sweep(model, label, batches, contexts, copy_bw, results, max_tokens, compiled):
+def step_sweep(model, label, batches, contexts, copy_bw, results, max_tokens, compiled, kv_dtype=torch.bfloat16):
     """Time graph replays of the decode step at every (batch, context)."""
-    args = model.args
-    runner = synthetic_runner(model, max(batches), max_tokens, compiled)
+    runner = synthetic_runner(model, max(batches), max_tokens, compiled, kv_dtype)
+    kv_bytes_per_token = runner.kv_cache.nbytes / ((runner.kv_cache.n_slots + 1) * max_tokens)
     graphs = DecodeGraphs(runner, max(batches))
     graphs.buckets = sorted(set(batches))  # the sweep's sizes only: capture what is timed
     t0 = time.time()
@@ -62,7 +62,7 @@ def step_sweep(model, label, batches, contexts, copy_bw, results, max_tokens, co
             for _ in range(n):
                 graphs.run(slots).tolist()
             host_ms = (time.perf_counter() - t) / n * 1e3
-            kv_bytes = b * ctx * args.kv_bytes_per_token
+            kv_bytes = b * ctx * kv_bytes_per_token
             moved = weight_bytes + kv_bytes
             row = dict(precision=label, batch=b, context=ctx, replay_ms=replay_ms, step_ms=host_ms,
                        tokens_per_s=b / (host_ms / 1e3), bytes_per_step=moved,
@@ -98,6 +98,10 @@ def sweeps(model_path, precisions, compiled, results, batches, contexts, bw, sav
     log("checks", results["checks"])
     if "fp8" in precisions:
         results["step_sweep"] += step_sweep(model, "fp8", batches, contexts, bw, results, max(contexts), compiled)
+        save()
+    if "fp8kv" in precisions:  # FP8 weights over an FP8 KV cache (model.kv_cache_dtype: fp8)
+        results["step_sweep"] += step_sweep(model, "fp8kv", batches, contexts, bw, results, max(contexts), compiled,
+                                            kv_dtype=FP8)
         save()
     del model
     gc.collect()

@@ -35,9 +35,9 @@ def synthetic_runner(model, n_slots: int, max_tokens: int, compiled: bool, dtype
     args = model.args
     device = model.output.weight.device
     cache = KVCache(args.n_layers, n_slots, args.n_kv_heads, max_tokens, args.head_dim, dtype, device)
-    for kc, vc in cache.layers:
-        kc.normal_()
-        vc.normal_()
+    for layer in cache.layers:
+        for values in (layer.k, layer.v):
+            values.copy_(torch.randn(values.shape, device=device, dtype=torch.bfloat16))  # no float8 normal_
     sampler = Sampler(model, n_slots + 1)
     if compiled:
         sampler.compile()

@@ -19,7 +19,7 @@ from orpheus_tts.config import ServerConfig
 from orpheus_tts.engine.compile_settings import apply_compile_settings
 from orpheus_tts.engine.engine_dir import EngineDir, EngineError
 from orpheus_tts.engine.startup import StartupPhases
-from orpheus_tts.model.fp8 import FP8_MIN_COMPUTE_CAPABILITY, fp8_supported, is_fp8, prepare_fp8, quantize_to_fp8
+from orpheus_tts.model.fp8 import FP8, FP8_MIN_COMPUTE_CAPABILITY, fp8_supported, is_fp8, prepare_fp8, quantize_to_fp8
 from orpheus_tts.model.llama import Transformer
 from orpheus_tts.model.loader import compile_model, load_model
 from orpheus_tts.model.serving_weights import has_serving_weights, load_serving_weights
@@ -46,11 +46,21 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def kv_cache_dtype(config: ServerConfig, model: Transformer) -> torch.dtype:
-    """`auto` keeps the cache in the model's activation dtype."""
+    """`auto` keeps the cache in the model's activation dtype; `fp8` is float8_e4m3fn with
+    per-vector scales (`engine/kv_cache.py`)."""
     weight = model.output.weight
     if config.model.kv_cache_dtype == "auto":
         return weight.dtype
-    return resolve_dtype(config.model.kv_cache_dtype, weight.device)
+    if config.model.kv_cache_dtype == "fp8":
+        if weight.device.type == "cuda" and not fp8_supported(weight.device):
+            raise ValueError("model.kv_cache_dtype=fp8 needs a GPU with FP8 (sm_{}{} or newer); this one is "
+                             "sm_{}{}".format(*FP8_MIN_COMPUTE_CAPABILITY, *torch.cuda.get_device_capability(weight.device)))
+        return FP8
+    try:
+        return resolve_dtype(config.model.kv_cache_dtype, weight.device)
+    except ValueError:
+        raise ValueError(f"model.kv_cache_dtype must be auto, fp8, float16, bfloat16 or float32, got "
+                         f"{config.model.kv_cache_dtype!r}") from None
 
 
 @dataclass

@@ -5,14 +5,17 @@ On CUDA a Triton split-K kernel (flash-decoding): program (row, kv head, split) 
 once past the row's length, so the bytes read follow the real lengths; partial results are
 merged with their log-sum-exp. The merge is plain tensor code outside the kernel's operator, so
 `torch.compile` fuses it with what follows (the output projection's input cast): inside the
-operator it was four unfused kernels per layer (0.35 ms of a batch-64 step). Lengths live in a device tensor, so one CUDA graph serves every
-mix of lengths. Elsewhere (CPU) a masked `scaled_dot_product_attention` up to the longest
+operator it was four unfused kernels per layer (0.35 ms of a batch-64 step). Lengths live in a
+device tensor, so one CUDA graph serves every mix of lengths. Over an FP8 cache
+(`engine/kv_cache.py`) it reads float8 keys and values, half the bytes, and applies their
+per-vector scales to the scores and to the weights of the values. Elsewhere (CPU) a masked `scaled_dot_product_attention` up to the longest
 length in the batch gives the same result.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +26,9 @@ try:
     import triton.language as tl
 except ImportError:  # CPU installs need not have Triton
     triton = None
+
+if TYPE_CHECKING:
+    from orpheus_tts.engine.kv_cache import LayerKV
 
 SPLIT_TOKENS = 256
 BLOCK_N = 64
@@ -36,14 +42,15 @@ if triton is not None:
 
     @triton.jit
     def _decode_split_kernel(
-        q_ptr, k_ptr, v_ptr, slots_ptr, lengths_ptr, out_ptr, lse_ptr,
+        q_ptr, k_ptr, v_ptr, k_scale_ptr, v_scale_ptr, slots_ptr, lengths_ptr, out_ptr, lse_ptr,
         stride_qb, stride_qh,
         stride_cs, stride_ch, stride_ct,
+        stride_ss, stride_sh,
         stride_ob, stride_oh, stride_os,
         stride_lb, stride_lh,
         sm_scale,
         GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
-        SPLIT: tl.constexpr, BLOCK: tl.constexpr,
+        SPLIT: tl.constexpr, BLOCK: tl.constexpr, SCALED: tl.constexpr,
     ):
         row = tl.program_id(0)
         kv_head = tl.program_id(1)
@@ -63,6 +70,7 @@ if triton is not None:
         q = tl.load(q_ptr + row * stride_qb + heads[:, None] * stride_qh + dims[None, :],
                     mask=head_ok[:, None], other=0.0)
         base = slot * stride_cs + kv_head * stride_ch
+        scale_base = slot * stride_ss + kv_head * stride_sh
         m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
         denom = tl.zeros([GROUP_PAD], tl.float32)
         acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
@@ -72,13 +80,19 @@ if triton is not None:
             valid = offs < end
             k = tl.load(k_ptr + base + offs[:, None] * stride_ct + dims[None, :], mask=valid[:, None], other=0.0)
             v = tl.load(v_ptr + base + offs[:, None] * stride_ct + dims[None, :], mask=valid[:, None], other=0.0)
-            scores = tl.dot(q, tl.trans(k)).to(tl.float32) * sm_scale
+            scores = tl.dot(q, tl.trans(k.to(q.dtype))).to(tl.float32) * sm_scale
+            if SCALED:  # FP8 cache: q . (k * s) = (q . k) * s, and sum p (v * s) = sum (p * s) v
+                scores *= tl.load(k_scale_ptr + scale_base + offs, mask=valid, other=0.0)[None, :]
             scores = tl.where(valid[None, :], scores, float("-inf"))
             m_new = tl.maximum(m, tl.max(scores, axis=1))
             alpha = tl.exp(m - m_new)
             p = tl.exp(scores - m_new[:, None])
             denom = denom * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
+            if SCALED:
+                p_v = p * tl.load(v_scale_ptr + scale_base + offs, mask=valid, other=0.0)[None, :]
+            else:
+                p_v = p
+            acc = acc * alpha[:, None] + tl.dot(p_v.to(q.dtype), v.to(q.dtype)).to(tl.float32)
             m = m_new
         out = acc / denom[:, None]
         tl.store(out_ptr + row * stride_ob + heads[:, None] * stride_oh + split * stride_os + dims[None, :],
@@ -86,33 +100,35 @@ if triton is not None:
         tl.store(lse_ptr + row * stride_lb + heads * stride_lh + split, m + tl.log(denom), mask=head_ok)
 
 
-def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, lengths: Tensor) -> Tensor:
-    """q: [B, H, D] (one new token per row); caches [S, Hkv, T, D]; lengths include the new token.
+def decode_attention(q: Tensor, cache: LayerKV, slots: Tensor, lengths: Tensor) -> Tensor:
+    """q: [B, H, D] (one new token per row); the layer's cache [S, Hkv, T, D]; lengths include
+    the new token.
 
     Returns [B, H, D] in q's dtype.
     """
     if triton_available(q.device):
-        partial, lse = triton_decode_attention_splits(q.to(k_cache.dtype).contiguous(), k_cache, v_cache,
-                                                      slots, lengths)
+        compute = torch.bfloat16 if cache.quantized else cache.k.dtype
+        partial, lse = triton_decode_attention_splits(q.to(compute).contiguous(), cache.k, cache.v, slots, lengths,
+                                                      cache.k_scale, cache.v_scale)
         weights = torch.softmax(lse, dim=-1)  # splits past the length have lse -inf: weight 0
         return (partial * weights[..., None]).sum(dim=2).to(q.dtype)
-    return decode_attention_reference(q, k_cache, v_cache, slots, lengths)
+    return decode_attention_reference(q, cache, slots, lengths)
 
 
-def decode_attention_reference(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, lengths: Tensor) -> Tensor:
-    kv_len = int(lengths.max())
-    keys = k_cache[slots, :, :kv_len].to(q.dtype)
-    values = v_cache[slots, :, :kv_len].to(q.dtype)
-    mask = (torch.arange(kv_len, device=q.device)[None, :] < lengths[:, None])[:, None, None, :]
+def decode_attention_reference(q: Tensor, cache: LayerKV, slots: Tensor, lengths: Tensor) -> Tensor:
+    keys, values = cache.read(slots, int(lengths.max()), q.dtype)
+    mask = (torch.arange(keys.shape[2], device=q.device)[None, :] < lengths[:, None])[:, None, None, :]
     out = F.scaled_dot_product_attention(q[:, :, None, :], keys, values, attn_mask=mask, enable_gqa=True)
     return out[:, :, 0, :]
 
 
 @torch.library.custom_op("orpheus::decode_attention_splits", mutates_args=())
-def triton_decode_attention_splits(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor,
-                                   lengths: Tensor) -> tuple[Tensor, Tensor]:
+def triton_decode_attention_splits(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, lengths: Tensor,
+                                   k_scale: Tensor | None = None,
+                                   v_scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The Triton kernel as an opaque operator: per split, the attention output [B, H, S, D] and
-    its log-sum-exp [B, H, S] (fp32). q must be contiguous and in the cache's dtype."""
+    its log-sum-exp [B, H, S] (fp32). q must be contiguous, in the cache's dtype (bf16 over an
+    FP8 cache, whose per-vector scales [S, Hkv, T] come as `k_scale` and `v_scale`)."""
     q = q.contiguous()  # the kernel reads head_dim with stride 1, whatever layout the compiler chose
     bsz, n_heads, head_dim = q.shape
     n_slots, n_kv_heads, max_tokens, _ = k_cache.shape
@@ -120,21 +136,25 @@ def triton_decode_attention_splits(q: Tensor, k_cache: Tensor, v_cache: Tensor, 
     n_splits = triton.cdiv(max_tokens, SPLIT_TOKENS)
     partial = torch.empty(bsz, n_heads, n_splits, head_dim, device=q.device, dtype=torch.float32)
     lse = torch.empty(bsz, n_heads, n_splits, device=q.device, dtype=torch.float32)
+    scaled = k_scale is not None
+    scales = (k_scale, v_scale) if scaled else (lse, lse)  # never read unscaled: any pointer will do
     _decode_split_kernel[(bsz, n_kv_heads, n_splits)](
-        q, k_cache, v_cache, slots, lengths, partial, lse,
+        q, k_cache, v_cache, *scales, slots, lengths, partial, lse,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        scales[0].stride(0), scales[0].stride(1),
         partial.stride(0), partial.stride(1), partial.stride(2),
         lse.stride(0), lse.stride(1),
         1.0 / math.sqrt(head_dim),
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
-        SPLIT=SPLIT_TOKENS, BLOCK=BLOCK_N,
+        SPLIT=SPLIT_TOKENS, BLOCK=BLOCK_N, SCALED=scaled,
     )
     return partial, lse
 
 
 @triton_decode_attention_splits.register_fake
-def _(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+def _(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, lengths: Tensor, k_scale: Tensor | None = None,
+      v_scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
     n_splits = -(-k_cache.shape[2] // SPLIT_TOKENS)
     bsz, n_heads, head_dim = q.shape
     return (q.new_empty(bsz, n_heads, n_splits, head_dim, dtype=torch.float32),

@@ -23,8 +23,7 @@ def relative_difference(got: Tensor, want: Tensor) -> float:
 def compiled_block_difference(model: Transformer, x: Tensor, batch, kv_cache) -> float:
     """Relative difference between the first block run as compiled (if it is) and eagerly on the
     same input: the compiler's share of any disagreement, without 28 blocks amplifying it."""
-    k_cache, v_cache = kv_cache.layers[0]
-    fused = model.layers[0](x, batch, k_cache, v_cache)
+    fused = model.layers[0](x, batch, kv_cache.layers[0])
     with torch.compiler.set_stance("force_eager"):
-        eager = model.layers[0](x, batch, k_cache, v_cache)
+        eager = model.layers[0](x, batch, kv_cache.layers[0])
     return relative_difference(fused, eager)

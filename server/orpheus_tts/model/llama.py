@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,9 @@ from torch import Tensor, nn
 
 from orpheus_tts import orpheus
 from orpheus_tts.model.attention import decode_attention
+
+if TYPE_CHECKING:
+    from orpheus_tts.engine.kv_cache import LayerKV
 
 
 @dataclass
@@ -139,7 +143,7 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(args.dim, qkv_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
 
-    def forward(self, x: Tensor, batch: "AttentionBatch", k_cache: Tensor, v_cache: Tensor) -> Tensor:
+    def forward(self, x: Tensor, batch: "AttentionBatch", cache: "LayerKV") -> Tensor:
         bsz, seqlen, _ = x.shape
         q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         q, k, v = self.wqkv(x).split([q_size, kv_size, kv_size], dim=-1)
@@ -150,15 +154,14 @@ class Attention(nn.Module):
 
         # Write the new keys/values into each session's slot at its own positions, then read
         # back each session's cache up to the longest real length in the batch.
-        slots, pos = batch.write_slots, batch.write_positions
-        k_cache[slots, :, pos] = k.transpose(1, 2).reshape(-1, self.n_kv_heads, self.head_dim).to(k_cache.dtype)
-        v_cache[slots, :, pos] = v.transpose(1, 2).reshape(-1, self.n_kv_heads, self.head_dim).to(v_cache.dtype)
+        cache.write(batch.write_slots, batch.write_positions,
+                    k.transpose(1, 2).reshape(-1, self.n_kv_heads, self.head_dim),
+                    v.transpose(1, 2).reshape(-1, self.n_kv_heads, self.head_dim))
         if batch.decode_lengths is not None:
-            out = decode_attention(q[:, :, 0], k_cache, v_cache, batch.slots, batch.decode_lengths)
+            out = decode_attention(q[:, :, 0], cache, batch.slots, batch.decode_lengths)
             return self.wo(out.reshape(bsz, 1, q_size))
         kv_len = batch.mask.shape[-1]  # a tensor size, not a Python int: one compiled block serves every length
-        keys = k_cache[batch.slots, :, :kv_len].to(q.dtype)
-        values = v_cache[batch.slots, :, :kv_len].to(q.dtype)
+        keys, values = cache.read(batch.slots, kv_len, q.dtype)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=batch.mask, enable_gqa=True)
         return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, q_size))
 
@@ -182,8 +185,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
-    def forward(self, x: Tensor, batch: "AttentionBatch", k_cache: Tensor, v_cache: Tensor) -> Tensor:
-        h = x + self.attention(self.attention_norm(x), batch, k_cache, v_cache)
+    def forward(self, x: Tensor, batch: "AttentionBatch", cache: "LayerKV") -> Tensor:
+        h = x + self.attention(self.attention_norm(x), batch, cache)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -260,8 +263,8 @@ class Transformer(nn.Module):
     def forward(self, tokens: Tensor, batch: AttentionBatch, kv_cache) -> Tensor:
         """Final-normed hidden states [B, L, dim]; the caller picks rows and applies a head."""
         x = self.tok_embeddings(tokens)
-        for layer, (k_cache, v_cache) in zip(self.layers, kv_cache.layers):
-            x = layer(x, batch, k_cache, v_cache)
+        for layer, cache in zip(self.layers, kv_cache.layers):
+            x = layer(x, batch, cache)
         return self.norm(x)
 
     def logits(self, hidden: Tensor) -> Tensor:
