@@ -190,6 +190,51 @@ class EngineConfig:
                                          "always refused).")
 
 
+API_KEYS_ENV = "ORPHEUS_TTS_API_KEYS"  # keys from the environment: `name:key,name:key`, beside the file
+
+
+@dataclass
+class SecurityConfig:
+    """Who may call: API keys, per-key limits, TLS and browser origins (docs/api.md, "Authentication and TLS").
+
+    Keys are on when `api_keys_file` is set or the environment variable ORPHEUS_TTS_API_KEYS holds
+    keys (comma-separated, the file's `name:key` syntax, merged with the file, read at start-up):
+    then every request but the probes needs `Authorization: Bearer KEY` (gRPC metadata
+    `authorization` or `x-api-key`). Keys are secrets, so they are never settings themselves.
+    """
+
+    api_keys_file: str = setting("", "A file of API keys, one `name:key` a line (the name is what metrics and logs "
+                                     "show; a bare `key` is named after its line, `key-3`); `#` comments and blank "
+                                     "lines are ignored. Read again within a second of a change (a Kubernetes "
+                                     "Secret's symlink swap included); a file that turns unreadable or empty keeps "
+                                     "the last good keys, with a warning. Empty: no file.")
+    open_probes: bool = setting(True, "With keys on, leave gRPC health, /healthz, /readyz and /metrics open to "
+                                      "callers without a key (kubelet and Prometheus send none).")
+    max_sessions_per_key: int = setting(0, "Speech streams one key may have open at once (gRPC Synthesize and "
+                                           "StreamingSynthesize, POST /v1/audio/speech, WebSocket); more are refused "
+                                           "(RESOURCE_EXHAUSTED / HTTP 429 / WebSocket 1013, Retry-After). 0: no "
+                                           "limit. Needs keys.")
+    requests_per_s_per_key: float = setting(0.0, "Requests per second one key may make on average (a token bucket "
+                                                 "over every request but the open probes); more are refused like "
+                                                 "the session limit's. 0: no limit. Needs keys.")
+    burst_per_key: int = setting(0, "The token bucket's size: requests one key may make at once after a quiet "
+                                    "spell. 0: one second's worth (`requests_per_s_per_key` rounded up).")
+    tls_cert_file: str = setting("", "PEM certificate chain: gRPC and HTTP/WebSocket speak TLS only (with "
+                                     "`tls_key_file`). Files are watched: a rotated certificate is served to new "
+                                     "connections within a second. The metrics port stays plain HTTP. Empty: no "
+                                     "TLS.")
+    tls_key_file: str = setting("", "PEM private key of `tls_cert_file`.")
+    tls_client_ca_file: str = setting("", "PEM CA bundle: mutual TLS, every client must present a certificate it "
+                                          "signed (gRPC and HTTP alike). Empty: no client certificates.")
+    allowed_origins: list[str] = setting(
+        doc="Other browser origins (`https://app.example.com`) whose pages may call: they get CORS answers for "
+            "POST and GET, and may open the WebSocket. A request whose `Origin` header is neither the server's own "
+            "nor listed is refused with 403, so a page on another site cannot make a visitor's browser speak "
+            "through a server inside their network. Programs that are not browsers send no `Origin` and are not "
+            "affected. `*` allows every origin. Empty: the server's own origin only.",
+        default_factory=list)
+
+
 @dataclass
 class ServerConfig:
     """The whole configuration: one section per part, then the tuning profiles."""
@@ -199,6 +244,7 @@ class ServerConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     profile: str = setting("longform", "Which tuning profile's limits apply.")
     tuning: dict[str, TuningProfile] = setting(doc="Tuning profiles by name; add one under a new name (all three "
                                                    "keys), then select it with `profile`.",
@@ -244,9 +290,23 @@ class ServerConfig:
             raise ConfigError("engine.path replaces model.path and codec.path: set one or the other")
         if self.profile not in self.tuning:
             raise ConfigError(f"profile {self.profile!r} is not one of {sorted(self.tuning)}")
+        self._validate_security()
         if self.default_voice not in orpheus.VOICES:  # else every request naming no voice would be refused
             raise ConfigError(f"default_voice {self.default_voice!r} is not one of {', '.join(orpheus.VOICES)}")
         return self
+
+    def _validate_security(self) -> None:
+        sec = self.security
+        if min(sec.max_sessions_per_key, sec.requests_per_s_per_key, sec.burst_per_key) < 0:
+            raise ConfigError("security.max_sessions_per_key, requests_per_s_per_key and burst_per_key must be >= 0")
+        if bool(sec.tls_cert_file) != bool(sec.tls_key_file):
+            raise ConfigError("security.tls_cert_file and security.tls_key_file go together: set both or neither")
+        if sec.tls_client_ca_file and not sec.tls_cert_file:
+            raise ConfigError("security.tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        for origin in sec.allowed_origins:
+            if origin != "*" and ("://" not in origin or origin.endswith("/")):
+                raise ConfigError(f"security.allowed_origins: {origin!r} is not an origin such as "
+                                  f"https://app.example.com (scheme and host, no path)")
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -261,6 +321,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return {k: _coerce(v, value_tp, f"{where}.{k}") for k, v in value.items()}
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):  # `--set security.allowed_origins=https://a,https://b`
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return None if value is None else _coerce(value, args[0], where)

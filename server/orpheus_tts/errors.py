@@ -3,7 +3,9 @@
 `RequestError` is bad input (INVALID_ARGUMENT / HTTP 400 / a WebSocket close code); its `field`
 names what to fix. A `BusyError` is a refusal for now (RESOURCE_EXHAUSTED / HTTP 429 with
 Retry-After / WebSocket 1013): `QueueFullError` at once, `AtCapacityError` after waiting in the
-queue. Anything else reaching a door is our bug, reported as internal.
+queue, `KeyRateError` and `KeySessionsError` for one API key over its own limits.
+`UnauthenticatedError` is a missing or unknown API key (UNAUTHENTICATED / HTTP 401 / WebSocket
+1008). Anything else reaching a door is our bug, reported as internal.
 """
 
 from __future__ import annotations
@@ -46,3 +48,32 @@ class AtCapacityError(BusyError):
     audio was made for it."""
 
     code = "at_capacity"
+
+
+class KeyRateError(BusyError):
+    """One API key made more requests than `security.requests_per_s_per_key` allows."""
+
+    code = "key_rate"
+
+    def __init__(self, key: str, rate: float, retry_after_s: int):
+        super().__init__(f"rate limited: key {key} may make {rate:g} requests/s; retry after {retry_after_s} s",
+                         retry_after_s)
+        self.key = key
+
+
+class KeySessionsError(BusyError):
+    """One API key already has `security.max_sessions_per_key` speech streams open."""
+
+    code = "key_sessions"
+
+    def __init__(self, key: str, limit: int, retry_after_s: int = 1):
+        super().__init__(f"rate limited: key {key} already has {limit} speech streams open, its limit; retry after "
+                         f"{retry_after_s} s", retry_after_s)
+        self.key = key
+
+
+class UnauthenticatedError(PermissionError):
+    """No API key, or none this server knows. The message never says which keys exist."""
+
+    def __init__(self, message: str = "a valid API key is required: send Authorization: Bearer <key>"):
+        super().__init__(message)

@@ -53,8 +53,15 @@ class ServerMetrics(EngineObserver):
                                 "capacity_streams. Above 1, requests queue and then are refused: scale out before.",
                                 registry=r)
         self.refusals = Counter(f"{PREFIX}_refused_requests", "Requests refused with RESOURCE_EXHAUSTED / HTTP 429, by "
-                                "reason: queue_full (on arrival) or at_capacity (after scheduler.max_queue_wait_s "
-                                "in the queue).", ["reason"], registry=r)
+                                "reason: queue_full (on arrival), at_capacity (after scheduler.max_queue_wait_s "
+                                "in the queue), key_rate or key_sessions (one API key over its own limit).",
+                                ["reason"], registry=r)
+        self.key_requests = Counter(f"{PREFIX}_key_requests", "Requests by API key name (the name in the keys file, "
+                                    "never the key) and outcome: accepted, key_rate or key_sessions.",
+                                    ["key", "outcome"], registry=r)
+        self.unauthenticated = Counter(f"{PREFIX}_unauthenticated_requests", "Requests refused for a missing or "
+                                       "unknown API key (UNAUTHENTICATED / HTTP 401 / WebSocket 1008), by protocol.",
+                                       ["protocol"], registry=r)
         self.tokens = Counter(f"{PREFIX}_generated_tokens", "Tokens the model generated.", registry=r)
         self.audio = Counter(f"{PREFIX}_audio_seconds", "Seconds of audio produced.", registry=r)
         self.steps = Counter(f"{PREFIX}_engine_steps", "Engine steps that did work.", registry=r)
@@ -115,6 +122,22 @@ class ServerMetrics(EngineObserver):
                 self.refusals.labels(reason).inc(new)
 
     # -- API side -----------------------------------------------------------------------
+    def key_limits_on(self, rate: bool, sessions: bool) -> None:
+        """Export the per-key refusal reasons in force at 0, so rate() works at once."""
+        for reason, on in (("key_rate", rate), ("key_sessions", sessions)):
+            if on:
+                self.refusals.labels(reason)
+        for protocol in ("grpc", "http", "websocket"):
+            self.unauthenticated.labels(protocol)
+
+    def key_request(self, key: str, outcome: str) -> None:
+        self.key_requests.labels(key, outcome).inc()
+        if outcome != "accepted":
+            self.refusals.labels(outcome).inc()
+
+    def unauthenticated_request(self, protocol: str) -> None:
+        self.unauthenticated.labels(protocol).inc()
+
     def request_done(self, method: str, outcome: str) -> None:
         """One API request ended: `ok`, `invalid_argument`, `resource_exhausted`, `cancelled`..."""
         self.requests.labels(method, outcome).inc()

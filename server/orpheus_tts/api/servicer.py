@@ -4,9 +4,11 @@ Every RPC runs inside a `RequestRecord`, which turns our exceptions into gRPC st
 counts the outcome, and writes one log line when the request ends:
 
     INVALID_ARGUMENT    a field is invalid; the message starts with the field's name
-    RESOURCE_EXHAUSTED  the admission queue is full, or the request waited its bound there
-                        (trailing metadata `retry-after`, seconds)
-    UNAVAILABLE         the model is still loading
+    UNAUTHENTICATED     no known API key (the interceptor in grpc_access.py, before any method)
+    RESOURCE_EXHAUSTED  the admission queue is full, or the request waited its bound there, or its
+                        API key is over its own limit (trailing metadata `retry-after`, seconds)
+    UNAVAILABLE         the model is still loading, the server is draining, or a stream outlived the
+                        shutdown's grace (it was ended with the audio it had)
     DEADLINE_EXCEEDED   the session ran past `scheduler.session_timeout_s`
     CANCELLED           the client went away (its session is ended at the engine's next step)
     INTERNAL            the engine failed
@@ -23,6 +25,8 @@ import grpc
 
 from orpheus_tts import orpheus
 from orpheus_tts.api import messages
+from orpheus_tts.api.access import current_key
+from orpheus_tts.api.open_streams import OpenStreams
 from orpheus_tts.api.gen import tts_pb2, tts_pb2_grpc
 from orpheus_tts.api.request_log import log_request, request_id
 from orpheus_tts.engine import AudioChunk, Engine, Outcome, SessionMetrics, SpeechStream
@@ -101,7 +105,8 @@ class RequestRecord:
 
     def _done(self, outcome: str, detail: str | None = None) -> None:
         self.metrics.request_done(self.method, outcome)
-        fields = {"id": self.id, "method": self.method, "voice": self.voice, "chars": self.chars, "outcome": outcome}
+        fields = {"id": self.id, "method": self.method, "key": current_key.get(), "voice": self.voice,
+                  "chars": self.chars, "outcome": outcome}
         log_request(self.log_level, fields, self.session, self.started, detail)
 
 
@@ -129,8 +134,10 @@ def add_to_server(servicer: "TextToSpeechServicer", server: grpc.aio.Server) -> 
 
 
 class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
-    def __init__(self, metrics: ServerMetrics, default_voice: str, idle_timeout_s: float = 30.0):
+    def __init__(self, metrics: ServerMetrics, default_voice: str, idle_timeout_s: float = 30.0,
+                 streams: OpenStreams | None = None):
         self.metrics = metrics
+        self.streams = streams or OpenStreams()
         self.default_voice = default_voice  # ListVoices answers it while the model loads
         self.idle_timeout_s = idle_timeout_s  # a StreamingSynthesize client silent this long (text due) is ended
         self.engine: Engine | None = None  # set by the server once the model is warmed up
@@ -143,7 +150,7 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
             record.voice, record.chars = request.voice or self.default_voice, len(request.text)
             speech = messages.speech_request(engine, request, request.text)
             record.voice = speech.voice
-            stream = engine.open_stream(speech)
+            stream = self.streams.open(engine, speech)
             try:
                 async for response in self._respond(stream, speech, record, tts_pb2.SynthesizeResponse):
                     yield response
@@ -167,7 +174,7 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
                 if request is None:
                     break  # closed with no text: the empty text is refused below, as Synthesize refuses it
                 early.append(request)
-            stream = engine.open_stream(speech, streaming_text=True)
+            stream = self.streams.open(engine, speech, streaming_text=True)
             text = messages.StreamedText(stream)
             reader = asyncio.create_task(self._read_text(early, requests, text, stream, record))
             try:
@@ -220,6 +227,8 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
                 yield response_type(audio=encoder.encode(event))
                 continue
             record.session = event.metrics
+            if event.outcome is Outcome.CANCELLED and self.streams.ending:
+                raise RpcFailure(grpc.StatusCode.UNAVAILABLE, self.streams.ending)
             if event.outcome is not Outcome.OK:
                 raise RpcFailure(_OUTCOME_STATUS[event.outcome], event.error or f"session {event.outcome.value}")
             yield response_type(metrics=messages.synthesis_metrics(record.id, event.metrics))

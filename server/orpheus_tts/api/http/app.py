@@ -7,6 +7,10 @@
     GET  /healthz           the process is alive
     GET  /readyz            model loaded and warm, not draining (503 otherwise)
     GET  /metrics           Prometheus, the same registry as the metrics port
+
+In front of every route, `AccessMiddleware` checks the browser origin and, with keys on, the
+API key and its limits (http/access.py); with `security.allowed_origins` set, Starlette's CORS
+middleware answers those origins' preflights.
 """
 
 from __future__ import annotations
@@ -15,14 +19,19 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fastapi import FastAPI, Request, WebSocket
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orpheus_tts import orpheus
+from orpheus_tts.api.access import AccessControl
 from orpheus_tts.api.http import speech
+from orpheus_tts.api.http.access import AccessMiddleware
 from orpheus_tts.api.http.errors import ApiError, RequestRecord, unavailable
+from orpheus_tts.api.http.serving import QuietShutdownCuts
 from orpheus_tts.api.http.websocket import serve_stream
+from orpheus_tts.api.open_streams import OpenStreams
 from orpheus_tts.config import ServerConfig
 from orpheus_tts.engine import Engine
 from orpheus_tts.metrics import ServerMetrics
@@ -43,11 +52,20 @@ class HttpHost(Protocol):
     engine: Engine | None
     metrics: ServerMetrics
     draining: bool
+    access: AccessControl
+    streams: OpenStreams
 
 
 def create_app(host: HttpHost, settings: HttpSettings | None = None) -> FastAPI:
     settings = settings or HttpSettings()
     app = FastAPI(title="orpheus-tts", docs_url=None, redoc_url=None, openapi_url=None)
+    origins = host.config.security.allowed_origins
+    app.add_middleware(QuietShutdownCuts)
+    app.add_middleware(AccessMiddleware, access=host.access, allowed_origins=origins)
+    if origins:  # outside the access check: a preflight carries no key
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type", "x-request-id"],
+                           expose_headers=["x-request-id", "retry-after"])
 
     def ready_engine() -> Engine:
         if host.draining:
@@ -74,11 +92,12 @@ def create_app(host: HttpHost, settings: HttpSettings | None = None) -> FastAPI:
         record = RequestRecord("http_speech", host.metrics, request.headers.get("x-request-id"))
         try:
             engine = ready_engine()
+            speech.check_content_type(request)
             raw = await speech.read_body(request, max_body_bytes(engine))
             speech_request, options = speech.parse_speech(engine, raw)
             record.voice, record.chars, record.format = speech_request.voice, len(speech_request.text), \
                 speech_request.format
-            stream = engine.open_stream(speech_request)  # QueueFullError: nothing was admitted
+            stream = host.streams.open(engine, speech_request)  # QueueFullError: nothing was admitted
             # The status goes out with the first audio, so a request refused while queued is a 429.
             try:
                 await stream.started()
@@ -89,11 +108,11 @@ def create_app(host: HttpHost, settings: HttpSettings | None = None) -> FastAPI:
             error = ApiError.from_exception(exc)
             record.done(error.outcome, error.message)
             raise error from None
-        return speech.speech_response(stream, speech_request, options, record)
+        return speech.speech_response(stream, speech_request, options, record, host.streams)
 
     @app.websocket("/v1/audio/stream")
     async def stream_speech(ws: WebSocket) -> None:
-        await serve_stream(ws, ready_engine, host.metrics, settings.idle_timeout_s)
+        await serve_stream(ws, ready_engine, host.metrics, settings.idle_timeout_s, host.streams)
 
     @app.get("/v1/audio/voices")
     async def voices() -> dict:

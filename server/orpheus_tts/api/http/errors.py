@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import time
 
+from orpheus_tts.api.access import current_key
 from orpheus_tts.api.request_log import log_request, request_id
 from orpheus_tts.engine import SessionMetrics
-from orpheus_tts.errors import BusyError, RequestError
+from orpheus_tts.errors import BusyError, RequestError, UnauthenticatedError
 from orpheus_tts.metrics import ServerMetrics
 
 log = logging.getLogger("orpheus_tts.api")
@@ -48,6 +49,9 @@ class ApiError(Exception):
         if isinstance(exc, RequestError):
             param = text_field if exc.field == "text" else API_FIELD_NAMES.get(exc.field, exc.field)
             return cls(400, f"{param}: {exc.message}", param=param, code=exc.code)
+        if isinstance(exc, UnauthenticatedError):
+            return cls(401, str(exc), code="invalid_api_key", outcome="unauthenticated",
+                       headers={"WWW-Authenticate": "Bearer"})
         if isinstance(exc, BusyError):
             return cls(429, str(exc), type="rate_limit_error", code=exc.code, outcome="resource_exhausted",
                        headers={"Retry-After": str(exc.retry_after_s)})
@@ -89,7 +93,8 @@ class RequestRecord:
             return
         self.outcome = outcome
         self.metrics.request_done(self.method, outcome)
-        fields = {"id": self.id, "method": self.method, "voice": self.voice, "format": self.format,
+        fields = {"id": self.id, "method": self.method, "key": current_key.get(), "voice": self.voice,
+                  "format": self.format,
                   "chars": self.chars, "outcome": outcome}
         pieces = self.session.pieces if self.session else 0
         log_request(logging.INFO, fields, self.session, self.started, detail, pieces=pieces)

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
 from orpheus_tts.api.http.errors import ApiError, RequestRecord, internal, metrics_json
+from orpheus_tts.api.open_streams import OpenStreams, ShutdownCut
 from orpheus_tts.audio import MEDIA_TYPES, stream_encoder
 from orpheus_tts.engine import AudioChunk, Engine, JoinSmoother, Outcome, SessionEnd, SpeechStream
 from orpheus_tts.requests import AUDIO_FORMATS, SpeechRequest
@@ -122,6 +123,16 @@ def speech_request(engine: Engine, body: dict, default_format: str, allow_empty_
     return request, text_field
 
 
+def check_content_type(request: Request) -> None:
+    """JSON only, as OpenAI's SDK sends it: a page on another site can POST text/plain without asking
+    the browser's permission (no preflight), but not application/json."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        shown = f"is {media_type!r}" if media_type else "is missing"
+        raise ApiError(415, f"Content-Type: must be application/json, {shown}", param="Content-Type",
+                       code="unsupported_media_type")
+
+
 async def read_body(request: Request, max_bytes: int) -> bytes:
     """The body, refused with 413 as soon as it passes `max_bytes`."""
     declared = request.headers.get("content-length")
@@ -152,16 +163,19 @@ def default_format(body: dict) -> str:
 
 
 def speech_response(stream: SpeechStream, request: SpeechRequest, options: SpeechOptions,
-                    record: RequestRecord) -> StreamingResponse:
+                    record: RequestRecord, streams: OpenStreams) -> StreamingResponse:
     headers = {"X-Request-Id": record.id, "Cache-Control": "no-store"}
     if options.stream_format == "sse":
-        return StreamingResponse(_sse_body(stream, request, record), media_type="text/event-stream", headers=headers)
-    return StreamingResponse(_audio_body(stream, request, record), media_type=MEDIA_TYPES[request.format],
+        return StreamingResponse(_sse_body(stream, request, record, streams), media_type="text/event-stream",
+                                 headers=headers)
+    return StreamingResponse(_audio_body(stream, request, record, streams), media_type=MEDIA_TYPES[request.format],
                              headers=headers)
 
 
-async def encoded_audio(stream: SpeechStream, request: SpeechRequest, record: RequestRecord) -> AsyncIterator[bytes]:
-    """The stream's audio, joins smoothed and encoded; records the outcome; raises SessionFailed."""
+async def encoded_audio(stream: SpeechStream, request: SpeechRequest, record: RequestRecord,
+                        streams: OpenStreams) -> AsyncIterator[bytes]:
+    """The stream's audio, joins smoothed and encoded; records the outcome; raises SessionFailed
+    (outcome `unavailable` for a stream the shutdown ended)."""
     encoder = stream_encoder(request.format)
     smoother = JoinSmoother()
     try:
@@ -172,7 +186,7 @@ async def encoded_audio(stream: SpeechStream, request: SpeechRequest, record: Re
                     yield data
                 continue
             record.session = event.metrics
-            _check_outcome(event)
+            _check_outcome(event, streams)
         data = await _encode(encoder.finish)
         if data:
             yield data
@@ -192,21 +206,30 @@ async def _encode(fn, *args) -> bytes:
     return fn(*args) if fn.__self__.cheap else await asyncio.to_thread(fn, *args)
 
 
-def _check_outcome(end: SessionEnd) -> None:
+def _check_outcome(end: SessionEnd, streams: OpenStreams) -> None:
+    if end.outcome is Outcome.CANCELLED and streams.ending:
+        raise SessionFailed("unavailable", streams.ending)
     if end.outcome is not Outcome.OK:
         raise SessionFailed(_OUTCOME_NAMES[end.outcome], end.error or f"session {end.outcome.value}")
 
 
-async def _audio_body(stream: SpeechStream, request: SpeechRequest, record: RequestRecord) -> AsyncIterator[bytes]:
+async def _audio_body(stream: SpeechStream, request: SpeechRequest, record: RequestRecord,
+                      streams: OpenStreams) -> AsyncIterator[bytes]:
     """Chunks of the file; a session that fails midway aborts the body, so the client sees it cut."""
-    async with aclosing(encoded_audio(stream, request, record)) as audio:
-        async for data in audio:
-            yield data
-
-
-async def _sse_body(stream: SpeechStream, request: SpeechRequest, record: RequestRecord) -> AsyncIterator[bytes]:
     try:
-        async with aclosing(encoded_audio(stream, request, record)) as audio:
+        async with aclosing(encoded_audio(stream, request, record, streams)) as audio:
+            async for data in audio:
+                yield data
+    except SessionFailed as exc:
+        if exc.outcome == "unavailable":
+            raise ShutdownCut(str(exc)) from None
+        raise
+
+
+async def _sse_body(stream: SpeechStream, request: SpeechRequest, record: RequestRecord,
+                    streams: OpenStreams) -> AsyncIterator[bytes]:
+    try:
+        async with aclosing(encoded_audio(stream, request, record, streams)) as audio:
             async for data in audio:
                 yield _event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
     except SessionFailed as exc:

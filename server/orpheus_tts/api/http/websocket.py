@@ -8,7 +8,8 @@ The first message is a JSON object with the fields of `POST /v1/audio/speech` (`
 Errors are one JSON message, `{"error": {...}}` in OpenAI's shape, then a close code:
 1003 a binary message from the client, 1007 a message that is not a JSON object,
 1008 an invalid request or a client silent for `idle_timeout_s`, 1011 the engine failed,
-1013 busy or not ready (try again later). A good stream closes with 1000.
+1012 the server is shutting down and the stream outlived its grace, 1013 busy or not ready (try
+again later). A good stream closes with 1000.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from contextlib import aclosing
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from orpheus_tts.api.http.access import WS_SUBPROTOCOL
 from orpheus_tts.api.http.errors import ApiError, RequestRecord, metrics_json
+from orpheus_tts.api.open_streams import OpenStreams
 from orpheus_tts.api.http.speech import (SPEECH_FIELDS, SessionFailed, check_fields, encoded_audio,
                                          parse_json_object, speech_request)
 from orpheus_tts.engine import Engine, SpeechStream
@@ -33,6 +36,7 @@ CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
+CLOSE_SERVICE_RESTART = 1012
 CLOSE_TRY_LATER = 1013
 
 
@@ -49,6 +53,8 @@ def _close_code(error: ApiError) -> int:
         return error.close_code
     if error.code == "invalid_unicode":
         return CLOSE_INVALID_PAYLOAD
+    if error.code == "shutting_down":
+        return CLOSE_SERVICE_RESTART
     if error.status in (429, 503):
         return CLOSE_TRY_LATER
     return CLOSE_INTERNAL if error.status >= 500 else CLOSE_POLICY
@@ -77,9 +83,9 @@ def _flag(body: dict, name: str) -> bool:
     return value
 
 
-async def serve_stream(ws: WebSocket, engine_or_error, metrics, idle_timeout_s: float) -> None:
+async def serve_stream(ws: WebSocket, engine_or_error, metrics, idle_timeout_s: float, streams: OpenStreams) -> None:
     """One WebSocket session from accept to close. `engine_or_error` returns the engine or raises ApiError."""
-    await ws.accept()
+    await ws.accept(subprotocol=WS_SUBPROTOCOL if WS_SUBPROTOCOL in ws.scope.get("subprotocols", ()) else None)
     record = RequestRecord("websocket_stream", metrics, ws.headers.get("x-request-id"))
     stream: SpeechStream | None = None
     reader: asyncio.Task | None = None
@@ -91,10 +97,10 @@ async def serve_stream(ws: WebSocket, engine_or_error, metrics, idle_timeout_s: 
         engine: Engine = engine_or_error()
         request, _ = speech_request(engine, first, default_format="pcm", allow_empty_text=streaming)
         record.voice, record.chars, record.format = request.voice, len(request.text), request.format
-        stream = engine.open_stream(request, streaming_text=streaming)
+        stream = streams.open(engine, request, streaming_text=streaming)
         if streaming:
             reader = asyncio.create_task(_read_text(ws, stream, request.text, ended, idle_timeout_s, record))
-        async with aclosing(encoded_audio(stream, request, record)) as audio:
+        async with aclosing(encoded_audio(stream, request, record, streams)) as audio:
             async for data in audio:
                 await ws.send_bytes(data)
         await ws.send_text(json.dumps({"done": True, "metrics": metrics_json(record.id, record.session)}))
@@ -103,6 +109,8 @@ async def serve_stream(ws: WebSocket, engine_or_error, metrics, idle_timeout_s: 
         record.done("cancelled", "the client went away")
     except SessionFailed as exc:
         error = reader.exception() if reader and reader.done() and not reader.cancelled() else None
+        if error is None and exc.outcome == "unavailable":  # ended by shutdown
+            error = ApiError(503, str(exc), type="server_error", code="shutting_down", outcome=exc.outcome)
         await _fail(ws, record, ApiError.from_exception(error) if error else
                     ApiError(500, str(exc), type="server_error", code=exc.outcome, outcome=exc.outcome))
     except Exception as exc:  # ApiError, RequestError, BusyError, or a bug
