@@ -124,7 +124,7 @@ class OrpheusServer:
             await asyncio.sleep(_DRAIN_POLL_S)
         left = max(0.0, deadline - time.monotonic())
         if self.engine is not None and self._in_flight():
-            log.warning("grace of %.0f s over with %d sessions still running: ending them", grace_s, self._in_flight())
+            log.warning("grace of %g s over with %d sessions still running: ending them", grace_s, self._in_flight())
             self.streams.end_all(f"the server is shutting down: this stream outlived the shutdown grace of "
                                  f"{grace_s:g} s; retry on another replica")
             ended = time.monotonic() + END_S
