@@ -6,7 +6,9 @@
     orpheus-tts health [--server localhost:50051]     exit 0 when the server reports SERVING (the image's HEALTHCHECK)
 
 Common flags: `--config FILE` (YAML) and `--set section.key=value` (repeatable) override the
-configuration; `--model`/`--snac` are shorthands for `model.path`/`codec.path`.
+configuration; `--model`/`--snac` are shorthands for `model.path`/`codec.path`. The clients (`say
+--server`, `health`) speak TLS with `--tls-ca` (mutual TLS with `--tls-cert`/`--tls-key`) and send
+`--api-key` (default: the environment's ORPHEUS_TTS_API_KEY).
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import time
+from pathlib import Path
 
 from orpheus_tts.config import ConfigError, ServerConfig, load_config, parse_set_flags
 from orpheus_tts.orpheus import SAMPLE_RATE_HZ
@@ -63,10 +67,40 @@ async def _say_in_process(config: ServerConfig, args: argparse.Namespace) -> tup
         engine.stop()
 
 
-def _say_remote(args: argparse.Namespace) -> tuple[bytes, float | None, float | None]:
-    """Stream from a running server; TTFB and real-time factor as this client sees them."""
+def _add_client_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tls-ca", metavar="FILE", help="speak TLS, trusting the server certificates this PEM CA "
+                                                        "bundle signed")
+    parser.add_argument("--tls-server-name", metavar="NAME", help="with --tls-ca: the name the server's certificate "
+                                                                 "must hold (default: the host of --server)")
+    parser.add_argument("--tls-cert", metavar="FILE", help="with --tls-ca: a client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", metavar="FILE", help="with --tls-cert: its private key")
+    parser.add_argument("--api-key", default=os.environ.get("ORPHEUS_TTS_API_KEY"),
+                        help="sent as `authorization: Bearer KEY` (default: $ORPHEUS_TTS_API_KEY)")
+
+
+def _grpc_channel(args: argparse.Namespace):
+    """A channel to `--server`, over TLS when `--tls-ca` is given."""
     import grpc
 
+    if not args.tls_ca:
+        if args.tls_cert or args.tls_key or args.tls_server_name:
+            raise ValueError("--tls-cert, --tls-key and --tls-server-name need --tls-ca")
+        return grpc.insecure_channel(args.server)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    pair = {"certificate_chain": Path(args.tls_cert).read_bytes(),
+            "private_key": Path(args.tls_key).read_bytes()} if args.tls_cert else {}
+    credentials = grpc.ssl_channel_credentials(root_certificates=Path(args.tls_ca).read_bytes(), **pair)
+    options = (("grpc.ssl_target_name_override", args.tls_server_name),) if args.tls_server_name else ()
+    return grpc.secure_channel(args.server, credentials, options)
+
+
+def _key_metadata(args: argparse.Namespace) -> tuple:
+    return (("authorization", f"Bearer {args.api_key}"),) if args.api_key else ()
+
+
+def _say_remote(args: argparse.Namespace) -> tuple[bytes, float | None, float | None]:
+    """Stream from a running server; TTFB and real-time factor as this client sees them."""
     from orpheus_tts.api.gen import tts_pb2, tts_pb2_grpc
 
     request = tts_pb2.SynthesizeRequest(text=args.text, voice=args.voice or "",
@@ -74,9 +108,10 @@ def _say_remote(args: argparse.Namespace) -> tuple[bytes, float | None, float | 
     if args.seed is not None:
         request.seed = args.seed
     pcm, ttfb_s, last_audio = bytearray(), None, None
-    with grpc.insecure_channel(args.server) as channel:
+    with _grpc_channel(args) as channel:
         started = time.monotonic()
-        for response in tts_pb2_grpc.TextToSpeechStub(channel).Synthesize(request, timeout=args.timeout):
+        for response in tts_pb2_grpc.TextToSpeechStub(channel).Synthesize(request, timeout=args.timeout,
+                                                                          metadata=_key_metadata(args)):
             if response.HasField("audio"):
                 last_audio = time.monotonic()
                 ttfb_s = last_audio - started if ttfb_s is None else ttfb_s
@@ -147,10 +182,10 @@ def cmd_health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(args.server) as channel:
+    with _grpc_channel(args) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""),
-                                                              timeout=args.timeout)
+                                                              timeout=args.timeout, metadata=_key_metadata(args))
         except grpc.RpcError as exc:
             print(f"{args.server}: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
@@ -172,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     say.add_argument("--server", metavar="HOST:PORT", help="stream from a running server instead of in-process")
     say.add_argument("--timeout", type=float, default=300.0, help="with --server: seconds before giving up")
     _add_config_flags(say)
+    _add_client_flags(say)
     say.set_defaults(func=cmd_say)
 
     serve = sub.add_parser("serve", help="run the gRPC and HTTP/WebSocket servers and the /metrics endpoint")
@@ -189,8 +225,13 @@ def main(argv: list[str] | None = None) -> int:
 
     bench = sub.add_parser("bench", help="load benchmark: TTFB, real-time share, tokens/s against concurrency")
     where = bench.add_mutually_exclusive_group(required=True)
-    where.add_argument("--server", metavar="HOST:PORT", help="benchmark a running server over gRPC")
+    where.add_argument("--server", metavar="HOST:PORT", help="benchmark a running server (its gRPC address)")
     where.add_argument("--in-process", action="store_true", help="run the engine in this process instead")
+    bench.add_argument("--api", default="grpc", metavar="grpc,http,websocket",
+                       help="with --server: the doors to load, each with the same workload in turn (default: grpc)")
+    bench.add_argument("--http-server", metavar="HOST:PORT",
+                       help="with --api http or websocket: the server's HTTP address (default: --server's host, "
+                            "port 8000)")
     bench.add_argument("--mode", choices=("scaling", "tuning", "all", "overload"), default="scaling",
                        help="scaling: ramp 1, 2, 4 ... N; tuning: largest concurrency meeting the TTFB target; all: "
                             "both; overload: 1.5x and 2x --capacity")
@@ -221,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("health", help="ask a server's gRPC health service; exit 0 when it is SERVING")
     check.add_argument("--server", default="localhost:50051", metavar="HOST:PORT")
     check.add_argument("--timeout", type=float, default=3.0, help="seconds before giving up")
+    _add_client_flags(check)
     check.set_defaults(func=cmd_health)
 
     build = sub.add_parser("build-engine", help="build an engine directory for `serve --engine` "

@@ -16,6 +16,7 @@ import pytest
 import websockets
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from orpheus_tts import cli
 from orpheus_tts.api.gen import tts_pb2, tts_pb2_grpc
 from security_testkit import SecureServer, client_cert, make_ca, server_cert
 from server_testkit import grpc_server_config
@@ -113,6 +114,16 @@ async def test_probes_need_a_key_when_open_probes_is_off(server, pki):
     assert await grpc_health(server, grpc_credentials(root)) == health_pb2.HealthCheckResponse.SERVING
     assert await http_status(server, http_context(root), key=None) == 401
     assert await http_status(server, http_context(root)) == 200
+
+
+async def test_the_health_command_speaks_mutual_tls_with_a_key(server, pki, capsys):
+    root, _ = pki
+    tls = ["--tls-ca", str(root / "ca.pem"), "--tls-cert", str(root / "client.pem"), "--tls-key", str(root / "client.key"),
+           "--tls-server-name", "localhost"]
+    command = ["health", "--server", server.address, *tls]
+    assert await asyncio.to_thread(cli.main, [*command, "--api-key", "tls-secret"]) == 0
+    assert await asyncio.to_thread(cli.main, command) == 1  # open_probes is off: no key, no answer
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
 
 
 async def test_a_rotated_certificate_is_served_to_new_connections(server, pki, caplog):
