@@ -109,6 +109,8 @@ async def serve_stream(ws: WebSocket, engine_or_error, metrics, idle_timeout_s: 
         record.done("cancelled", "the client went away")
     except SessionFailed as exc:
         error = reader.exception() if reader and reader.done() and not reader.cancelled() else None
+        if isinstance(error, WebSocketDisconnect):  # the client left while its text was still coming
+            return
         if error is None and exc.outcome == "unavailable":  # ended by shutdown
             error = ApiError(503, str(exc), type="server_error", code="shutting_down", outcome=exc.outcome)
         await _fail(ws, record, ApiError.from_exception(error) if error else
@@ -140,7 +142,13 @@ async def _read_text(ws: WebSocket, stream: SpeechStream, first_text: str, ended
             text = body.get("text", body.get("input", ""))
             ended = _flag(body, "end")
             record.chars += len(text)
-    except Exception:
+    except Exception as exc:
+        # Recorded before the cancel, which ends the stream (and would record it) as cancelled.
+        if isinstance(exc, WebSocketDisconnect):
+            record.done("cancelled", "the client went away")
+        elif isinstance(exc, (ApiError, RequestError)):
+            error = ApiError.from_exception(exc)
+            record.done(error.outcome, error.message)
         stream.cancel()
         raise
 
