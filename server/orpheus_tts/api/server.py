@@ -112,10 +112,10 @@ class OrpheusServer:
         The listeners stay up while the streams drain: probes get their answer (`/readyz` 503,
         gRPC health NOT_SERVING, `/healthz` alive) and new requests a clear refusal (HTTP 503,
         UNAVAILABLE, WebSocket 1013) instead of a refused connection, and streams of every
-        protocol, WebSocket included, finish. Only then, or at the end of the grace, do the
-        doors close. Streams still running at the end of the grace are ended by the server, each
-        as its format allows (gRPC UNAVAILABLE, SSE `error` event, WebSocket 1012, a raw body cut),
-        and logged as shutdowns with the audio they had; then the doors close."""
+        protocol, WebSocket included, finish. Streams still running at the end of the grace are
+        ended by the server, each as its format allows (gRPC UNAVAILABLE, SSE `error` event,
+        WebSocket 1012, a raw body cut), and logged as shutdowns with the audio they had. Only
+        then do the doors close."""
         self.draining = self.servicer.draining = True
         await self.health.enter_graceful_shutdown()
         self.metrics.ready.set(0)

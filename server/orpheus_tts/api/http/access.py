@@ -20,7 +20,7 @@ import logging
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from orpheus_tts.api.access import AccessControl, bearer_token
+from orpheus_tts.api.access import AccessControl, bearer_token, current_key
 from orpheus_tts.api.http.errors import ApiError, RequestRecord
 
 log = logging.getLogger("orpheus_tts.api")
@@ -63,6 +63,8 @@ class AccessMiddleware:
         try:
             permit = self.access.admit(token, "websocket" if websocket else "http", scope["path"] in SPEECH_METHODS)
         except Exception as exc:  # UnauthenticatedError or a BusyError
+            if getattr(exc, "key", None):  # a known key over its limit: its name goes in the log line
+                current_key.set(exc.key)
             return await self._refuse(scope, receive, send, headers, ApiError.from_exception(exc))
         with permit:
             await self.app(scope, receive, send)
