@@ -195,19 +195,17 @@ API_KEYS_ENV = "ORPHEUS_TTS_API_KEYS"  # keys from the environment: `name:key,na
 
 @dataclass
 class SecurityConfig:
-    """Who may call: API keys, per-key limits, TLS and browser origins (docs/api.md, "Authentication and TLS").
-
-    Keys are on when `api_keys_file` is set or the environment variable ORPHEUS_TTS_API_KEYS holds
-    keys (comma-separated, the file's `name:key` syntax, merged with the file, read at start-up):
-    then every request but the probes needs `Authorization: Bearer KEY` (gRPC metadata
-    `authorization` or `x-api-key`). Keys are secrets, so they are never settings themselves.
-    """
+    """Who may call, and how: API keys, per-key limits, TLS and browser origins (docs/api.md)."""
 
     api_keys_file: str = setting("", "A file of API keys, one `name:key` a line (the name is what metrics and logs "
                                      "show; a bare `key` is named after its line, `key-3`); `#` comments and blank "
                                      "lines are ignored. Read again within a second of a change (a Kubernetes "
                                      "Secret's symlink swap included); a file that turns unreadable or empty keeps "
-                                     "the last good keys, with a warning. Empty: no file.")
+                                     "the last good keys, with a warning. The environment variable "
+                                     "ORPHEUS_TTS_API_KEYS adds keys (`name:key,name:key`, read at start-up; keys are "
+                                     "secrets, so never settings). With any key, every request but the open probes "
+                                     "needs one: `Authorization: Bearer KEY` (gRPC: that metadata or `x-api-key`). "
+                                     "Empty: no file.")
     open_probes: bool = setting(True, "With keys on, leave gRPC health, /healthz, /readyz and /metrics open to "
                                       "callers without a key (kubelet and Prometheus send none).")
     max_sessions_per_key: int = setting(0, "Speech streams one key may have open at once (gRPC Synthesize and "
