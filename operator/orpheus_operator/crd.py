@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from .access import network_policy_schema, security_schema
 from .model_facts import DEFAULT_VOICE, TOKENS_PER_SECOND, VOICES
 from .profiles import FP8_FIRST_ARCH, GPU_PROFILES
 from .settings import DEFAULT_BUILDER_IMAGE, DEFAULT_CACHE_CLAIM, DEFAULT_IMAGE
@@ -240,6 +241,8 @@ def spec_schema() -> dict:
                 "default": 120,
                 "description": "Time a stopping pod has to finish its streams (longer for long-form audio).",
             },
+            "security": security_schema(),
+            "networkPolicy": network_policy_schema(),
         },
     }
 

@@ -31,6 +31,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.persistence.finalizer = f"{GROUP}/finalizer"
+    # No Kubernetes Events: the status conditions say what they would, and the operator's RBAC has
+    # no events permission (kopf 1.45 posts none from its logs anyway; older ones would).
+    settings.posting.enabled = False
     memo.cluster = Cluster.connect()
 
 

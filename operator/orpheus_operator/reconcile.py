@@ -174,7 +174,7 @@ def _ensure_job(p: Plan, owner: Mapping[str, Any], cluster: Cluster, attempt: in
 
 
 def _apply_serving(p: Plan, owner: Mapping[str, Any], cluster: Cluster) -> dict | None:
-    """Create or update the Deployment, Service, HPA and PDB; remove an HPA no longer wanted.
+    """Create or update the serving objects; remove an HPA or NetworkPolicy no longer wanted.
 
     Returns the Deployment as the API server answered.
     """
@@ -189,10 +189,9 @@ def _apply_serving(p: Plan, owner: Mapping[str, Any], cluster: Cluster) -> dict 
             deployment = _create_or_apply(cluster, obj, create_as=first)
         else:
             _create_or_apply(cluster, obj)
-    if not voice.autoscaling.enabled:
-        hpa = serving.horizontal_pod_autoscaler(voice, p.engine_hash)
-        if cluster.delete(hpa["apiVersion"], hpa["kind"], voice.namespace, voice.name):
-            log.info("autoscaling disabled for %s/%s: HPA removed", voice.namespace, voice.name)
+    for obj in serving.unwanted_objects(voice, p.engine_hash):
+        if cluster.delete(obj["apiVersion"], obj["kind"], voice.namespace, voice.name):
+            log.info("%s/%s no longer wants its %s: removed", voice.namespace, voice.name, obj["kind"])
     return deployment
 
 

@@ -1,4 +1,5 @@
-"""The serving objects of a voice: Deployment, Service, HorizontalPodAutoscaler, PodDisruptionBudget.
+"""The serving objects of a voice: Deployment, Service, HorizontalPodAutoscaler, PodDisruptionBudget,
+and the NetworkPolicy when the voice asks for one.
 
 Pure functions: a `Voice` and its engine hash in, plain dicts out. Ownership (`kopf.adopt`) is
 added by the handlers, which know the live object's uid.
@@ -10,6 +11,7 @@ never fight (`deployment(..., replicas=None)`).
 
 from __future__ import annotations
 
+from .access import TLS_CA, TLS_CERT, TLS_KEY, TLS_MOUNT
 from .engine_job import container_security_context, gpu_placement, pod_security_context
 from .labels import GRPC_PORT, HTTP_PORT, METRICS_PORT, selector_labels, server_labels
 from .metrics import ACTIVE_SESSIONS_METRIC, SATURATION_METRIC, TTFB_P95_METRIC
@@ -32,6 +34,7 @@ DEFAULT_SERVER_RESOURCES = {"requests": {"cpu": "4", "memory": "16Gi"}, "limits"
 EXPECTED_STARTUP_S = 66
 STARTUP_ALLOWANCE = 3
 STARTUP_PROBE_PERIOD_S = 5
+EXEC_PROBE_TIMEOUT_S = 5
 
 
 def server_args(voice: Voice) -> list[str]:
@@ -57,19 +60,39 @@ def _resources(voice: Voice) -> dict:
     return {"requests": requests, "limits": limits}
 
 
-def _grpc_probe(period_s: int, failure_threshold: int, timeout_s: int = 1) -> dict:
-    return {
-        "grpc": {"port": GRPC_PORT},
-        "periodSeconds": period_s,
-        "failureThreshold": failure_threshold,
-        "timeoutSeconds": timeout_s,
-    }
+def health_check(voice: Voice, http_path: str) -> dict:
+    """How the kubelet asks the server whether it is up (`http_path`: the HTTP probe's path).
+
+    Plain text: the native gRPC probe. With TLS the kubelet's gRPC probe cannot connect, but its
+    HTTPS probe can (it checks no certificate, so any name in tls.crt will do): /readyz, /healthz.
+    With mutual TLS the kubelet has no client certificate to show, so the probe is a command in
+    the container, `orpheus-tts health` over TLS, presenting tls.crt (signed by ca.crt as a client
+    certificate would be) and checking the server's against ca.crt under the Service's DNS name.
+    """
+    security = voice.security
+    if not security.tls:
+        return {"grpc": {"port": GRPC_PORT}}
+    if not security.mutual_tls:
+        return {"httpGet": {"path": http_path, "port": "http", "scheme": "HTTPS"}}
+    server_name = security.tls_server_name or f"{voice.name}.{voice.namespace}.svc"
+    return {"exec": {"command": [
+        "orpheus-tts", "health", "--server", f"localhost:{GRPC_PORT}",
+        "--tls-ca", f"{TLS_MOUNT}/{TLS_CA}", "--tls-server-name", server_name,
+        "--tls-cert", f"{TLS_MOUNT}/{TLS_CERT}", "--tls-key", f"{TLS_MOUNT}/{TLS_KEY}",
+    ]}}
 
 
-def startup_probe() -> dict:
-    """gRPC health every STARTUP_PROBE_PERIOD_S until serving, for about 3x the expected start-up."""
+def _probe(voice: Voice, http_path: str, period_s: int, failure_threshold: int, timeout_s: int = 1) -> dict:
+    check = health_check(voice, http_path)
+    if "exec" in check:  # a Python process starts for each probe
+        timeout_s = max(timeout_s, EXEC_PROBE_TIMEOUT_S)
+    return {**check, "periodSeconds": period_s, "failureThreshold": failure_threshold, "timeoutSeconds": timeout_s}
+
+
+def startup_probe(voice: Voice) -> dict:
+    """Readiness every STARTUP_PROBE_PERIOD_S until serving, for about 3x the expected start-up."""
     failures = -(-EXPECTED_STARTUP_S * STARTUP_ALLOWANCE // STARTUP_PROBE_PERIOD_S)  # ceiling division
-    return _grpc_probe(period_s=STARTUP_PROBE_PERIOD_S, failure_threshold=failures)
+    return _probe(voice, "/readyz", period_s=STARTUP_PROBE_PERIOD_S, failure_threshold=failures)
 
 
 def pod_template(voice: Voice, engine_hash: str) -> dict:
@@ -89,15 +112,16 @@ def pod_template(voice: Voice, engine_hash: str) -> dict:
             {"name": "HF_HUB_OFFLINE", "value": "1"},
         ],
         "resources": _resources(voice),
-        "startupProbe": startup_probe(),
-        "readinessProbe": _grpc_probe(period_s=5, failure_threshold=2),
-        "livenessProbe": _grpc_probe(period_s=10, failure_threshold=6, timeout_s=5),
+        "startupProbe": startup_probe(voice),
+        "readinessProbe": _probe(voice, "/readyz", period_s=5, failure_threshold=2),
+        "livenessProbe": _probe(voice, "/healthz", period_s=10, failure_threshold=6, timeout_s=5),
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_S}}},
         "securityContext": container_security_context(),
         "volumeMounts": [
             {"name": "engine", "mountPath": ENGINE_MOUNT, "subPath": engine_hash, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "dshm", "mountPath": "/dev/shm"},
+            *voice.security.volume_mounts(),
         ],
     }
     return {
@@ -117,6 +141,7 @@ def pod_template(voice: Voice, engine_hash: str) -> dict:
                 {"name": "engine", "persistentVolumeClaim": {"claimName": voice.cache_claim, "readOnly": True}},
                 {"name": "tmp", "emptyDir": {"sizeLimit": "4Gi"}},
                 {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
+                *voice.security.volumes(),
             ],
         },
     }
@@ -237,13 +262,39 @@ def pod_disruption_budget(voice: Voice, engine_hash: str) -> dict:
     }
 
 
+def network_policy(voice: Voice, engine_hash: str) -> dict:
+    """Ingress to the voice's pods: the clients to gRPC and HTTP, the scrapers to metrics; nothing else.
+
+    A rule with no peers would admit everyone, so a list left empty leaves its rule out (and its
+    ports closed). The kubelet's probes come from the node, which a NetworkPolicy always lets in.
+    """
+    rules = []
+    for peers, ports in ((voice.network.clients, (GRPC_PORT, HTTP_PORT)), (voice.network.metrics_scrapers, (METRICS_PORT,))):
+        if peers:
+            rules.append({"from": [dict(p) for p in peers], "ports": [{"protocol": "TCP", "port": port} for port in ports]})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(voice, engine_hash),
+        "spec": {"podSelector": {"matchLabels": selector_labels(voice.name)}, "policyTypes": ["Ingress"], "ingress": rules},
+    }
+
+
 def serving_objects(voice: Voice, engine_hash: str, replicas: int | None) -> list[dict]:
-    """Everything that serves the voice, in the order they are applied."""
-    objects = [deployment(voice, engine_hash, replicas), service(voice, engine_hash)]
+    """Everything that serves the voice, in the order they are applied (the NetworkPolicy first:
+    no pod starts open that should be closed)."""
+    objects = [network_policy(voice, engine_hash)] if voice.network.enabled else []
+    objects += [deployment(voice, engine_hash, replicas), service(voice, engine_hash)]
     if voice.autoscaling.enabled:
         objects.append(horizontal_pod_autoscaler(voice, engine_hash))
     objects.append(pod_disruption_budget(voice, engine_hash))
     return objects
+
+
+def unwanted_objects(voice: Voice, engine_hash: str) -> list[dict]:
+    """The optional serving objects this voice has turned off (deleted if an earlier spec made them)."""
+    unwanted = [] if voice.autoscaling.enabled else [horizontal_pod_autoscaler(voice, engine_hash)]
+    return unwanted if voice.network.enabled else [*unwanted, network_policy(voice, engine_hash)]
 
 
 def _metadata(voice: Voice, engine_hash: str) -> dict:

@@ -3,17 +3,20 @@
 `ORPHEUS_OPERATOR_<FIELD>` (upper case) overrides a field, e.g.
 `ORPHEUS_OPERATOR_STATUS_INTERVAL_S=5`. Tests shorten every interval this way.
 
-Besides the intervals, four defaults for voices that leave a field out (the Helm chart sets
+Besides the intervals, defaults for voices that leave a field out (the Helm chart sets
 them from `voiceDefaults` and `engineCache.claimName`): `DEFAULT_IMAGE` (`spec.image`),
 `DEFAULT_BUILDER_IMAGE` (`spec.builderImage`), `DEFAULT_GPU_PROFILE` (`spec.gpuProfile`; empty:
-no default, and a voice without one is refused) and `ENGINE_CACHE_CLAIM`
-(`spec.engineCache.claimName`). An empty value keeps the built-in default. The chart's `ENGINE_CACHE_STORAGE_CLASS` and `ENGINE_CACHE_SIZE` are not
+no default, and a voice without one is refused), `ENGINE_CACHE_CLAIM`
+(`spec.engineCache.claimName`), and, as JSON objects shaped like the spec's fields,
+`DEFAULT_SECURITY` (`spec.security`) and `DEFAULT_NETWORK_POLICY` (`spec.networkPolicy`). An
+empty value keeps the built-in default. The chart's `ENGINE_CACHE_STORAGE_CLASS` and `ENGINE_CACHE_SIZE` are not
 read: the chart creates the cache PVC, the operator only mounts it by name.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass
 from typing import Mapping
@@ -38,8 +41,12 @@ class OperatorSettings:
     default_builder_image: str = DEFAULT_BUILDER_IMAGE  # build Job image of voices without spec.builderImage
     default_gpu_profile: str = ""  # GPU profile of voices without spec.gpuProfile; "": none
     engine_cache_claim: str = DEFAULT_CACHE_CLAIM  # cache PVC of voices without spec.engineCache.claimName
+    default_security: str = ""  # JSON, under every voice's spec.security; "": none
+    default_network_policy: str = ""  # JSON, under every voice's spec.networkPolicy; "": none
 
     def __post_init__(self) -> None:
+        for name in ("default_security", "default_network_policy"):
+            self._json_object(name)
         if self.default_gpu_profile and self.default_gpu_profile not in GPU_PROFILES:
             raise ValueError(
                 f"{ENV_PREFIX}DEFAULT_GPU_PROFILE must be empty or one of {', '.join(sorted(GPU_PROFILES))}, "
@@ -64,6 +71,24 @@ class OperatorSettings:
             except ValueError:
                 raise ValueError(f"{name} must be a number, got {raw!r}") from None
         return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def security_defaults(self) -> dict:
+        return self._json_object("default_security")
+
+    @property
+    def network_policy_defaults(self) -> dict:
+        return self._json_object("default_network_policy")
+
+    def _json_object(self, name: str) -> dict:
+        raw = getattr(self, name)
+        try:
+            value = json.loads(raw) if raw else {}
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            raise ValueError(f"{ENV_PREFIX}{name.upper()} must be a JSON object, got {raw!r}")
+        return value
 
     def build_retry_delay_s(self, failures: int) -> float:
         """Backoff before build attempt `failures + 1`: base, 2 x base, 4 x base, ... up to max."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .access import NetworkAccess, Security
 from .crd import apply_defaults
 from .profiles import FP8_FIRST_ARCH, GPU_PROFILES, GPUProfile, SlotBudget, slot_budget
 from .settings import ENV_PREFIX, OperatorSettings
@@ -86,6 +87,8 @@ class Voice:
     resources: dict = field(default_factory=dict)
     node_selector: dict = field(default_factory=dict)
     tolerations: list = field(default_factory=list)
+    security: Security = field(default_factory=Security)
+    network: NetworkAccess = field(default_factory=NetworkAccess)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any], settings: OperatorSettings | None = None) -> "Voice":
@@ -128,6 +131,8 @@ class Voice:
             resources=dict(spec.get("resources") or {}),
             node_selector=dict(spec.get("nodeSelector") or {}),
             tolerations=list(spec.get("tolerations") or []),
+            security=Security.from_spec(spec.get("security"), settings.security_defaults),
+            network=NetworkAccess.from_spec(spec.get("networkPolicy"), settings.network_policy_defaults),
         )
 
     @property
@@ -168,6 +173,8 @@ def refusal(voice: Voice) -> Refusal | None:
             "InvalidSpec",
             f"autoscaling.maxReplicas {scaling.max_replicas} is below minReplicas {scaling.min_replicas}",
         )
+    if voice.security.has_limits and not voice.security.api_keys_secret:
+        return Refusal("InvalidSpec", "security.limits are per API key: set security.apiKeys (or drop the limits)")
     if voice.gpu_profile is None:
         return Refusal(
             "NoGPUProfile",

@@ -45,7 +45,14 @@ ALL_ON: dict[str, Any] = {
                  "podAnnotations": {"a": "b"}, "extraEnv": [{"name": "EXTRA", "value": "1"}],
                  "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule"}], "priorityClassName": "high"},
     "serviceAccount": {"annotations": {"iam": "role"}},
-    "voiceDefaults": {"gpuProfile": "l4"},
+    "voiceDefaults": {
+        "gpuProfile": "l4",
+        "security": {"apiKeys": {"secretName": "tts-api-keys"}, "tls": {"secretName": "tts-tls", "clientAuth": True},
+                     "limits": {"maxSessionsPerKey": 8, "requestsPerSecondPerKey": 5}},
+        "networkPolicy": {"enabled": True,
+                          "clients": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway"}},
+                                       "podSelector": {"matchLabels": {"app.kubernetes.io/name": "envoy"}}}]},
+    },
     "engineCache": {"create": True, "namespaces": ["voices", NAMESPACE], "storageClassName": "fast", "size": "100Gi",
                     "accessModes": ["ReadWriteMany"]},
     "voices": VOICES,
@@ -90,6 +97,23 @@ def by_kind(objects: list[dict], kind: str) -> list[dict]:
     return [o for o in objects if o["kind"] == kind]
 
 
+def granted(rules: list[dict]) -> dict[tuple[str, str], set[str]]:
+    """RBAC rules as {(API group, resource): verbs}."""
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault((group, resource), set()).update(rule["verbs"])
+    return out
+
+
+def operator_env(values: dict | None = None) -> dict[str, str | None]:
+    """The operator container's environment as the chart renders it, by name."""
+    (deployment,) = [d for d in by_kind(render_objects(values), "Deployment")
+                     if d["metadata"]["name"].endswith("-operator")]
+    return {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
 def crd_schema(crd_file: Path) -> dict:
     """The served version's openAPIV3Schema of a CRD file."""
     crd = yaml.safe_load(crd_file.read_text())
@@ -130,3 +154,18 @@ def prometheus_rule_groups(values: dict | None = None) -> dict:
     """The PrometheusRule's spec as a plain Prometheus rules file ({"groups": [...]})."""
     (rule,) = by_kind(render_objects(values), "PrometheusRule")
     return {"groups": rule["spec"]["groups"]}
+
+
+def values_schema_of(crd_schema_node: Any) -> Any:
+    """A CRD schema fragment as the chart's values.schema.json (draft 7) holds it: unknown keys
+    rejected (`closed`), no defaults or x-kubernetes-* keys, and OpenAPI v3.0's boolean
+    exclusiveMinimum turned into draft 7's number."""
+    if isinstance(crd_schema_node, list):
+        return [values_schema_of(s) for s in crd_schema_node]
+    if not isinstance(crd_schema_node, dict):
+        return crd_schema_node
+    out = {k: values_schema_of(v) for k, v in closed(crd_schema_node).items()
+           if k != "default" and not k.startswith("x-kubernetes-")}
+    if out.get("exclusiveMinimum") is True:
+        out["exclusiveMinimum"] = out.pop("minimum")
+    return out

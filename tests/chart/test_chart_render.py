@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from chart_testkit import (ALL_ON, CHART, CRDS, KUBERNETES_VERSION, NAMESPACE, by_kind, closed, crd_schema,
-                           render, render_objects, with_values)
+                           operator_env, render, render_objects, with_values)
 
 from orpheus_operator.crd import voice_schema
 from orpheus_operator.labels import METRICS_PORT, selector_labels
@@ -190,18 +190,18 @@ def test_operator_runs_one_standalone_replica_with_restricted_security():
 
 
 def test_operator_settings_and_defaults_reach_its_environment():
-    (deployment,) = by_kind(render_objects(ALL_ON), "Deployment")
-    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = operator_env(ALL_ON)
     settings = {k: v for k, v in env.items() if k.startswith(ENV_PREFIX)}
     parsed = OperatorSettings.from_env(settings)  # the operator's own reader accepts them
     assert parsed == OperatorSettings(engine_poll_s=15, status_interval_s=30, build_retry_base_s=30,
-                                      build_retry_max_s=900, default_gpu_profile="l4")
+                                      build_retry_max_s=900, default_gpu_profile="l4",
+                                      default_security=parsed.default_security,
+                                      default_network_policy=parsed.default_network_policy)
+    assert parsed.security_defaults == ALL_ON["voiceDefaults"]["security"]
     assert {ENV_PREFIX + f.upper() for f in OperatorSettings.__dataclass_fields__} <= settings.keys()
     assert settings[f"{ENV_PREFIX}DEFAULT_IMAGE"] == "orpheus-tts:0.1.0"
     assert settings[f"{ENV_PREFIX}DEFAULT_BUILDER_IMAGE"] == "orpheus-tts-builder:0.1.0"
-    (overridden,) = by_kind(render_objects(with_values(ALL_ON, **{"voiceDefaults.builderImage": "registry.example/b:2"})),
-                            "Deployment")
-    env_overridden = {e["name"]: e.get("value") for e in overridden["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env_overridden = operator_env(with_values(ALL_ON, **{"voiceDefaults.builderImage": "registry.example/b:2"}))
     assert OperatorSettings.from_env(env_overridden).default_builder_image == "registry.example/b:2"
     assert settings[f"{ENV_PREFIX}DEFAULT_GPU_PROFILE"] == "l4"
     assert settings[f"{ENV_PREFIX}ENGINE_CACHE_STORAGE_CLASS"] == "fast"
@@ -244,6 +244,10 @@ def test_notes_tell_the_user_what_to_do_next():
     ({"operator": {"settings": {"enginePollSeconds": "fast"}}}, "enginePollSeconds"),
     ({"engineCache": {"size": "fifty gigs"}}, "size"),
     ({"voiceDefaults": {"builderImage": ""}}, "builderImage"),                  # empty: no image to run
+    ({"voiceDefaults": {"security": {"apiKeys": {"secretname": "keys"}}}}, "secretname"),
+    ({"voiceDefaults": {"security": {"limits": {"requestsPerSecondPerKey": 0}}}}, "requestsPerSecondPerKey"),
+    ({"voiceDefaults": {"networkPolicy": {"clients": [{}]}}}, "clients"),       # a peer naming nothing
+    ({"voiceDefaults": {"networkPolicy": {"enabled": "yes"}}}, "enabled"),
     ({"keda": {"enabled": "yes"}}, "enabled"),
     ({"keda": {"minReplicaCount": -1}}, "minReplicaCount"),
     ({"keda": {"activationThreshold": 0.5}}, "activationThreshold"),          # KEDA's metadata are strings

@@ -38,9 +38,11 @@ async def start_operator(mock_cluster: MockCluster, tmp_path: Path) -> Callable[
     """Start the operator (again, after a stop); stopped at teardown, its log shown on failure."""
     op = OperatorProcess(mock_cluster.kubeconfig, tmp_path / "operator.log", FAST_SETTINGS)
 
-    async def start(**settings: str) -> OperatorProcess:
-        """`settings`: OperatorSettings fields to override, e.g. build_retry_base_s="3"."""
+    async def start(*args: str, **settings: str) -> OperatorProcess:
+        """`args`: more `run` flags (`"--namespace", "voices"`); `settings`: OperatorSettings fields
+        to override, e.g. build_retry_base_s="3"."""
         await op.stop()
+        op.args = args
         op.env = {**FAST_SETTINGS, **{f"ORPHEUS_OPERATOR_{k.upper()}": v for k, v in settings.items()}}
         op.start()
         return op

@@ -49,6 +49,7 @@ RESOURCES = [
     ("v1/services", "Service", {"status"}),
     ("autoscaling/v2/horizontalpodautoscalers", "HorizontalPodAutoscaler", {"status"}),
     ("policy/v1/poddisruptionbudgets", "PodDisruptionBudget", {"status"}),
+    ("networking.k8s.io/v1/networkpolicies", "NetworkPolicy", set()),
     ("v1/events", "Event", set()),
     ("events.k8s.io/v1/events", "Event", set()),
     ("v1/namespaces", "Namespace", set()),
@@ -142,13 +143,14 @@ class OperatorProcess:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.env = env
+        self.args: tuple[str, ...] = ()  # more `run` flags, e.g. ("--namespace", "voices")
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orpheus_operator.cli", "run", "--verbose"],
+            [sys.executable, "-m", "orpheus_operator.cli", "run", "--verbose", *self.args],
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
         )
         log.close()

@@ -57,6 +57,13 @@ INVALID = {
     "bad toleration effect": lambda s: s.update(tolerations=[{"key": "k", "effect": "Sometimes"}]),
     "empty builder image": lambda s: s.update(builderImage=""),
     "builder image not a string": lambda s: s.update(builderImage=["orpheus-tts-builder:0.1.0"]),
+    "origin with a path": lambda s: s.update(security={"allowedOrigins": ["https://app.example.com/"]}),
+    "tls without a secret": lambda s: s.update(security={"tls": {"clientAuth": True}}),
+    "keys secret not a secret name": lambda s: s.update(security={"apiKeys": {"secretName": "Keys_1"}}),
+    "zero requests per second": lambda s: s.update(security={"limits": {"requestsPerSecondPerKey": 0}}),
+    "network peer naming nothing": lambda s: s.update(networkPolicy={"clients": [{}]}),
+    "unknown selector operator": lambda s: s.update(networkPolicy={"clients": [
+        {"podSelector": {"matchExpressions": [{"key": "a", "operator": "Is"}]}}]}),
 }
 
 

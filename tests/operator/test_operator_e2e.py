@@ -197,3 +197,30 @@ async def test_operator_killed_while_the_engine_builds_finishes_the_rollout_afte
         await eventually(lambda r=resource: c.get(r, name), what=SERVING[resource])
     assert list(c.objects(JOBS)) == [job_name] and c.creates(JOBS) == 1
     assert c.get(DEPLOYMENTS, name)["spec"]["replicas"] == 2  # minReplicas
+
+
+async def test_operator_restarted_while_the_build_job_runs_resumes_it_without_a_second_job(mock_cluster, start_operator):
+    c = mock_cluster
+    voice = load_example("voice-rtx4090-conversational.yaml")
+    name = voice["metadata"]["name"]
+    job_name = job_name_for(voice)
+    await start_operator()
+    await c.create_voice(voice, "uid-restarted")
+    await eventually(lambda: c.get(JOBS, job_name), what="the build Job")
+    await eventually(lambda: (c.condition(name, "EngineReady") or {}).get("reason") == "EngineBuilding",
+                     what="EngineReady=False/EngineBuilding")
+
+    operator = await start_operator()  # a graceful stop (SIGINT), then a new process; the Job still runs
+
+    def since_restart() -> str:
+        return operator.logs().rpartition("Starting Kopf")[2]
+    await eventually(lambda: since_restart().count("Handler 'rollout' failed temporarily") >= 2,
+                     what="the new process to look at the running build twice")
+    assert list(c.objects(JOBS)) == [job_name] and c.creates(JOBS) == 1  # found, never posted again
+    assert c.objects(DEPLOYMENTS) == {}
+
+    await c.complete_job(job_name)
+    for resource in SERVING:
+        await eventually(lambda r=resource: c.get(r, name), what=SERVING[resource])
+    await eventually(lambda: (c.condition(name, "EngineReady") or {}).get("status") == "True", what="EngineReady=True")
+    assert c.creates(JOBS) == 1

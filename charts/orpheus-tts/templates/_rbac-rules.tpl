@@ -29,8 +29,8 @@
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [create, patch]
-# kopf posts an event per handler outcome.
-- apiGroups: [""]
-  resources: [events]
-  verbs: [create]
+# A voice's NetworkPolicy, deleted when it turns it off.
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [create, patch, delete]
 {{- end }}
