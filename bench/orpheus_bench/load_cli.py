@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from orpheus_bench import plots
-from orpheus_bench.load import EngineTarget, GrpcTarget, run_bench
+from orpheus_bench.load import EngineTarget, GrpcTarget, HttpTarget, WebSocketTarget, run_bench
 from orpheus_bench.workload import DEFAULT_TEXT, Workload
 from orpheus_bench.results import git_commit, write_json
 
@@ -29,6 +29,18 @@ def parse_levels(text: str) -> list[int]:
     return levels
 
 
+REMOTE_TARGETS = {"grpc": GrpcTarget, "http": HttpTarget, "websocket": WebSocketTarget}
+
+
+def parse_apis(text: str) -> list[str]:
+    """`--api grpc,http,websocket`: the server's doors to compare, each run on the same workload."""
+    apis = [part.strip() for part in text.split(",")]
+    unknown = [api for api in apis if api not in REMOTE_TARGETS]
+    if unknown or len(set(apis)) != len(apis):
+        raise ValueError(f"--api must be distinct names among {', '.join(REMOTE_TARGETS)}, got {text!r}")
+    return apis
+
+
 def main(args, config, command: str) -> int:
     """Run from `orpheus-tts bench`; exits 0 when every level had a successful stream."""
     if args.concurrent < 1 or args.requests < 1:
@@ -36,34 +48,59 @@ def main(args, config, command: str) -> int:
     if not args.in_process and not args.server:
         raise ValueError("give --server HOST:PORT or --in-process")
     levels = parse_levels(args.levels) if getattr(args, "levels", None) else None
+    apis = parse_apis(getattr(args, "api", None) or "grpc")
+    if args.in_process and apis != ["grpc"]:
+        raise ValueError("--api needs --server: in-process runs have no API in the way")
     text = args.text or DEFAULT_TEXT
-    workload = Workload(args.workload, text)
     target_ttfb_ms = args.target_ttfb_ms or config.active_profile.target_ttfb_ms
+    ignore_eos = not args.stop_at_end_of_speech
     if args.in_process:
         if args.concurrent > config.scheduler.max_concurrent_sessions:
             print(f"note: --concurrent {args.concurrent} exceeds scheduler.max_concurrent_sessions="
                   f"{config.scheduler.max_concurrent_sessions}; the rest queue", file=sys.stderr)
-        target, where = EngineTarget(config, not args.stop_at_end_of_speech), "in-process"
+        targets, where = {"in-process": EngineTarget(config, ignore_eos)}, "in-process"
     else:
-        target, where = GrpcTarget(args.server, args.timeout, not args.stop_at_end_of_speech), args.server
+        http = getattr(args, "http_server", None) or _http_address(args.server)
+        targets = {api: REMOTE_TARGETS[api](args.server if api == "grpc" else http, args.timeout, ignore_eos)
+                   for api in apis}
+        where = args.server
     started = time.time()
-    out = asyncio.run(run_bench(target, args.mode, args.concurrent, args.requests, workload, args.stagger_s,
-                                target_ttfb_ms, capacity=args.capacity, arrival_rates=tuple(args.arrival_rate),
-                                duration_s=args.duration_s, levels=levels))
+    runs = {}
+    for api, target in targets.items():  # each door gets the same texts, cancels and seeds
+        runs[api] = asyncio.run(run_bench(target, args.mode, args.concurrent, args.requests,
+                                          Workload(args.workload, text), args.stagger_s, target_ttfb_ms,
+                                          capacity=args.capacity, arrival_rates=tuple(args.arrival_rate),
+                                          duration_s=args.duration_s, levels=levels))
+    workload = Workload(args.workload, text)
     results = dict(command=command, git_commit=git_commit(), target=where, mode=args.mode,
                    workload=dict(**workload.describe(), concurrent=args.concurrent, levels=levels,
                                  requests_per_stream=args.requests, stagger_s=args.stagger_s,
-                                 end_of_speech_suppressed=not args.stop_at_end_of_speech,
+                                 end_of_speech_suppressed=ignore_eos,
                                  arrival_rates_per_s=args.arrival_rate, open_loop_duration_s=args.duration_s),
                    profile=config.profile, target_ttfb_ms=target_ttfb_ms,
-                   started_unix=started, duration_s=time.time() - started, **out)
+                   started_unix=started, duration_s=time.time() - started)
+    if len(runs) == 1:
+        (api, out), = runs.items()
+        results.update(api=api, **out)
+    else:  # every row says its door; `apis` keeps each door's whole run
+        results.update(api=apis, apis=runs, http_target=http,
+                       levels=[dict(row, api=api) for api, out in runs.items() for row in out["levels"]])
     output = Path(args.output)
     write_json(output, results)
     print(f"wrote {output}")
     png = output.with_suffix(".png")
-    if plots.load_levels(results["levels"], target_ttfb_ms, png):
+    drawn = (plots.load_levels(results["levels"], target_ttfb_ms, png) if len(runs) == 1
+             else plots.api_levels(runs, target_ttfb_ms, png))
+    if drawn:
         print(f"wrote {png}")
     else:
         print("note: matplotlib is not installed (pip install 'orpheus-tts[bench]'); no PNG written")
-    rows = results["levels"] + results.get("open_loop", [])
+    rows = [row for out in runs.values() for row in out["levels"] + out.get("open_loop", [])]
     return 0 if all(row["success_rate"] > 0 for row in rows) else 1
+
+
+def _http_address(grpc_address: str) -> str:
+    """The HTTP door of a server whose gRPC door is `grpc_address`: the same host, port 8000
+    (`serve`'s default); `--http-server` says otherwise."""
+    host = grpc_address.rsplit(":", 1)[0] if ":" in grpc_address else grpc_address
+    return f"{host}:8000"

@@ -50,6 +50,35 @@ def load_levels(levels: list[dict], target_ttfb_ms: float, path: Path) -> bool:
     return True
 
 
+def api_levels(runs: dict[str, dict], target_ttfb_ms: float, path: Path) -> bool:
+    """`orpheus-tts bench --api a,b`: each door's TTFB p50 / p95 and real-time share against
+    concurrency, side by side; False when matplotlib is absent."""
+    try:
+        plt = _pyplot()
+    except ImportError:
+        return False
+    fig, (ttfb, share) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for api, out in runs.items():
+        rows = out["levels"]
+        xs = [row["concurrency"] for row in rows]
+        for key, style in (("ttfb_p50_ms", "-"), ("ttfb_p95_ms", "--")):
+            ttfb.plot(xs, [row[key] if row[key] is not None else float("nan") for row in rows], style, marker="o",
+                      label=f"{api} {key[5:8]}")
+        share.plot(xs, [row["realtime_share"] * 100 for row in rows], marker="s", label=api)
+    ttfb.axhline(target_ttfb_ms, color="grey", linestyle=":", label=f"target {target_ttfb_ms:.0f} ms")
+    for ax, label in ((ttfb, "TTFB (ms)"), (share, "streams real-time (%)")):
+        ax.set_xlabel("concurrent streams")
+        ax.set_ylabel(label)
+        ax.set_xscale("log", base=2)
+        ax.legend(fontsize=8)
+    share.set_ylim(0, 105)
+    fig.suptitle("orpheus-tts bench: the same workload through each API")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def engine_bench(results: dict, out: Path) -> None:
     """The GPU bench's `decode_step.png` (with a sweep) and `engine_load.png` (with a load run);
     raises ImportError without matplotlib."""

@@ -99,6 +99,7 @@ BAD_BODIES = [
     (b'{"input": "Hi.", "voice": "\\ud800"}', 400, "voice", "unknown voice"),
     (b'{"input": "Hi.", "\\udc00": 1}', 400, "\\udc00", "unrecognized request argument"),
     (b'{"input": "Hi.", "seed": ' + b"9" * 5000 + b"}", 400, "seed", "must be an integer"),
+    (b'{"input": "Hi.", "ignore_end_of_speech": "yes"}', 400, "ignore_end_of_speech", "must be true or false"),
     (b'{"input": "Hi.", "temperature": -' + b"9" * 5000 + b"}", 400, "temperature", "must be a number"),
     (b'{"input": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", 400, None, "nested too deeply"),
 ]

@@ -86,6 +86,30 @@ def test_bench_scaling_runs_the_levels_given_in_their_order(tmp_path):
     _check_levels(results, [1, 3], 1)
 
 
+def test_bench_loads_grpc_http_and_websocket_with_the_same_workload(tmp_path, start_http_server):
+    server = start_http_server()
+    out = tmp_path / "apis.json"
+    code = cli.main(["--log-level", "WARNING", "bench", "--server", server.address, "--api", "grpc,http,websocket",
+                     "--http-server", server.url.removeprefix("http://"), "--mode", "scaling", "--levels", "2",
+                     "--requests", "1", *SHORT, "--output", str(out)])
+    assert code == 0
+    results = json.loads(out.read_text())
+    assert results["api"] == ["grpc", "http", "websocket"]
+    assert [(row["api"], row["concurrency"]) for row in results["levels"]] == [
+        ("grpc", 2), ("http", 2), ("websocket", 2)]
+    for api, run in results["apis"].items():
+        _check_levels(run, [2], 1)
+    # The same text, seed and budget through each door: the same audio, to the frame.
+    audio = {row["api"]: row["mean_audio_s"] for row in results["levels"]}
+    assert audio["grpc"] == pytest.approx(audio["http"]) == pytest.approx(audio["websocket"])
+
+
+@pytest.mark.parametrize("apis", ["grpc,smtp", "http,http", ""])
+def test_bench_refuses_apis_it_does_not_know_or_names_twice(apis):
+    with pytest.raises(ValueError, match="--api"):
+        load_cli.parse_apis(apis)
+
+
 @pytest.mark.parametrize("levels", ["1,x", "0,4", ""])
 def test_bench_refuses_levels_that_are_not_positive_whole_numbers(levels):
     with pytest.raises(ValueError, match="--levels"):

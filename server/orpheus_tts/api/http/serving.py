@@ -74,7 +74,10 @@ class HttpServer:
     async def start(self) -> None:
         """Bind now (port 0 picks a free one, see `port`) and serve on the running loop."""
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on sockets that say they
+        # are TCP, and accepted ones inherit this. Without it the first audio chunk waited for the
+        # ACK of the headers, which the client delays by up to 40 ms (Nagle's algorithm).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         sock.set_inheritable(True)

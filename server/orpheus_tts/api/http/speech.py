@@ -2,7 +2,8 @@
 
 The body is OpenAI's (`model`, `input`, `voice`, `response_format`, `speed`, `stream_format`,
 `instructions`) plus the seed's `text` and our sampling extensions (`temperature`, `top_p`,
-`repetition_penalty`, `seed`; the SDK sends them through `extra_body`). Unknown fields are
+`repetition_penalty`, `seed`, and `ignore_end_of_speech` as gRPC has it, for benchmarks that speak
+every text's whole budget; the SDK sends them through `extra_body`). Unknown fields are
 refused, as OpenAI refuses them. The response streams (chunked) from the first audio on:
 raw audio for `stream_format: audio`, or `speech.audio.delta` events for `sse`.
 """
@@ -31,8 +32,8 @@ STREAM_FORMATS = ("audio", "sse")
 MAX_INT_DIGITS = 64  # longer integers in a body read as infinity (see `_parse_int`)
 _STRINGS = ("model", "input", "text", "voice", "response_format", "stream_format", "instructions")
 _NUMBERS = ("speed", "temperature", "top_p", "repetition_penalty")
-SPEECH_FIELDS = frozenset(_STRINGS + _NUMBERS + ("seed",))
-_SAMPLING = ("temperature", "top_p", "repetition_penalty", "seed")
+_SAMPLING = ("temperature", "top_p", "repetition_penalty", "seed", "ignore_end_of_speech")
+SPEECH_FIELDS = frozenset(_STRINGS + _NUMBERS + _SAMPLING)
 _OUTCOME_NAMES = {Outcome.TIMEOUT: "deadline_exceeded", Outcome.CANCELLED: "cancelled", Outcome.ERROR: "internal",
                   Outcome.REFUSED: "resource_exhausted"}
 
@@ -186,7 +187,7 @@ async def encoded_audio(stream: SpeechStream, request: SpeechRequest, record: Re
                     yield data
                 continue
             record.session = event.metrics
-            _check_outcome(event, streams)
+            _check_outcome(event, streams, record.id)
         data = await _encode(encoder.finish)
         if data:
             yield data
@@ -206,11 +207,14 @@ async def _encode(fn, *args) -> bytes:
     return fn(*args) if fn.__self__.cheap else await asyncio.to_thread(fn, *args)
 
 
-def _check_outcome(end: SessionEnd, streams: OpenStreams) -> None:
+def _check_outcome(end: SessionEnd, streams: OpenStreams, request_id: str) -> None:
     if end.outcome is Outcome.CANCELLED and streams.ending:
         raise SessionFailed("unavailable", streams.ending)
     if end.outcome is not Outcome.OK:
-        raise SessionFailed(_OUTCOME_NAMES[end.outcome], end.error or f"session {end.outcome.value}")
+        message = end.error or f"session {end.outcome.value}"
+        if end.outcome is Outcome.ERROR:  # the server failed: the id finds its log lines
+            message = f"{message} (request {request_id})"
+        raise SessionFailed(_OUTCOME_NAMES[end.outcome], message)
 
 
 async def _audio_body(stream: SpeechStream, request: SpeechRequest, record: RequestRecord,
