@@ -51,7 +51,10 @@ class ModelConfig:
     device: str = setting("auto", "auto (the GPU when there is one) | cpu | cuda | cuda:N.")
     dtype: str = setting("auto", "auto (float32 on CPU, bfloat16 on GPU) | float32 | bfloat16 | float16.")
     kv_cache_dtype: str = setting("auto", "auto (the model dtype on CPU, bfloat16 on GPU) | float16 | bfloat16 | "
-                                          "float32.")
+                                          "float32 | fp8 (float8_e4m3fn with a scale per head and token: half the "
+                                          "bytes a decode step reads, which bound the step at large batches; a GPU "
+                                          "with FP8, sm_89+. Off by default until its quality check, "
+                                          "`python -m orpheus_bench.kv_quality`, has run on a real checkpoint).")
     seed: int = setting(0, "Seeds the demo weights.")
     quantization: str = setting("auto", "auto (FP8 weights where the GPU has FP8: sm_89 and newer, else none) | fp8 "
                                         "| none.")
