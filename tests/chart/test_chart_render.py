@@ -234,6 +234,10 @@ def test_notes_tell_the_user_what_to_do_next():
     assert "neither prometheusAdapter.rules.enabled nor keda.enabled" in defaults
     assert "clients must retry" not in notes
     assert "clients must retry with backoff" in render(SCALE_TO_ZERO)["orpheus-tts/templates/NOTES.txt"]
+    assert "API key Secret \"tts-api-keys\"" in notes and "Every voice gets a NetworkPolicy" in notes
+    closed = render(with_values(ALL_ON, **{"voiceDefaults.networkPolicy.clients": []}))["orpheus-tts/templates/NOTES.txt"]
+    assert "nothing can reach the voices' gRPC and HTTP ports" in closed and "nothing can reach" not in notes
+    assert "NetworkPolicy" not in defaults and "API key" not in defaults
 
 
 @pytest.mark.parametrize("bad, where", [
