@@ -48,3 +48,11 @@ def test_health_of_a_port_nobody_listens_on_fails_with_the_reason():
     result = subprocess.run([sys.executable, "-m", "orpheus_tts.cli", "health", "--server", f"127.0.0.1:{port}",
                              "--timeout", "2"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "UNAVAILABLE" in result.stderr
+
+
+def test_health_never_imports_torch_so_an_exec_probe_stays_cheap():
+    """Kubernetes runs `orpheus-tts health` every few seconds under mutual TLS (an exec probe)."""
+    probe = ("import sys; from orpheus_tts import cli; code = cli.main(['health', '--server', 'localhost:1', "
+             "'--timeout', '0.2']); print(code, 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["1", "False"], result.stderr
