@@ -8,6 +8,7 @@ position, and each query attends to its own session's cached keys only.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -21,6 +22,7 @@ from orpheus_tts.model.attention import decode_attention
 
 if TYPE_CHECKING:
     from orpheus_tts.engine.kv_cache import LayerKV
+    from orpheus_tts.model.lora import LoraPool
 
 
 @dataclass
@@ -136,8 +138,10 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, layer_id: int = 0):
         super().__init__()
+        self.layer_id = layer_id
+        self.lora: "LoraPool | None" = None  # set by `Transformer.attach_lora`
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
         qkv_dim = (args.n_heads + 2 * args.n_kv_heads) * args.head_dim
         self.wqkv = nn.Linear(args.dim, qkv_dim, bias=False)
@@ -146,7 +150,10 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, batch: "AttentionBatch", cache: "LayerKV") -> Tensor:
         bsz, seqlen, _ = x.shape
         q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        q, k, v = self.wqkv(x).split([q_size, kv_size, kv_size], dim=-1)
+        qkv = self.wqkv(x)
+        if self.lora is not None and batch.adapters is not None:
+            qkv = qkv + self.lora.delta(self.layer_id, "wqkv", x, batch.adapters).to(qkv.dtype)
+        q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
         q = q.view(bsz, seqlen, self.n_heads, self.head_dim).transpose(1, 2)
         k = k.view(bsz, seqlen, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(bsz, seqlen, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -158,36 +165,50 @@ class Attention(nn.Module):
                     k.transpose(1, 2).reshape(-1, self.n_kv_heads, self.head_dim),
                     v.transpose(1, 2).reshape(-1, self.n_kv_heads, self.head_dim))
         if batch.decode_lengths is not None:
-            out = decode_attention(q[:, :, 0], cache, batch.slots, batch.decode_lengths)
-            return self.wo(out.reshape(bsz, 1, q_size))
-        kv_len = batch.mask.shape[-1]  # a tensor size, not a Python int: one compiled block serves every length
-        keys, values = cache.read(batch.slots, kv_len, q.dtype)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=batch.mask, enable_gqa=True)
-        return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, q_size))
+            out = decode_attention(q[:, :, 0], cache, batch.slots, batch.decode_lengths).reshape(bsz, 1, q_size)
+        else:
+            kv_len = batch.mask.shape[-1]  # a tensor size, not a Python int: one compiled block serves every length
+            keys, values = cache.read(batch.slots, kv_len, q.dtype)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=batch.mask, enable_gqa=True)
+            out = out.transpose(1, 2).reshape(bsz, seqlen, q_size)
+        projected = self.wo(out)
+        if self.lora is not None and batch.adapters is not None:
+            projected = projected + self.lora.delta(self.layer_id, "wo", out, batch.adapters).to(projected.dtype)
+        return projected
 
 
 class FeedForward(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, layer_id: int = 0):
         super().__init__()
+        self.layer_id = layer_id
+        self.lora: "LoraPool | None" = None  # set by `Transformer.attach_lora`
         self.w13 = nn.Linear(args.dim, 2 * args.intermediate_size, bias=False)
         self.w2 = nn.Linear(args.intermediate_size, args.dim, bias=False)
 
-    def forward(self, x: Tensor) -> Tensor:
-        gate, up = self.w13(x).chunk(2, dim=-1)
-        return self.w2(F.silu(gate) * up)
+    def forward(self, x: Tensor, adapters: Tensor | None = None) -> Tensor:
+        lora = self.lora if adapters is not None else None
+        gate_up = self.w13(x)
+        if lora is not None:
+            gate_up = gate_up + lora.delta(self.layer_id, "w13", x, adapters).to(gate_up.dtype)
+        gate, up = gate_up.chunk(2, dim=-1)
+        hidden = F.silu(gate) * up
+        out = self.w2(hidden)
+        if lora is not None:
+            out = out + lora.delta(self.layer_id, "w2", hidden, adapters).to(out.dtype)
+        return out
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, layer_id: int = 0):
         super().__init__()
-        self.attention = Attention(args)
-        self.feed_forward = FeedForward(args)
+        self.attention = Attention(args, layer_id)
+        self.feed_forward = FeedForward(args, layer_id)
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
     def forward(self, x: Tensor, batch: "AttentionBatch", cache: "LayerKV") -> Tensor:
         h = x + self.attention(self.attention_norm(x), batch, cache)
-        return h + self.feed_forward(self.ffn_norm(h))
+        return h + self.feed_forward(self.ffn_norm(h), batch.adapters)
 
 
 @dataclass
@@ -206,6 +227,7 @@ class AttentionBatch:
     write_positions: Tensor  # [B * L] cache position of every token
     mask: Tensor | None = None  # [B, 1, L, kv_len] True where a query may attend; kv_len = keys read per row
     decode_lengths: Tensor | None = None  # [B] keys per row, the new one included (decode only)
+    adapters: Tensor | None = None  # [B, L, P] each token's LoRA adapter, one-hot over the pool (model/lora.py)
 
 
 class Transformer(nn.Module):
@@ -213,12 +235,13 @@ class Transformer(nn.Module):
         super().__init__()
         self.args = args
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
-        self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
+        self.layers = nn.ModuleList(TransformerBlock(args, i) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_word_embeddings:
             self.output.weight = self.tok_embeddings.weight
         self.register_buffer("rope", rope_table(args, max_positions), persistent=False)
+        self.lora: "LoraPool | None" = None  # resident LoRA adapters, if any (`attach_lora`)
 
     def make_batch(self, slots: Tensor, starts: Tensor, lengths: Tensor, seqlen: int,
                    kv_len: int | None = None) -> AttentionBatch:
@@ -259,6 +282,21 @@ class Transformer(nn.Module):
             write_positions=positions,
             decode_lengths=positions + 1,
         )
+
+    def attach_lora(self, pool: "LoraPool") -> None:
+        """Add each row's adapter update (`AttentionBatch.adapters`) to every projection."""
+        self.lora = pool
+        for block in self.layers:
+            block.attention.lora = block.feed_forward.lora = pool
+
+    def with_adapters(self, batch: AttentionBatch, indices: Tensor, seqlen: int) -> AttentionBatch:
+        """`batch` with each row's pool place (-1: none) as the one-hot `adapters` the layers read."""
+        from orpheus_tts.model.lora import adapter_onehot
+
+        if self.lora is None:
+            return batch
+        return dataclasses.replace(batch, adapters=adapter_onehot(indices, self.lora.capacity, seqlen,
+                                                                  self.lora.dtype))
 
     def forward(self, tokens: Tensor, batch: AttentionBatch, kv_cache) -> Tensor:
         """Final-normed hidden states [B, L, dim]; the caller picks rows and applies a head."""
