@@ -50,3 +50,14 @@ def test_set_flag_needs_key_and_value():
 def test_every_setting_is_explained_for_the_generated_reference():
     undocumented = [s.key for s in settings() if not s.doc]
     assert undocumented == []
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"adapters.voices": ["alice"]}, "adapters.voices entries must be voice:adapter, got 'alice'"),
+    ({"adapters.voices": ["alice:"]}, "adapters.voices entries must be voice:adapter"),
+    ({"adapters.dir": "/adapters", "adapters.max_resident": 0}, "adapters.dir is set but adapters.max_resident is 0"),
+    ({"adapters.max_rank": 0}, "adapters.max_rank must be positive"),
+])
+def test_adapter_settings_that_cannot_work_are_refused_by_name(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=overrides, environ={})
