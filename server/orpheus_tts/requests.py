@@ -7,6 +7,7 @@ straight into INVALID_ARGUMENT / HTTP 400 with a useful message.
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 
 from orpheus_tts import orpheus
@@ -66,8 +67,8 @@ class SpeechRequest:
         temperature = _in_range("temperature", defaults.temperature if temperature is None else temperature,
                                 *TEMPERATURE_RANGE)
         top_p = _in_range("top_p", defaults.top_p if top_p is None else top_p, *TOP_P_RANGE)
-        if top_p == 0:
-            raise RequestError("top_p", "must be greater than 0")
+        if top_p == 0 or _as_float32(top_p) == 0:  # the sampler's float32: 5e-324 would keep no candidate
+            raise RequestError("top_p", f"must be greater than 0, got {top_p!r}, which is 0 as a float32")
         repetition_penalty = _in_range(
             "repetition_penalty",
             defaults.repetition_penalty if repetition_penalty is None else repetition_penalty,
@@ -99,6 +100,10 @@ def check_text_length(chars: int, max_text_chars: int, streamed: bool = False) -
     if chars > max_text_chars:
         what = f"streamed text reached {chars} characters" if streamed else f"is {chars} characters"
         raise RequestError("text", f"{what}; the limit is {max_text_chars}")
+
+
+def _as_float32(value: float) -> float:
+    return struct.unpack("f", struct.pack("f", value))[0]
 
 
 def _in_range(field: str, value: object, lo: float, hi: float) -> float:

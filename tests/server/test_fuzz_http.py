@@ -186,3 +186,13 @@ def test_websocket_answers_audio_or_a_client_fault_close_for_any_messages(server
         messages = list(ws)
     assert isinstance(messages[0], bytes) and json.loads(messages[-1])["done"] is True
     watch.settle()
+
+
+def test_a_top_p_that_is_zero_as_a_float32_is_refused_not_sampled_as_nan(server, client):
+    """Found by the fuzz: 5e-324 passed the (0, 1] check, became 0 in the sampler's float32, kept no
+    candidate and made the session's probabilities NaN."""
+    running, watch = server
+    response = client.post("/v1/audio/speech", content=b'{"input": "Hi.", "top_p": 5e-324}',
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "top_p"
+    watch.settle()

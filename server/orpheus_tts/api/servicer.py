@@ -101,7 +101,7 @@ class RequestRecord:
             return RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc),
                               (("retry-after", str(exc.retry_after_s)),))
         log.error("request %s failed", self.id, exc_info=exc)
-        return RpcFailure(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+        return RpcFailure(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__} (request {self.id})")
 
     def _done(self, outcome: str, detail: str | None = None) -> None:
         self.metrics.request_done(self.method, outcome)
@@ -230,7 +230,10 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
             if event.outcome is Outcome.CANCELLED and self.streams.ending:
                 raise RpcFailure(grpc.StatusCode.UNAVAILABLE, self.streams.ending)
             if event.outcome is not Outcome.OK:
-                raise RpcFailure(_OUTCOME_STATUS[event.outcome], event.error or f"session {event.outcome.value}")
+                message = event.error or f"session {event.outcome.value}"
+                if event.outcome is Outcome.ERROR:  # the server failed: the id finds its log lines
+                    message = f"{message} (request {record.id})"
+                raise RpcFailure(_OUTCOME_STATUS[event.outcome], message)
             yield response_type(metrics=messages.synthesis_metrics(record.id, event.metrics))
 
     async def _read_text(self, early: list, requests, text: messages.StreamedText, stream: SpeechStream,

@@ -39,7 +39,7 @@ from orpheus_tts.engine.loading import kv_cache_dtype, load_parts
 from orpheus_tts.engine.observer import EngineObserver, EngineStats, EngineTimings
 from orpheus_tts.engine.pieces import PieceMaker
 from orpheus_tts.engine.runner import LaunchedStep, ModelRunner
-from orpheus_tts.engine.sampler import Sampler
+from orpheus_tts.engine.sampler import NON_FINITE, Sampler
 from orpheus_tts.engine.scheduler import Scheduler
 from orpheus_tts.engine.startup import StartupPhases
 from orpheus_tts.engine.session import AudioChunk, Outcome, Piece, Session, SessionEnd, SessionState
@@ -303,11 +303,24 @@ class Engine:
                 continue
             finally:
                 setattr(self.timings, timing, getattr(self.timings, timing) + time.perf_counter() - started)
+            if NON_FINITE in tokens:
+                self._end_non_finite(step, tokens)
             ended += self.scheduler.take_tokens(step.sessions, step.pieces, tokens)
             rows += step.sessions
         ending = set(ended)
         due = [s for s in dict.fromkeys(rows) if s.state is SessionState.DECODING or s in ending]
         return due, ended
+
+    def _end_non_finite(self, step: LaunchedStep, tokens: list[int]) -> None:
+        """End the sessions whose rows of `step` had non-finite logits: the server's fault (an
+        error), not the caller's; the other rows go on. A row whose session has already moved on
+        (a spare id of overlapped steps) is ignored, as `take_tokens` ignores it."""
+        for session, piece, token in zip(step.sessions, step.pieces, tokens):
+            if token == NON_FINITE and session.state is SessionState.DECODING and session.piece_index == piece:
+                log.error("session %d: non-finite logits (NaN or infinity) at token %d of piece %d; ending it",
+                          session.id, session.metrics.tokens, piece)
+                self.kv_cache.clear_slot(session.slot)
+                self._finish(session, Outcome.ERROR, "inference failed: the model's logits were not finite")
 
     def _queue_audio(self, due: list[Session], ended: list[Session]) -> None:
         """Queue the decode of the audio that is due, batched across sessions; it is sent at the

@@ -133,3 +133,14 @@ class KVCache:
     def nbytes(self) -> int:
         return sum(layer.nbytes for layer in self.layers)
 
+    def clear_slot(self, slot: int) -> None:
+        """Reset one slot as allocated. After a fault (NaN keys or values), what the session left
+        must not reach the slot's next session: a batched prefill reads each row's slot up to the
+        longest prompt, past the row's own, and a NaN times a zero attention weight is NaN."""
+        for layer in self.layers:
+            layer.k[slot].zero_()
+            layer.v[slot].zero_()
+            if layer.quantized:
+                layer.k_scale[slot].fill_(1.0)
+                layer.v_scale[slot].fill_(1.0)
+

@@ -21,6 +21,9 @@ from orpheus_tts import orpheus
 from orpheus_tts.model.llama import Transformer
 
 _MASK32 = 0xFFFFFFFF
+# The id a row reports when its distribution was not finite (a NaN or infinite logit: a fault in the
+# weights or the step, never the caller's); the engine ends that row's session with an error.
+NON_FINITE = -1
 
 
 @dataclass
@@ -138,11 +141,13 @@ class Sampler:
         return ids, probs / probs.sum(dim=-1, keepdim=True)
 
     def sample(self, hidden: Tensor, batch: SamplingBatch) -> Tensor:
-        """Next token id per row [B]; records it in the row's repetition history."""
+        """Next token id per row [B], or NON_FINITE for a row whose logits were not finite (a NaN
+        or an infinity makes the whole row of probabilities NaN: one reduction finds it, on the
+        device, read with the ids); records each id in the row's repetition history."""
         ids, probs = self.probabilities(hidden, batch)
         # Exponential race: argmax p_i / E_i with E_i ~ Exp(1) draws i with probability p_i.
         exp_noise = -torch.log(hashed_uniform(batch.seed, batch.counter, probs.shape[1], self._column_keys))
         choice = torch.where(batch.temperature[:, None] > 0, probs / exp_noise, probs).argmax(dim=-1)
         tokens = ids.gather(1, choice[:, None]).squeeze(1)
         self.record(batch.slots, tokens)
-        return tokens
+        return torch.where(probs.isfinite().all(dim=-1), tokens, NON_FINITE)

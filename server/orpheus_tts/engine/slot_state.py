@@ -58,4 +58,5 @@ class SlotState:
         low = orpheus.AUDIO_TOKEN_BASE + orpheus.CODEBOOK_SIZE * frame
         valid = (sampled >= low) & (sampled < low + orpheus.CODEBOOK_SIZE)
         next_frame = torch.where(valid, (frame + 1) % orpheus.TOKENS_PER_FRAME, frame)
-        self.ints[:4, slots] = torch.stack([sampled, positions + 1, sampling.counter + 1, next_frame])
+        fed = sampled.clamp(min=0)  # a NON_FINITE row (its session is ending) feeds a real id meanwhile
+        self.ints[:4, slots] = torch.stack([fed, positions + 1, sampling.counter + 1, next_frame])

@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     from orpheus_tts.engine.engine import Engine
 
 
+class SessionFailure(RuntimeError):
+    """The engine ended the session with an error before its first audio: the server failed, not the
+    caller (INTERNAL / HTTP 500). The message says why; the door adds its request id."""
+
+
 class SpeechStream:
     """One request in flight. With `streaming_text`, text arrives through `add_text`."""
 
@@ -52,11 +57,13 @@ class SpeechStream:
 
     async def started(self) -> None:
         """Wait for the first event: audio, or the end. Raises AtCapacityError if the request was
-        refused while queued, so a door can still answer with a status (HTTP 429) rather than a
-        body that stops; the event is kept for `events`."""
+        refused while queued, SessionFailure if the engine failed it, so a door can still answer
+        with a status (HTTP 429, 500) rather than a body that stops; the event is kept for `events`."""
         if self._first is None:
             self._first = await self._queue.get()
         _raise_if_refused(self._first)
+        if isinstance(self._first, SessionEnd) and self._first.outcome is Outcome.ERROR:
+            raise SessionFailure(self._first.error or "the engine failed")
 
     async def events(self) -> AsyncIterator[AudioChunk | SessionEnd]:
         """Audio chunks in order, then exactly one SessionEnd; leaving early cancels the session.

@@ -28,12 +28,12 @@ from orpheus_tts import orpheus
 from orpheus_tts.api.access import AccessControl
 from orpheus_tts.api.http import speech
 from orpheus_tts.api.http.access import AccessMiddleware
-from orpheus_tts.api.http.errors import ApiError, RequestRecord, unavailable
+from orpheus_tts.api.http.errors import ApiError, RequestRecord, internal, unavailable
 from orpheus_tts.api.http.serving import QuietShutdownCuts
 from orpheus_tts.api.http.websocket import serve_stream
 from orpheus_tts.api.open_streams import OpenStreams
 from orpheus_tts.config import ServerConfig
-from orpheus_tts.engine import Engine
+from orpheus_tts.engine import Engine, SessionFailure
 from orpheus_tts.metrics import ServerMetrics
 from orpheus_tts.requests import AUDIO_FORMATS
 
@@ -105,7 +105,8 @@ def create_app(host: HttpHost, settings: HttpSettings | None = None) -> FastAPI:
                 stream.cancel()
                 raise
         except Exception as exc:
-            error = ApiError.from_exception(exc)
+            error = internal(f"{exc} (request {record.id})") if isinstance(exc, SessionFailure) else \
+                ApiError.from_exception(exc)
             record.done(error.outcome, error.message)
             raise error from None
         return speech.speech_response(stream, speech_request, options, record, host.streams)
