@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install run proto generate test image clean
+.PHONY: install run proto generate test fuzz soak image clean
 
 install: $(STAMP)
 
@@ -33,6 +33,14 @@ generate: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# The long runs of the property-based tests (thousands of examples per request kind) and of the soak
+# (4 rounds of 300 mixed requests; its figures are printed and written to soak.json).
+fuzz: $(STAMP)
+	ORPHEUS_TTS_FUZZ=long $(BIN)/python -m pytest -q --timeout=0 tests/server/test_fuzz_grpc.py tests/server/test_fuzz_http.py $(ARGS)
+
+soak: $(STAMP)
+	ORPHEUS_TTS_SOAK=full ORPHEUS_TTS_SOAK_JSON=soak.json $(BIN)/python -m pytest -q -s tests/server/test_soak.py $(ARGS)
 
 # The server, engine builder and operator images (Dockerfile; docs/container-image.md), tagged
 # with the chart's appVersion; `make image VERSION=x.y.z SOURCE_URL=https://...` overrides either.
