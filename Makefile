@@ -35,7 +35,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
 
 # The long runs of the property-based tests (thousands of examples per request kind) and of the soak
-# (4 rounds of 300 mixed requests; its figures are printed and written to soak.json).
+# (5 rounds of 300 mixed requests, the first a warm-up; its figures are printed and written to soak.json).
 fuzz: $(STAMP)
 	ORPHEUS_TTS_FUZZ=long $(BIN)/python -m pytest -q --timeout=0 tests/server/test_fuzz_grpc.py tests/server/test_fuzz_http.py $(ARGS)
 
