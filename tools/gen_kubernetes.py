@@ -2,8 +2,8 @@
 
 - `operator/orpheus_operator/model_facts.py`: what the torch-free operator needs to know of the
   model, the GPU support and the builder, from their homes: `ModelArgs` (the orpheus-3b named
-  config), `orpheus.py`, the server's default voice (`config.py`), `FP8_MIN_COMPUTE_CAPABILITY`
-  in `model/fp8.py`, and `engine_jobs.build.BUILDER_VERSION`.
+  config), `orpheus.py`, the server's default voice and adapter places (`config.py`),
+  `FP8_MIN_COMPUTE_CAPABILITY` in `model/fp8.py`, and `engine_jobs.build.BUILDER_VERSION`.
 - `operator/crds/orpheusvoices.yaml` and `charts/orpheus-tts/crds/orpheusvoices.yaml`: the CRD
   from `orpheus_operator/crd.py`, exactly as `orpheus-operator crd` prints it.
 - `charts/orpheus-tts/templates/_adapter-rules.tpl`: the prometheus-adapter rules from
@@ -41,7 +41,7 @@ def model_facts() -> str:
     """The operator's copy of the facts it shares with the server and the builder, as Python."""
     from engine_jobs.build import BUILDER_VERSION
     from orpheus_tts import orpheus
-    from orpheus_tts.config import ServerConfig
+    from orpheus_tts.config import AdaptersConfig, ServerConfig
     from orpheus_tts.model.fp8 import FP8_MIN_COMPUTE_CAPABILITY
     from orpheus_tts.model.llama import ModelArgs
 
@@ -59,6 +59,11 @@ VOCAB_SIZE = {args.vocab_size:_}
 HIDDEN_SIZE = {args.dim:_}
 # ModelArgs.kv_bytes_per_token: layers x KV heads x head_dim x 2 (K, V) x 2 bytes (a bf16/fp16 cache)
 KV_BYTES_PER_TOKEN = {args.kv_bytes_per_token:_}
+# The projections' sizes a LoRA adapter place is made of (orpheus_tts.model.lora.sub_shapes)
+N_LAYERS = {args.n_layers}
+Q_SIZE = {args.n_heads * args.head_dim:_}  # heads x head_dim
+KV_SIZE = {args.n_kv_heads * args.head_dim:_}  # KV heads x head_dim
+INTERMEDIATE_SIZE = {args.intermediate_size:_}
 
 # orpheus_tts.model.fp8.FP8_MIN_COMPUTE_CAPABILITY: the first GPU generation with FP8 tensor cores
 FP8_MIN_COMPUTE_CAPABILITY = {tuple(FP8_MIN_COMPUTE_CAPABILITY)!r}
@@ -68,6 +73,10 @@ VOICES = ({voices})
 # orpheus_tts.config.ServerConfig.default_voice: the voice of a request that names none
 DEFAULT_VOICE = {json.dumps(ServerConfig().default_voice)}
 TOKENS_PER_SECOND = {orpheus.TOKENS_PER_SECOND!r}  # audio tokens in one second of speech
+
+# orpheus_tts.config.AdaptersConfig: LoRA adapter places on the GPU, and the rank each is sized for
+ADAPTER_MAX_RESIDENT = {AdaptersConfig().max_resident}
+ADAPTER_MAX_RANK = {AdaptersConfig().max_rank}
 
 # engine_jobs.build.BUILDER_VERSION: hashed into every engine build's name
 BUILDER_VERSION = {json.dumps(BUILDER_VERSION)}

@@ -13,9 +13,11 @@ import copy
 from typing import Any
 
 from .access import network_policy_schema, security_schema
+from .lora_adapters import adapter_slots_schema, adapter_status_schema, adapters_schema
 from .model_facts import DEFAULT_VOICE, TOKENS_PER_SECOND, VOICES
 from .profiles import FP8_FIRST_ARCH, GPU_PROFILES
 from .settings import DEFAULT_BUILDER_IMAGE, DEFAULT_CACHE_CLAIM, DEFAULT_IMAGE
+from .sources import source_schema
 
 GROUP = "tts.orpheus.io"
 VERSION = "v1alpha1"
@@ -26,47 +28,7 @@ SINGULAR = "orpheusvoice"
 SHORT_NAMES = ["ov", "voice"]
 
 DEFAULT_CODEC_REPO = "hubertsiuzdak/snac_24khz"
-
-
-def _source(description: str, default: dict | None = None) -> dict:
-    """A model source: exactly one of a hub repository at a revision, or a path on a PVC."""
-    schema: dict[str, Any] = {
-        "type": "object",
-        "description": description,
-        "oneOf": [{"required": ["hub"]}, {"required": ["pvc"]}],
-        "properties": {
-            "hub": {
-                "type": "object",
-                "description": "A Hugging Face repository, fetched by the engine build Job.",
-                "required": ["repo", "revision"],
-                "properties": {
-                    "repo": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9._-]+$"},
-                    "revision": {
-                        "type": "string",
-                        "minLength": 1,
-                        "description": "A commit hash is best: a branch name is hashed as written, "
-                        "so a new commit on it does not trigger a new build.",
-                    },
-                },
-            },
-            "pvc": {
-                "type": "object",
-                "description": "A checkpoint directory on an existing PersistentVolumeClaim in this namespace.",
-                "required": ["claimName", "path"],
-                "properties": {
-                    "claimName": {"type": "string", "minLength": 1},
-                    "path": {
-                        "type": "string",
-                        "pattern": r"^[^/].*$",
-                        "description": "Directory inside the claim, relative to its root.",
-                    },
-                },
-            },
-        },
-    }
-    if default is not None:
-        schema["default"] = default
-    return schema
+ENGINE_BUILD = "the engine build Job"
 
 
 def _quantity_map() -> dict:
@@ -91,9 +53,11 @@ def spec_schema() -> dict:
             },
         ],
         "properties": {
-            "model": _source("The Orpheus language model checkpoint (Hugging Face layout, safetensors)."),
-            "codec": _source(
+            "model": source_schema("The Orpheus language model checkpoint (Hugging Face layout, safetensors).",
+                                   hub_fetched_by=ENGINE_BUILD),
+            "codec": source_schema(
                 "The SNAC 24 kHz codec (config.json + pytorch_model.bin).",
+                hub_fetched_by=ENGINE_BUILD,
                 default={"hub": {"repo": DEFAULT_CODEC_REPO, "revision": "main"}},
             ),
             "engineCache": {
@@ -243,6 +207,8 @@ def spec_schema() -> dict:
             },
             "security": security_schema(),
             "networkPolicy": network_policy_schema(),
+            "adapters": adapters_schema(),
+            "adapterSlots": adapter_slots_schema(),
         },
     }
 
@@ -286,6 +252,7 @@ def status_schema() -> dict:
             "replicas": {"type": "integer", "description": "Pods of the Deployment (the scale subresource reads it)."},
             "readyReplicas": {"type": "integer"},
             "selector": {"type": "string", "description": "Label selector of the pods, for the scale subresource."},
+            "adapters": adapter_status_schema(),
         },
     }
 

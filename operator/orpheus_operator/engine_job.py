@@ -24,7 +24,8 @@ import json
 from .hashing import engine_identity
 from .labels import ENGINE_IDENTITY_ANNOTATION, RUN_AS_USER, engine_job_name, engine_labels
 from .server_settings import engine_settings, set_flags
-from .voice import ModelSource, Voice
+from .sources import ModelSource
+from .voice import Voice
 
 CACHE_MOUNT = "/cache"
 SOURCES_MOUNT = "/sources"

@@ -12,6 +12,8 @@ VOICE_LABEL = f"{GROUP}/voice"
 ENGINE_HASH_LABEL = f"{GROUP}/engine-hash"
 ENGINE_IDENTITY_ANNOTATION = f"{GROUP}/engine-identity"
 BUILD_ATTEMPT_ANNOTATION = f"{GROUP}/build-attempt"
+# On the serving pods' template: the LoRA adapters it holds, read back for status.adapters.
+ADAPTERS_ANNOTATION = f"{GROUP}/adapters"
 
 # The server's ports; the Service exposes the same names.
 GRPC_PORT = 50051

@@ -2,7 +2,9 @@
 
 A session holds a KV-cache slot of `context_tokens` tokens for its whole life (the server
 pre-allocates slots, so nothing is allocated while serving). What is left of the GPU's memory
-after the weights, the SNAC codec and a workspace reserve is divided into such slots. A voice
+after the weights, the SNAC codec, a workspace reserve and the LoRA adapter places (a voice
+with adapters keeps `places` of them resident, each sized for the largest rank) is divided into
+such slots. A voice
 that asks for more sessions per pod than fit is refused before anything is rolled out, instead
 of crash-looping with out-of-memory at start-up.
 
@@ -13,7 +15,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .model_facts import FP8_MIN_COMPUTE_CAPABILITY, HIDDEN_SIZE, KV_BYTES_PER_TOKEN, VOCAB_SIZE
+from .model_facts import (
+    FP8_MIN_COMPUTE_CAPABILITY,
+    HIDDEN_SIZE,
+    INTERMEDIATE_SIZE,
+    KV_BYTES_PER_TOKEN,
+    KV_SIZE,
+    N_LAYERS,
+    Q_SIZE,
+    VOCAB_SIZE,
+)
 
 GIB = 2**30
 MIB = 2**20
@@ -72,7 +83,7 @@ class ModelFootprint:
     """What the Orpheus-3B language model and the SNAC codec occupy on the GPU.
 
     Under FP8 the linear layers take one byte per weight; the embedding (tied with the output
-    head) stays in bf16. The KV cache is fp16/bf16 either way.
+    head) stays in bf16. The KV cache is fp16/bf16 either way, and so are LoRA adapter places.
     """
 
     params: int = 3_300_000_000
@@ -81,6 +92,20 @@ class ModelFootprint:
     snac_bytes: int = 512 * MIB  # SNAC 24 kHz weights (fp32, ~80 MB) plus batched decode activations
     workspace_bytes: int = 2 * GIB  # CUDA context, CUDA graphs, activations, sampler buffers
     fragmentation_reserve: float = 0.05  # share of GPU memory never planned for
+    n_layers: int = N_LAYERS
+    # (in, out) of each projection a LoRA adapter may target: q, k, v, o, gate, up, down
+    lora_projections: tuple[tuple[int, int], ...] = (
+        (HIDDEN_SIZE, Q_SIZE), (HIDDEN_SIZE, KV_SIZE), (HIDDEN_SIZE, KV_SIZE), (Q_SIZE, HIDDEN_SIZE),
+        (HIDDEN_SIZE, INTERMEDIATE_SIZE), (HIDDEN_SIZE, INTERMEDIATE_SIZE), (INTERMEDIATE_SIZE, HIDDEN_SIZE),
+    )
+    lora_bytes_per_value: int = 2  # bf16, the model's dtype
+
+    def lora_place_bytes(self, rank: int) -> int:
+        """One resident adapter place, sized for `rank` whatever the adapter's own rank is (the
+        server's LoraPool): per layer and projection, A [rank, in] and B [out, rank].
+        Orpheus-3B: 28 x rank x (26,624 + 27,648) x 2 bytes, 194.5 MB at rank 64."""
+        per_rank = sum(i + o for i, o in self.lora_projections)
+        return self.n_layers * rank * per_rank * self.lora_bytes_per_value
 
     def weight_bytes(self, precision: str) -> int:
         if precision == "bf16":
@@ -105,10 +130,13 @@ class SlotBudget:
     fixed_bytes: int  # SNAC + workspace + fragmentation reserve
     kv_bytes_per_session: int
     max_sessions: int
+    lora_places: int = 0  # resident LoRA adapter places (0: the voice has no adapters)
+    lora_rank: int = 0  # the rank every place is sized for
+    lora_bytes: int = 0  # all places together
 
     @property
     def kv_budget_bytes(self) -> int:
-        return max(0, self.gpu_bytes - self.weight_bytes - self.fixed_bytes)
+        return max(0, self.gpu_bytes - self.weight_bytes - self.fixed_bytes - self.lora_bytes)
 
     def kv_bytes_for(self, sessions: int) -> int:
         return sessions * self.kv_bytes_per_session
@@ -119,21 +147,30 @@ class SlotBudget:
             f"{sessions} sessions x {self.context_tokens} tokens need "
             f"{self.kv_bytes_for(sessions) / GIB:.1f} GiB of KV cache; {self.profile} has "
             f"{self.gpu_bytes / GIB:.1f} GiB, of which {self.weight_bytes / GIB:.1f} GiB go to "
-            f"{self.precision} weights and {self.fixed_bytes / GIB:.1f} GiB to SNAC and workspace, "
-            f"leaving {self.kv_budget_bytes / GIB:.1f} GiB: at most {self.max_sessions} sessions fit"
+            f"{self.precision} weights{self._lora_part()} and {self.fixed_bytes / GIB:.1f} GiB to SNAC and "
+            f"workspace, leaving {self.kv_budget_bytes / GIB:.1f} GiB: at most {self.max_sessions} sessions fit"
         )
+
+    def _lora_part(self) -> str:
+        if not self.lora_places:
+            return ""
+        return (f", {self.lora_bytes / GIB:.1f} GiB to {self.lora_places} LoRA adapter places of rank "
+                f"{self.lora_rank}")
 
 
 def slot_budget(
-    profile: GPUProfile, precision: str, context_tokens: int, model: ModelFootprint = ORPHEUS_3B
+    profile: GPUProfile, precision: str, context_tokens: int, model: ModelFootprint = ORPHEUS_3B,
+    lora_places: int = 0, lora_rank: int = 0,
 ) -> SlotBudget:
-    """How many sessions of `context_tokens` fit on one GPU of `profile` at `precision`."""
+    """How many sessions of `context_tokens` fit on one GPU of `profile` at `precision`, beside
+    `lora_places` adapter places of `lora_rank`."""
     if context_tokens <= 0:
         raise ValueError("context_tokens must be positive")
     weights = model.weight_bytes(precision)
     fixed = model.snac_bytes + model.workspace_bytes + int(profile.memory_bytes * model.fragmentation_reserve)
+    lora = lora_places * model.lora_place_bytes(lora_rank)
     per_session = context_tokens * model.kv_bytes_per_token
-    free = profile.memory_bytes - weights - fixed
+    free = profile.memory_bytes - weights - fixed - lora
     return SlotBudget(
         profile=profile.name,
         precision=precision,
@@ -143,4 +180,7 @@ def slot_budget(
         fixed_bytes=fixed,
         kv_bytes_per_session=per_session,
         max_sessions=max(0, free // per_session),
+        lora_places=lora_places,
+        lora_rank=lora_rank,
+        lora_bytes=lora,
     )

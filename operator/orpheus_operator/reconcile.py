@@ -18,7 +18,7 @@ import kopf
 
 from . import status as st
 from .kube import Cluster, Conflict
-from .labels import BUILD_ATTEMPT_ANNOTATION
+from .labels import ADAPTERS_ANNOTATION, BUILD_ATTEMPT_ANNOTATION
 from .plan import Plan, plan
 from . import serving
 from .serving import initial_replicas, managed_replicas
@@ -136,6 +136,8 @@ def _status(p: Plan, current: dict, conditions: list[st.Condition], deployment: 
         "gpuProfile": p.voice.gpu_profile,
         "maxSessionsPerPod": p.voice.budget.max_sessions if p.voice.has_known_gpu else None,
         "selector": p.selector,
+        "adapters": p.voice.adapters.status(st.template_annotation(deployment, ADAPTERS_ANNOTATION),
+                                            st.rolled_out(deployment)),
         **st.replica_counts(deployment),
         **extra,
     }

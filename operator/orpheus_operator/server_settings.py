@@ -28,8 +28,10 @@ def engine_settings(voice: Voice) -> dict[str, str]:
 
 def serving_settings(voice: Voice) -> dict[str, str]:
     """What the pods get: the engine's settings plus those that leave the engine as it is (the
-    default voice, and who may call: keys, TLS, per-key limits)."""
-    return {**engine_settings(voice), "default_voice": voice.default_voice, **voice.security.server_settings()}
+    default voice, who may call: keys, TLS, per-key limits, and the LoRA adapters with their pool,
+    which the server keeps beside the engine's weights)."""
+    return {**engine_settings(voice), "default_voice": voice.default_voice, **voice.security.server_settings(),
+            **voice.adapters.server_settings()}
 
 
 def set_flags(settings: dict[str, str]) -> list[str]:

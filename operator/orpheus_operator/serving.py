@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from .access import TLS_CA, TLS_CERT, TLS_KEY, TLS_MOUNT
 from .engine_job import container_security_context, gpu_placement, pod_security_context
-from .labels import GRPC_PORT, HTTP_PORT, METRICS_PORT, selector_labels, server_labels
+from .labels import ADAPTERS_ANNOTATION, GRPC_PORT, HTTP_PORT, METRICS_PORT, selector_labels, server_labels
+from .lora_adapters import FETCH_COMMAND, FETCH_CONTAINER, FETCH_RESOURCES
 from .metrics import ACTIVE_SESSIONS_METRIC, SATURATION_METRIC, TTFB_P95_METRIC
 from .server_settings import serving_settings, set_flags
 from .voice import Voice
@@ -95,6 +96,23 @@ def startup_probe(voice: Voice) -> dict:
     return _probe(voice, "/readyz", period_s=STARTUP_PROBE_PERIOD_S, failure_threshold=failures)
 
 
+def fetch_adapters_container(voice: Voice) -> dict:
+    """The init container that downloads the voice's hub adapters (lora_adapters.py), in the server image."""
+    return {
+        "name": FETCH_CONTAINER,
+        "image": voice.image,
+        "imagePullPolicy": voice.image_pull_policy,
+        "command": list(FETCH_COMMAND),
+        "args": voice.adapters.fetch_args(),
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "resources": FETCH_RESOURCES,
+        "securityContext": container_security_context(),
+        # `kubectl describe pod` then shows why a fetch failed.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *voice.adapters.fetch_mounts()],
+    }
+
+
 def pod_template(voice: Voice, engine_hash: str) -> dict:
     container = {
         "name": "server",
@@ -122,29 +140,28 @@ def pod_template(voice: Voice, engine_hash: str) -> dict:
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "dshm", "mountPath": "/dev/shm"},
             *voice.security.volume_mounts(),
+            *voice.adapters.volume_mounts(),
         ],
     }
-    return {
-        "metadata": {
-            "labels": server_labels(voice.name, engine_hash),
-            "annotations": {
-                "prometheus.io/scrape": "true",
-                "prometheus.io/port": str(METRICS_PORT),
-            },
-        },
-        "spec": {
-            "terminationGracePeriodSeconds": voice.termination_grace_s,
-            "securityContext": pod_security_context(),
-            **gpu_placement(voice),
-            "containers": [container],
-            "volumes": [
-                {"name": "engine", "persistentVolumeClaim": {"claimName": voice.cache_claim, "readOnly": True}},
-                {"name": "tmp", "emptyDir": {"sizeLimit": "4Gi"}},
-                {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
-                *voice.security.volumes(),
-            ],
-        },
+    annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT)}
+    if voice.adapters.adapters:
+        annotations[ADAPTERS_ANNOTATION] = voice.adapters.identities()
+    spec: dict = {
+        "terminationGracePeriodSeconds": voice.termination_grace_s,
+        "securityContext": pod_security_context(),
+        **gpu_placement(voice),
+        "containers": [container],
+        "volumes": [
+            {"name": "engine", "persistentVolumeClaim": {"claimName": voice.cache_claim, "readOnly": True}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "4Gi"}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
+            *voice.security.volumes(),
+            *voice.adapters.volumes(),
+        ],
     }
+    if voice.adapters.hub:
+        spec["initContainers"] = [fetch_adapters_container(voice)]
+    return {"metadata": {"labels": server_labels(voice.name, engine_hash), "annotations": annotations}, "spec": spec}
 
 
 def deployment(voice: Voice, engine_hash: str, replicas: int | None) -> dict:

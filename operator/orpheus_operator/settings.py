@@ -8,7 +8,8 @@ them from `voiceDefaults` and `engineCache.claimName`): `DEFAULT_IMAGE` (`spec.i
 `DEFAULT_BUILDER_IMAGE` (`spec.builderImage`), `DEFAULT_GPU_PROFILE` (`spec.gpuProfile`; empty:
 no default, and a voice without one is refused), `ENGINE_CACHE_CLAIM`
 (`spec.engineCache.claimName`), and, as JSON objects shaped like the spec's fields,
-`DEFAULT_SECURITY` (`spec.security`) and `DEFAULT_NETWORK_POLICY` (`spec.networkPolicy`). An
+`DEFAULT_SECURITY` (`spec.security`), `DEFAULT_NETWORK_POLICY` (`spec.networkPolicy`) and
+`DEFAULT_ADAPTER_SLOTS` (`spec.adapterSlots`). An
 empty value keeps the built-in default. The chart's `ENGINE_CACHE_STORAGE_CLASS` and `ENGINE_CACHE_SIZE` are not
 read: the chart creates the cache PVC, the operator only mounts it by name.
 """
@@ -43,9 +44,10 @@ class OperatorSettings:
     engine_cache_claim: str = DEFAULT_CACHE_CLAIM  # cache PVC of voices without spec.engineCache.claimName
     default_security: str = ""  # JSON, under every voice's spec.security; "": none
     default_network_policy: str = ""  # JSON, under every voice's spec.networkPolicy; "": none
+    default_adapter_slots: str = ""  # JSON, under every voice's spec.adapterSlots; "": the server's defaults
 
     def __post_init__(self) -> None:
-        for name in ("default_security", "default_network_policy"):
+        for name in ("default_security", "default_network_policy", "default_adapter_slots"):
             self._json_object(name)
         if self.default_gpu_profile and self.default_gpu_profile not in GPU_PROFILES:
             raise ValueError(
@@ -79,6 +81,10 @@ class OperatorSettings:
     @property
     def network_policy_defaults(self) -> dict:
         return self._json_object("default_network_policy")
+
+    @property
+    def adapter_slots_defaults(self) -> dict:
+        return self._json_object("default_adapter_slots")
 
     def _json_object(self, name: str) -> dict:
         raw = getattr(self, name)

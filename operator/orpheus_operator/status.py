@@ -131,3 +131,21 @@ def merge_conditions(existing: list[dict] | None, new: list[Condition], now: str
 def replica_counts(deployment: dict | None) -> dict[str, int]:
     status = (deployment or {}).get("status", {})
     return {"replicas": status.get("replicas") or 0, "readyReplicas": status.get("readyReplicas") or 0}
+
+
+def rolled_out(deployment: dict | None) -> bool:
+    """Every pod runs the Deployment's current template and at least one is available (as
+    `kubectl rollout status` judges it; a Deployment of 0 replicas has no pod to say so)."""
+    if deployment is None:
+        return False
+    status = deployment.get("status", {})
+    generation = deployment.get("metadata", {}).get("generation")
+    if generation is not None and (status.get("observedGeneration") or 0) < generation:
+        return False
+    updated = status.get("updatedReplicas") or 0
+    wanted = deployment.get("spec", {}).get("replicas", 1)
+    return 0 < updated and wanted <= updated == (status.get("replicas") or 0) <= (status.get("availableReplicas") or 0)
+
+
+def template_annotation(deployment: dict | None, key: str) -> str | None:
+    return ((deployment or {}).get("spec", {}).get("template", {}).get("metadata", {}).get("annotations") or {}).get(key)

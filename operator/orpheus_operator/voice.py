@@ -16,37 +16,13 @@ from typing import Any, Mapping
 
 from .access import NetworkAccess, Security
 from .crd import apply_defaults
+from .lora_adapters import LoraAdapters
 from .profiles import FP8_FIRST_ARCH, GPU_PROFILES, GPUProfile, SlotBudget, slot_budget
 from .settings import ENV_PREFIX, OperatorSettings
+from .sources import ModelSource
 
 # The Deployment, Service, HPA and PDB take the voice's name; Services need a DNS-1035 label.
 MAX_NAME_LENGTH = 52
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """A checkpoint in a hub repository at a revision, or a directory on a PVC."""
-
-    hub_repo: str | None = None
-    revision: str | None = None
-    pvc_claim: str | None = None
-    pvc_path: str | None = None
-
-    @classmethod
-    def from_spec(cls, spec: Mapping[str, Any]) -> "ModelSource":
-        if "hub" in spec:
-            return cls(hub_repo=spec["hub"]["repo"], revision=spec["hub"]["revision"])
-        return cls(pvc_claim=spec["pvc"]["claimName"], pvc_path=spec["pvc"]["path"].strip("/"))
-
-    @property
-    def is_pvc(self) -> bool:
-        return self.pvc_claim is not None
-
-    def identity(self) -> dict[str, str]:
-        """What identifies the checkpoint, for the engine hash."""
-        if self.is_pvc:
-            return {"pvc": f"{self.pvc_claim}/{self.pvc_path}"}
-        return {"hub": f"{self.hub_repo}@{self.revision}"}
 
 
 @dataclass(frozen=True)
@@ -89,6 +65,7 @@ class Voice:
     tolerations: list = field(default_factory=list)
     security: Security = field(default_factory=Security)
     network: NetworkAccess = field(default_factory=NetworkAccess)
+    adapters: LoraAdapters = field(default_factory=LoraAdapters)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any], settings: OperatorSettings | None = None) -> "Voice":
@@ -133,6 +110,7 @@ class Voice:
             tolerations=list(spec.get("tolerations") or []),
             security=Security.from_spec(spec.get("security"), settings.security_defaults),
             network=NetworkAccess.from_spec(spec.get("networkPolicy"), settings.network_policy_defaults),
+            adapters=LoraAdapters.from_spec(spec.get("adapters"), spec.get("adapterSlots"), settings.adapter_slots_defaults),
         )
 
     @property
@@ -148,7 +126,8 @@ class Voice:
 
     @property
     def budget(self) -> SlotBudget:
-        return slot_budget(self.gpu, self.precision, self.context_tokens)
+        return slot_budget(self.gpu, self.precision, self.context_tokens,
+                           lora_places=self.adapters.places, lora_rank=self.adapters.max_rank)
 
 
 @dataclass(frozen=True)
@@ -175,6 +154,9 @@ def refusal(voice: Voice) -> Refusal | None:
         )
     if voice.security.has_limits and not voice.security.api_keys_secret:
         return Refusal("InvalidSpec", "security.limits are per API key: set security.apiKeys (or drop the limits)")
+    problem = voice.adapters.problem()
+    if problem is not None:
+        return Refusal("InvalidSpec", problem)
     if voice.gpu_profile is None:
         return Refusal(
             "NoGPUProfile",

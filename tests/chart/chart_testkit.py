@@ -52,6 +52,7 @@ ALL_ON: dict[str, Any] = {
         "networkPolicy": {"enabled": True,
                           "clients": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway"}},
                                        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "envoy"}}}]},
+        "adapterSlots": {"maxResident": 4, "maxRank": 32},
     },
     "engineCache": {"create": True, "namespaces": ["voices", NAMESPACE], "storageClassName": "fast", "size": "100Gi",
                     "accessModes": ["ReadWriteMany"]},

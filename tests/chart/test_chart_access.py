@@ -26,7 +26,7 @@ def rendered_for_chart_voice(values: dict, voice: dict) -> dict[str, dict]:
 def test_values_schema_checks_voice_defaults_as_the_crd_checks_a_voice():
     values_schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["voiceDefaults"]["properties"]
     crd = spec_schema()["properties"]
-    for key in ("security", "networkPolicy"):
+    for key in ("security", "networkPolicy", "adapterSlots"):
         assert values_schema[key] == values_schema_of(crd[key]), (
             f"values.schema.json's voiceDefaults.{key} differs from crd.py's: write "
             f"chart_testkit.values_schema_of(spec_schema()['properties'][{key!r}]) there")

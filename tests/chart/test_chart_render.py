@@ -196,8 +196,10 @@ def test_operator_settings_and_defaults_reach_its_environment():
     assert parsed == OperatorSettings(engine_poll_s=15, status_interval_s=30, build_retry_base_s=30,
                                       build_retry_max_s=900, default_gpu_profile="l4",
                                       default_security=parsed.default_security,
-                                      default_network_policy=parsed.default_network_policy)
+                                      default_network_policy=parsed.default_network_policy,
+                                      default_adapter_slots=parsed.default_adapter_slots)
     assert parsed.security_defaults == ALL_ON["voiceDefaults"]["security"]
+    assert parsed.adapter_slots_defaults == ALL_ON["voiceDefaults"]["adapterSlots"]
     assert {ENV_PREFIX + f.upper() for f in OperatorSettings.__dataclass_fields__} <= settings.keys()
     assert settings[f"{ENV_PREFIX}DEFAULT_IMAGE"] == "orpheus-tts:0.1.0"
     assert settings[f"{ENV_PREFIX}DEFAULT_BUILDER_IMAGE"] == "orpheus-tts-builder:0.1.0"
