@@ -35,7 +35,12 @@ VOICES = [
                             "targetSaturation": 0.75},
         },
     },
-    {"name": "leo-long", "spec": {"model": {"pvc": {"claimName": "models", "path": "orpheus-3b"}}, "gpuProfile": "h100-80gb"}},
+    {"name": "leo-long", "spec": {"model": {"pvc": {"claimName": "models", "path": "orpheus-3b"}}, "gpuProfile": "h100-80gb",
+                                  "adapters": [
+                                      {"name": "leo-warm", "pvc": {"claimName": "adapters", "path": "leo/warm"},
+                                       "voices": ["leo-warm"]},
+                                      {"name": "narrator", "hub": {"repo": "acme/orpheus-narrator-lora", "revision": "4f2c"}},
+                                  ]}},
 ]
 
 # Every flag on (the monitor kind is switched separately: ServiceMonitor or PodMonitor).

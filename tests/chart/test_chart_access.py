@@ -60,3 +60,18 @@ def test_key_and_tls_secrets_from_the_chart_reach_the_voice_pods():
     pod = rendered_for_chart_voice(own_tls, own_tls["voices"][0])["Deployment"]["spec"]["template"]["spec"]
     assert {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v} == {
         "api-keys": "tts-api-keys", "tls": "tara-tls"}  # the voice's tls replaces the default's, keys stay
+
+
+def test_adapter_slots_from_the_chart_size_the_voice_pool_and_its_budget():
+    """leo-long has two adapters: the chart's maxResident 4 is capped at two places, maxRank 32 stays."""
+    def pool(values):
+        objects = rendered_for_chart_voice(values, VOICES[1])
+        deployment = objects["Deployment"]
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+        args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        return [a for a in args if a.startswith(("adapters.max_resident=", "adapters.max_rank="))]
+    assert pool(ALL_ON) == ["adapters.max_resident=2", "adapters.max_rank=32"]
+    assert pool(None) == ["adapters.max_resident=2", "adapters.max_rank=64"]  # the server's defaults
+    own = with_values(ALL_ON, voices=[{**VOICES[1], "spec": {**VOICES[1]["spec"], "adapterSlots": {"maxResident": 1}}}])
+    assert rendered_for_chart_voice(own, own["voices"][0])["Deployment"]["spec"]["template"]["spec"]["containers"][0][
+        "args"].count("adapters.max_resident=1") == 1

@@ -254,6 +254,8 @@ def test_notes_tell_the_user_what_to_do_next():
     ({"voiceDefaults": {"security": {"limits": {"requestsPerSecondPerKey": 0}}}}, "requestsPerSecondPerKey"),
     ({"voiceDefaults": {"networkPolicy": {"clients": [{}]}}}, "clients"),       # a peer naming nothing
     ({"voiceDefaults": {"networkPolicy": {"enabled": "yes"}}}, "enabled"),
+    ({"voiceDefaults": {"adapterSlots": {"maxRank": 0}}}, "maxRank"),
+    ({"voiceDefaults": {"adapterSlots": {"maxresident": 4}}}, "maxresident"),
     ({"keda": {"enabled": "yes"}}, "enabled"),
     ({"keda": {"minReplicaCount": -1}}, "minReplicaCount"),
     ({"keda": {"activationThreshold": 0.5}}, "activationThreshold"),          # KEDA's metadata are strings

@@ -60,6 +60,14 @@ def load_example(name: str) -> dict:
     return yaml.safe_load((EXAMPLES / name).read_text())
 
 
+def voice_body(example: str = "voice-rtx4090-conversational.yaml", **spec) -> dict:
+    """An example voice as the API would return it (namespace `voices`, a uid), with `spec` changed."""
+    body = load_example(example)
+    body["metadata"].update(namespace="voices", uid="5f0c0d9e-0000-4000-8000-000000000002")
+    body["spec"].update(spec)
+    return body
+
+
 def job_name_for(body: dict) -> str:
     """The build Job the operator makes for this voice once it is created in NAMESPACE."""
     body = {**body, "metadata": {**body["metadata"], "namespace": NAMESPACE}}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import jsonschema
 import pytest
-from operator_testkit import load_example
+from operator_testkit import voice_body
 
 from orpheus_operator.crd import voice_schema
 from orpheus_operator.hashing import engine_hash
@@ -24,13 +24,6 @@ TLS = {"tls": {"secretName": "tara-chat-tls"}}
 MTLS = {"tls": {"secretName": "tara-chat-tls", "clientAuth": True}}
 LIMITS = {"limits": {"maxSessionsPerKey": 4, "requestsPerSecondPerKey": 2.5, "burstPerKey": 10},
           "allowedOrigins": ["https://app.example.com", "https://admin.example.com"]}
-
-
-def voice_body(**spec) -> dict:
-    body = load_example("voice-rtx4090-conversational.yaml")
-    body["metadata"].update(namespace="voices", uid="5f0c0d9e-0000-4000-8000-000000000002")
-    body["spec"].update(spec)
-    return body
 
 
 def voice(settings: OperatorSettings | None = None, **spec) -> Voice:

@@ -64,7 +64,30 @@ INVALID = {
     "network peer naming nothing": lambda s: s.update(networkPolicy={"clients": [{}]}),
     "unknown selector operator": lambda s: s.update(networkPolicy={"clients": [
         {"podSelector": {"matchExpressions": [{"key": "a", "operator": "Is"}]}}]}),
+    "adapter without a source": lambda s: s.update(adapters=[{"name": "warm"}]),
+    "adapter with both sources": lambda s: s.update(adapters=[{"name": "warm", "pvc": {"claimName": "a", "path": "w"},
+                                                               "hub": {"repo": "acme/warm", "revision": "1"}}]),
+    "adapter without a name": lambda s: s.update(adapters=[{"pvc": {"claimName": "a", "path": "w"}}]),
+    "adapter name with a slash": lambda s: s.update(adapters=[{"name": "a/b", "pvc": {"claimName": "a", "path": "w"}}]),
+    "adapter hub without revision": lambda s: s.update(adapters=[{"name": "w", "hub": {"repo": "acme/warm"}}]),
+    "adapter voice with a colon": lambda s: s.update(adapters=[{"name": "w", "pvc": {"claimName": "a", "path": "w"},
+                                                                "voices": ["warm:w"]}]),
+    "zero adapter places": lambda s: s.update(adapterSlots={"maxResident": 0}),
+    "adapter rank as text": lambda s: s.update(adapterSlots={"maxRank": "64"}),
 }
+
+
+def test_voice_with_pvc_and_hub_adapters_is_valid_and_gets_no_adapter_defaults():
+    voice = _minimal()
+    voice["spec"]["adapters"] = [
+        {"name": "tara-warm", "pvc": {"claimName": "adapters", "path": "tara/warm"}, "voices": ["warm", "tara-warm"]},
+        {"name": "bob.v2", "hub": {"repo": "acme/orpheus-bob-lora", "revision": "0123abcd"}},
+    ]
+    voice["spec"]["adapterSlots"] = {"maxResident": 2, "maxRank": 16}
+    validate(voice)
+    spec = apply_defaults(voice)["spec"]
+    assert spec["adapters"] == voice["spec"]["adapters"] and spec["adapterSlots"] == {"maxResident": 2, "maxRank": 16}
+    assert "adapterSlots" not in apply_defaults(_minimal())["spec"]  # the operator's default, as for security
 
 
 @pytest.mark.parametrize("case", sorted(INVALID))
