@@ -248,7 +248,8 @@ def status_schema() -> dict:
                 "description": "After a failed build: when the next build Job starts.",
             },
             "gpuProfile": {"type": "string", "description": "The GPU profile in use: spec.gpuProfile or the operator's default."},
-            "maxSessionsPerPod": {"type": "integer", "description": "Sessions that fit one GPU (the slot budget)."},
+            "maxSessionsPerPod": {"type": "integer", "description": "Sessions that fit one GPU (the slot budget, after "
+                                  "the LoRA adapter places)."},
             "replicas": {"type": "integer", "description": "Pods of the Deployment (the scale subresource reads it)."},
             "readyReplicas": {"type": "integer"},
             "selector": {"type": "string", "description": "Label selector of the pods, for the scale subresource."},
