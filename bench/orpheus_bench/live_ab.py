@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from orpheus_bench.engine_load import bench_config, measure_level, start_engine
-from orpheus_bench.load import EngineTarget
+from orpheus_bench.targets import EngineTarget
 from orpheus_bench.workload import DEFAULT_TEXT
 from orpheus_bench.results import log
 from orpheus_bench.server_parts import AudioChunk

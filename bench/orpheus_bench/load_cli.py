@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from orpheus_bench import plots
-from orpheus_bench.load import EngineTarget, GrpcTarget, HttpTarget, WebSocketTarget, run_bench
+from orpheus_bench.load import run_bench
+from orpheus_bench.targets import EngineTarget, GrpcTarget, HttpTarget, WebSocketTarget
 from orpheus_bench.workload import DEFAULT_TEXT, Workload
 from orpheus_bench.results import git_commit, write_json
 

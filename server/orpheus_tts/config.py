@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -22,12 +20,10 @@ from typing import Any, Iterator, Mapping
 import yaml
 
 from orpheus_tts import orpheus
+from orpheus_tts.config_build import (ConfigError, Setting, build, leaf_settings, merge, parse_set_flags,  # noqa: F401
+                                      set_dotted)
 
 ENV_PREFIX = "ORPHEUS_TTS__"
-
-
-class ConfigError(ValueError):
-    """A configuration value is unknown, mistyped or out of range."""
 
 
 def setting(default: Any = dataclasses.MISSING, doc: str = "", *, live: bool = False,
@@ -213,6 +209,14 @@ class AdaptersConfig:
                                     "that only choose a voice (OpenAI's SDK): a request for the voice runs on the "
                                     "adapter and says the voice in its prompt.", default_factory=list)
 
+    def voice_map(self) -> dict[str, str]:
+        """`voices` as voice -> adapter."""
+        return dict(entry.split(":", 1) for entry in self.voices)
+
+    def all_voices(self) -> dict[str, str | None]:
+        """Every voice a request may name, and the adapter it runs on (None: the base model)."""
+        return {**{voice: None for voice in orpheus.VOICES}, **self.voice_map()}
+
 
 @dataclass
 class SecurityConfig:
@@ -339,72 +343,6 @@ class ServerConfig:
                                   f"https://app.example.com (scheme and host, no path)")
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Turn a YAML/env/flag value into the annotated type, or say exactly what is wrong."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return _build(tp, value, where)
-    if origin is dict:
-        _, value_tp = typing.get_args(tp)
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return {k: _coerce(v, value_tp, f"{where}.{k}") for k, v in value.items()}
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if isinstance(value, str):  # `--set security.allowed_origins=https://a,https://b`
-            value = [part.strip() for part in value.split(",") if part.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return None if value is None else _coerce(value, args[0], where)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-            return value.lower() in ("true", "1", "yes", "on")
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if tp in (int, float, str):
-        if isinstance(value, bool) and tp is not str:
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
-        try:
-            if tp is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return tp(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
-    return value
-
-
-def _build(cls: type, data: Mapping[str, Any], where: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ConfigError(f"unknown key(s) {sorted(unknown)} in {where or 'config'}; known: {sorted(names)}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}".lstrip(".")) for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def _merge(base: dict, override: Mapping) -> dict:
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        tree = tree.setdefault(part, {})
-    tree[leaf] = value
-
-
 def load_config(
     path: str | os.PathLike | None = None,
     overrides: Mapping[str, Any] | None = None,
@@ -424,51 +362,19 @@ def load_config(
             raise ConfigError(f"cannot read config {config_path}: {exc}") from exc
         if not isinstance(loaded, Mapping):
             raise ConfigError(f"{config_path}: top level must be a mapping")
-        _merge(tree, loaded)
+        merge(tree, loaded)
     env = os.environ if environ is None else environ
     for key, value in env.items():
         if key.startswith(ENV_PREFIX):
-            _set_dotted(tree, key[len(ENV_PREFIX):].lower().replace("__", "."), yaml.safe_load(value))
+            set_dotted(tree, key[len(ENV_PREFIX):].lower().replace("__", "."), yaml.safe_load(value))
     for dotted, value in (overrides or {}).items():
-        _set_dotted(tree, dotted, value)
-    return _build(ServerConfig, tree).validate()
+        set_dotted(tree, dotted, value)
+    return build(ServerConfig, tree).validate()
 
 
-def parse_set_flags(items: list[str]) -> dict[str, Any]:
-    """`["scheduler.max_batch_size=8"]` -> `{"scheduler.max_batch_size": 8}` (values parsed as YAML)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects section.key=value, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One leaf of the configuration, as the reference and the example config show it."""
-
-    key: str  # dotted, as `--set` takes it: "scheduler.max_batch_size", "tuning.longform.max_text_chars"
-    type: type
-    default: Any
-    doc: str
-    live: bool
-
-
-def settings(config: Any = None, prefix: str = "") -> Iterator[Setting]:
+def settings(config: Any = None) -> Iterator[Setting]:
     """Every leaf setting of `config` (the defaults when None), in declaration order."""
-    config = ServerConfig() if config is None else config
-    hints = typing.get_type_hints(type(config))
-    for f in dataclasses.fields(config):
-        value, key = getattr(config, f.name), prefix + f.name
-        if dataclasses.is_dataclass(value):
-            yield from settings(value, key + ".")
-        elif isinstance(value, dict):
-            for name, entry in value.items():
-                yield from settings(entry, f"{key}.{name}.")
-        else:
-            yield Setting(key, hints[f.name], value, f.metadata.get("doc", ""), f.metadata.get("live", False))
+    return leaf_settings(ServerConfig() if config is None else config)
 
 
 # What a running engine may change (`setting(..., live=True)`); the bench's A/B varies only these.

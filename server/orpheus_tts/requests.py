@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import struct
+import re
 from dataclasses import dataclass
 
 from orpheus_tts import orpheus
@@ -23,6 +24,7 @@ TEMPERATURE_RANGE = (0.0, 2.0)  # 0 means greedy
 TOP_P_RANGE = (0.0, 1.0)  # exclusive of 0
 REPETITION_PENALTY_RANGE = (1.0, 2.0)
 SEED_RANGE = (0, 2**32 - 1)
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # a directory name under adapters.dir
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class SpeechRequest:
     # Benchmarks: speak the whole token budget, never stopping at the model's end of speech,
     # so every run of a workload produces the same amount of audio.
     ignore_end_of_speech: bool = False
+    adapter: str | None = None  # a LoRA adapter (a fine-tuned voice), by name; None: the base model
 
     @classmethod
     def create(
@@ -55,15 +58,21 @@ class SpeechRequest:
         format: str = "pcm",
         allow_empty_text: bool = False,
         ignore_end_of_speech: bool = False,
+        adapter: str | None = None,
+        voices: tuple[str, ...] = orpheus.VOICES,
     ) -> "SpeechRequest":
+        """`voices`: the voices this server speaks (the model's, and those its adapters add)."""
         if not isinstance(text, str):
             raise RequestError("text", "must be a string")
         check_unicode("text", text)
         if not allow_empty_text and not text.strip():
             raise RequestError("text", "is empty")
         check_text_length(len(text), max_text_chars)
-        if voice not in orpheus.VOICES:
-            raise RequestError("voice", f"unknown voice {voice!r}; available: {', '.join(orpheus.VOICES)}")
+        if voice not in voices:
+            raise RequestError("voice", f"unknown voice {voice!r}; available: {', '.join(voices)}")
+        if adapter is not None and (not isinstance(adapter, str) or not ADAPTER_NAME.fullmatch(adapter)):
+            raise RequestError("adapter", f"must be an adapter's name (letters, digits, '.', '_', '-'; at most 64), "
+                                          f"got {str(adapter)[:80]!r}")
         temperature = _in_range("temperature", defaults.temperature if temperature is None else temperature,
                                 *TEMPERATURE_RANGE)
         top_p = _in_range("top_p", defaults.top_p if top_p is None else top_p, *TOP_P_RANGE)
@@ -82,7 +91,7 @@ class SpeechRequest:
         if not isinstance(ignore_end_of_speech, bool):
             raise RequestError("ignore_end_of_speech", f"must be true or false, got {ignore_end_of_speech!r}")
         return cls(text, voice, float(temperature), float(top_p), float(repetition_penalty), seed, format,
-                   ignore_end_of_speech)
+                   ignore_end_of_speech, adapter)
 
 
 def check_unicode(field: str, text: str) -> None:

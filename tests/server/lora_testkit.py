@@ -11,11 +11,23 @@ def tiny_config() -> LlamaConfig:
                        rope_theta=500000.0, tie_word_embeddings=False)
 
 
-def make_adapter(base_dir, out_dir, seed: int, rank: int, targets: list[str], **config) -> None:
-    """A PEFT adapter with random (not PEFT's zero) B, written by PEFT itself."""
+def demo_config() -> LlamaConfig:
+    """The built-in demo model's shape (`model.path: demo`) as a Hugging Face config: adapters made
+    on it fit the demo model the engine runs."""
+    from orpheus_tts.model.llama import NAMED_CONFIGS, ModelArgs
+
+    args = ModelArgs(**NAMED_CONFIGS["demo"])
+    return LlamaConfig(vocab_size=args.vocab_size, hidden_size=args.dim, intermediate_size=args.intermediate_size,
+                       num_hidden_layers=args.n_layers, num_attention_heads=args.n_heads,
+                       num_key_value_heads=args.n_kv_heads, head_dim=args.head_dim, tie_word_embeddings=True)
+
+
+def make_adapter(base, out_dir, seed: int, rank: int, targets: list[str], **config) -> None:
+    """A PEFT adapter with random (not PEFT's zero) B, written by PEFT itself, for `base`: a
+    checkpoint directory or a LlamaConfig (random weights: only the shapes matter to an adapter)."""
     torch.manual_seed(seed)
-    peft_model = get_peft_model(LlamaForCausalLM.from_pretrained(base_dir),
-                                LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, **config))
+    model = LlamaForCausalLM(base) if isinstance(base, LlamaConfig) else LlamaForCausalLM.from_pretrained(base)
+    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, **config))
     for name, param in peft_model.named_parameters():
         if "lora_" in name:
             param.data.normal_(0.0, 0.2)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from orpheus_tts.engine.engine import Engine
-from orpheus_tts.engine.kv_cache import KVCache, LayerKV, quantize_fp8
+from orpheus_tts.engine.kv_cache import KVCache
+from orpheus_tts.model.kv_layer import LayerKV, quantize_fp8
 from orpheus_tts.engine.session import AudioChunk, Outcome
 from orpheus_tts.model.checks import relative_difference
 from orpheus_tts.model.fp8 import FP8, FP8_MAX

@@ -9,6 +9,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from orpheus_tts.engine.adapters import AdapterRegistry
+from orpheus_tts.errors import RequestError
 from orpheus_tts.model.lora import AdapterError, LoraPool, load_adapter
 from orpheus_tts.model.loader import load_model
 from lora_testkit import make_adapter, tiny_config
@@ -50,7 +51,7 @@ def a_place(pool: LoraPool, place: int) -> torch.Tensor:
 def test_adapters_come_and_go_with_their_directories(made, tmp_path):
     args, adapters = made
     reg = registry(args, tmp_path, capacity=2)
-    with pytest.raises(KeyError, match="unknown adapter 'alice'; this server has none"):
+    with pytest.raises(RequestError, match="unknown adapter 'alice'; this server has none"):
         reg.check("alice")
     shutil.copytree(adapters["alice"], tmp_path / "alice")
     reg.check("alice")
@@ -61,7 +62,7 @@ def test_adapters_come_and_go_with_their_directories(made, tmp_path):
     assert torch.equal(a_place(reg.pool, place), want)
     reg.release(place)
     shutil.rmtree(tmp_path / "alice")
-    with pytest.raises(KeyError):
+    with pytest.raises(RequestError):
         reg.check("alice")
     with pytest.raises(AdapterError, match="unregistered"):
         reg.acquire("alice")

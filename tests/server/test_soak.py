@@ -16,10 +16,8 @@ server's resident memory after the last round is within `RSS_GROWTH_BOUND_MB` of
 second: the first round warms up (the allocators and torch's thread pools grow to the largest
 batch: about 600 MB after it, then 640 to 800 MB with no trend), and its log has no error.
 
-CI runs 3 rounds of 50 (about a minute on 2 cores); `ORPHEUS_TTS_SOAK=full` (`make soak`) runs 5
-rounds of 300. The figures are printed (run pytest with -s to see them) and, when
-`ORPHEUS_TTS_SOAK_JSON` names a file, written there as JSON.
-"""
+CI runs 3 rounds of 50 (a minute on 2 cores); `ORPHEUS_TTS_SOAK=full` (`make soak`) 5 of 300. The
+figures are printed (pytest -s) and written as JSON to `ORPHEUS_TTS_SOAK_JSON` when it is set."""
 
 from __future__ import annotations
 

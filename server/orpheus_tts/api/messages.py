@@ -58,7 +58,8 @@ def speech_request(engine: Engine, message, text: str, allow_empty_text: bool = 
     fields = {name: getattr(message, name) for name in _OPTIONAL_FIELDS if message.HasField(name)}
     return engine.make_request(text, voice=message.voice,
                                format=ENCODINGS[message.encoding], allow_empty_text=allow_empty_text,
-                               ignore_end_of_speech=message.ignore_end_of_speech, **fields)
+                               ignore_end_of_speech=message.ignore_end_of_speech, adapter=message.adapter or None,
+                               **fields)
 
 
 def audio_format(request: SpeechRequest, request_id: str) -> tts_pb2.AudioFormat:

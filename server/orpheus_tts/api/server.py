@@ -64,7 +64,8 @@ class OrpheusServer:
         self._grpc_tls = GrpcTls(config.security) if tls else None
         self._http = HttpServer(create_app(self, http_settings), host, http_port, DEFAULT_GRACE_S,
                                 HttpTls(config.security) if tls else None) if http_port is not None else None
-        self.servicer = TextToSpeechServicer(self.metrics, config.default_voice, stream_idle_timeout_s, self.streams)
+        self.servicer = TextToSpeechServicer(self.metrics, config.default_voice, stream_idle_timeout_s, self.streams,
+                                             config.adapters.all_voices())
         self.health = health.aio.HealthServicer()
         self.engine: Engine | None = None
         self._grpc: grpc.aio.Server | None = None

@@ -135,8 +135,9 @@ def add_to_server(servicer: "TextToSpeechServicer", server: grpc.aio.Server) -> 
 
 class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
     def __init__(self, metrics: ServerMetrics, default_voice: str, idle_timeout_s: float = 30.0,
-                 streams: OpenStreams | None = None):
+                 streams: OpenStreams | None = None, voices: dict[str, str | None] | None = None):
         self.metrics = metrics
+        self.voices = voices or {voice: None for voice in orpheus.VOICES}  # voice -> its adapter (None: base)
         self.streams = streams or OpenStreams()
         self.default_voice = default_voice  # ListVoices answers it while the model loads
         self.idle_timeout_s = idle_timeout_s  # a StreamingSynthesize client silent this long (text due) is ended
@@ -193,7 +194,8 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
     async def ListVoices(self, request, context) -> tts_pb2.ListVoicesResponse:
         async with RequestRecord("ListVoices", context, self.metrics, logging.DEBUG):
             messages.well_formed(request)
-            return tts_pb2.ListVoicesResponse(voices=[tts_pb2.Voice(name=v) for v in orpheus.VOICES],
+            return tts_pb2.ListVoicesResponse(voices=[tts_pb2.Voice(name=v, adapter=a or "")
+                                                      for v, a in self.voices.items()],
                                               default_voice=self.default_voice, emotion_tags=orpheus.EMOTION_TAGS)
 
     async def GetStats(self, request, context) -> tts_pb2.GetStatsResponse:

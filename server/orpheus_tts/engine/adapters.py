@@ -20,6 +20,8 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from orpheus_tts.config import AdaptersConfig
+from orpheus_tts.errors import RequestError
 from orpheus_tts.model.lora import CONFIG_FILE, WEIGHTS_FILE, AdapterError, LoraAdapter, LoraPool, load_adapter
 from orpheus_tts.model.llama import ModelArgs
 
@@ -43,6 +45,17 @@ class AdapterRegistry:
         self.loads = 0
         self.evictions = 0
 
+    @classmethod
+    def attach(cls, config: AdaptersConfig, model) -> "AdapterRegistry":
+        """The adapters of `config.dir` for `model`: a pool on its device, attached to every layer
+        (before its graphs are captured, so they capture the adapters' part too)."""
+        weight = model.output.weight
+        pool = LoraPool(model.args, config.max_resident, config.max_rank, weight.device, weight.dtype)
+        model.attach_lora(pool)
+        log.info("LoRA: %d adapter places of rank %d (%.0f MB) for the adapters in %s", config.max_resident,
+                 config.max_rank, pool.nbytes / 2**20, config.dir)
+        return cls(config.dir, pool, model.args, config.scan_interval_s)
+
     # -- any thread --------------------------------------------------------------------
     def known(self) -> dict[str, Path]:
         """The adapters in the directory now (scanned at most every `scan_interval_s`)."""
@@ -60,11 +73,16 @@ class AdapterRegistry:
             return dict(self._known)
 
     def check(self, name: str) -> None:
-        """Refuse a request for an adapter that does not exist (a KeyError naming the known ones)."""
+        """Refuse a request for an adapter that does not exist, naming those that do."""
         known = self.known()
         if name not in known:
             shown = ", ".join(sorted(known)[:20]) or "none"
-            raise KeyError(f"unknown adapter {name!r}; this server has {shown}")
+            raise RequestError("adapter", f"unknown adapter {name!r}; this server has {shown}")
+
+    def for_model(self, model) -> str | None:
+        """OpenAI's `model` field: the adapter it names, if there is one of that name (any other
+        value, `tts-1` or a checkpoint's id, is the base model)."""
+        return model if isinstance(model, str) and model in self.known() else None
 
     # -- engine thread -----------------------------------------------------------------
     def acquire(self, name: str) -> int | None:

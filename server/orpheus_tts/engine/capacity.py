@@ -15,6 +15,8 @@ import math
 from collections.abc import Callable
 
 from orpheus_tts import orpheus
+from orpheus_tts.config import SchedulerConfig
+from orpheus_tts.engine.step_cost import StepCost
 
 REALTIME_STEP_S = 1.0 / orpheus.TOKENS_PER_SECOND
 
@@ -40,3 +42,11 @@ def realtime_capacity(step_s: Callable[[int], float], slots: int, max_batch: int
         else:
             high = middle - 1
     return low
+
+
+def admission_capacity(sched: SchedulerConfig, step_cost: StepCost, slots: int) -> int:
+    """The streams the engine admits now: its real-time capacity at the step cost fitted so far,
+    or the slots with `scheduler.admission=slots`. Once per step; `Engine.stats` reports it."""
+    if sched.admission == "slots":
+        return slots
+    return realtime_capacity(step_cost.predict, slots, sched.max_batch_size, sched.admission_margin)

@@ -31,8 +31,9 @@ from tokenizers import Tokenizer
 from orpheus_tts import orpheus
 from orpheus_tts.codec.snac_codec import SnacCodec
 from orpheus_tts.config import ServerConfig
+from orpheus_tts.engine.adapters import AdapterRegistry
 from orpheus_tts.engine.audio_out import AudioDelivery, AudioPipeline, ChunkPolicy
-from orpheus_tts.engine.capacity import realtime_capacity
+from orpheus_tts.engine.capacity import admission_capacity
 from orpheus_tts.engine.cuda_graphs import codec_batch_buckets
 from orpheus_tts.engine.kv_cache import KVCache
 from orpheus_tts.engine.loading import kv_cache_dtype, load_parts
@@ -43,8 +44,9 @@ from orpheus_tts.engine.sampler import NON_FINITE, Sampler
 from orpheus_tts.engine.scheduler import Scheduler
 from orpheus_tts.engine.startup import StartupPhases
 from orpheus_tts.engine.session import AudioChunk, Outcome, Piece, Session, SessionEnd, SessionState
-from orpheus_tts.engine.step_cost import StepCost
+from orpheus_tts.engine.step_cost import StepCost, seed_from_graphs
 from orpheus_tts.engine.stream import SpeechStream
+from orpheus_tts.errors import RequestError
 from orpheus_tts.requests import SpeechRequest
 
 log = logging.getLogger("orpheus_tts.engine")
@@ -65,6 +67,8 @@ class Engine:
         self.kv_cache = KVCache(args.n_layers, sched.max_concurrent_sessions, args.n_kv_heads,
                                 sched.max_context_tokens, args.head_dim, kv_cache_dtype(config, model), device)
         self.sampler = Sampler(model, sched.max_concurrent_sessions + 1, constrained=config.sampling.constrained)
+        # LoRA adapters attach to the model before its graphs are captured
+        self.adapters = AdapterRegistry.attach(config.adapters, model) if config.adapters.dir else None
         with self.phases.phase("graphs"):  # compiling (or loading compiled code) happens at capture
             if config.model.compile and device.type == "cuda":
                 self.sampler.compile()
@@ -111,6 +115,8 @@ class Engine:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if self.adapters is not None:
+            self.adapters.close()
         self.ready = False
 
     def warm_up(self, timeout_s: float = 600.0) -> None:
@@ -121,7 +127,7 @@ class Engine:
         the engine thread (and every stream) far longer than a decode step."""
         done = threading.Event()
         with self.phases.phase("warm_up"):
-            self._seed_step_cost()
+            seed_from_graphs(self.step_cost, self.runner.graphs)
             request = self.make_request("Warming up.")
             session = self.submit(request, lambda event: done.set() if isinstance(event, SessionEnd) else None)
             if not done.wait(timeout_s):
@@ -132,26 +138,23 @@ class Engine:
         log.info(self.phases.summary())
         self.ready = True
 
-    def _seed_step_cost(self, observations: int = 10) -> None:
-        """Give the step-cost fit the captured decode step's time at the smallest, a middle and
-        the largest batch, so capacity admission knows the slope before the first burst (a fit
-        of one batch size would take every batch to cost the same). Only the forward is in
-        these; the steps that run add the codec's and the host's share within seconds."""
-        graphs = self.runner.graphs
-        if graphs is None:
-            return
-        buckets = graphs.buckets
-        for bucket in sorted({buckets[0], buckets[len(buckets) // 2], buckets[-1]}):
-            seconds = graphs.replay_seconds(bucket)
-            for _ in range(observations):
-                self.step_cost.observe(bucket, seconds)
-
     # -- requests (any thread) --------------------------------------------------------------
-    def make_request(self, text: str, *, voice: str | None = None, **fields) -> SpeechRequest:
+    def make_request(self, text: str, *, voice: str | None = None, adapter: str | None = None,
+                     **fields) -> SpeechRequest:
         """Validate a request against this server's limits and defaults (no voice, or an empty
-        one, is the configured default voice)."""
-        return SpeechRequest.create(text, defaults=self.config.sampling, voice=voice or self.config.default_voice,
-                                    max_text_chars=self.config.active_profile.max_text_chars, **fields)
+        one, is the configured default voice; a voice mapped to an adapter runs on it)."""
+        voice = voice or self.config.default_voice
+        voices = self.config.adapters.all_voices()
+        if adapter is None and isinstance(voice, str):
+            adapter = voices.get(voice)
+        request = SpeechRequest.create(text, defaults=self.config.sampling, voice=voice, adapter=adapter,
+                                       voices=tuple(voices), max_text_chars=self.config.active_profile.max_text_chars,
+                                       **fields)
+        if request.adapter is not None:
+            if self.adapters is None:
+                raise RequestError("adapter", "this server serves no adapters (adapters.dir is not set)")
+            self.adapters.check(request.adapter)
+        return request
 
     def make_pieces(self, voice: str, text: str) -> list[Piece]:
         return self.piece_maker.make(voice, text)
@@ -250,25 +253,20 @@ class Engine:
         self._record_step(started, launched, len(decode), len(prefill))
         return True
 
-    def _estimate_capacity(self) -> int:
-        """The streams this engine can keep in real time now (`engine/capacity.py`); the slots
-        with `scheduler.admission=slots`. Once per step, in `_schedule`; `stats` reports it."""
-        sched = self.config.scheduler
-        if sched.admission == "slots":
-            return self.kv_cache.allocator.n_slots
-        return realtime_capacity(self.step_cost.predict, self.kv_cache.allocator.n_slots, sched.max_batch_size,
-                                 sched.admission_margin)
-
     def _schedule(self) -> None:
         """End what must end, admit queued sessions, start the pieces that are ready."""
         for session, outcome, error in self.scheduler.take_ended(time.monotonic()):
             self._finish(session, outcome, error)
-        self._capacity = self._estimate_capacity()
-        for session in self.scheduler.admit(self._capacity):
+        self._capacity = admission_capacity(self.config.scheduler, self.step_cost, self.kv_cache.allocator.n_slots)
+        for session in self.scheduler.admit(self._capacity, self._adapter_place if self.adapters else None):
             if session.cancelled:
                 self._finish(session, Outcome.CANCELLED)
-            elif session.metrics.queue_s is None:
-                session.metrics.queue_s = time.monotonic() - session.created
+            elif session.failure is not None:
+                self._finish(session, Outcome.ERROR, session.failure)
+            else:
+                self.runner.set_adapter(session.slot, -1 if session.adapter_place is None else session.adapter_place)
+                if session.metrics.queue_s is None:
+                    session.metrics.queue_s = time.monotonic() - session.created
         self._start_pieces()
 
     def _start_pieces(self) -> None:
@@ -381,9 +379,15 @@ class Engine:
             log.warning("session %d: receiver gone, cancelling", session.id)
             session.cancel()
 
+    def _adapter_place(self, session: Session) -> int | None:
+        """Admission's question for a session on an adapter: its pool place, None while it must wait."""
+        return self.adapters.acquire(session.request.adapter)
+
     def _finish(self, session: Session, outcome: Outcome, error: str | None = None) -> None:
         if session.state is SessionState.FINISHED:
             return
+        if session.adapter_place is not None and session.slot is not None:
+            self.adapters.release(session.adapter_place)
         self.scheduler.release(session)
         m = session.metrics
         m.elapsed_s = time.monotonic() - session.created

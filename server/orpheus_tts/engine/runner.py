@@ -69,6 +69,8 @@ class ModelRunner:
         slot's state; returns (ids, final hidden states)."""
         tokens, positions, sampling = self.state.inputs(slots)
         batch = self.model.make_decode_batch(slots, positions)
+        if self.model.lora is not None:  # each row's LoRA adapter, from its slot
+            batch = self.model.with_adapters(batch, self.state.field("adapter")[slots], 1)
         hidden = self.model(tokens[:, None], batch, self.kv_cache)[:, 0]
         sampled = self.sampler.sample(hidden, sampling)
         self.state.advance(slots, sampled, positions, sampling)
@@ -82,6 +84,8 @@ class ModelRunner:
         temperature, top_p, penalty = floats
         self.sampler.start_slots(slots, prompts, lengths)
         batch = self.model.make_batch(slots, torch.zeros_like(lengths), lengths, prompts.shape[1], kv_len=kv_len)
+        if self.model.lora is not None:
+            batch = self.model.with_adapters(batch, self.state.field("adapter")[slots], prompts.shape[1])
         hidden = self.model(prompts, batch, self.kv_cache)
         last = hidden[torch.arange(prompts.shape[0], device=hidden.device), lengths - 1]
         sampling = SamplingBatch(slots=slots, temperature=temperature, top_p=top_p, repetition_penalty=penalty,
@@ -91,6 +95,10 @@ class ModelRunner:
         self.state.start(slots, lengths - 1, sampling)
         self.state.advance(slots, sampled, lengths - 1, sampling)
         return sampled
+
+    def set_adapter(self, slot: int, place: int) -> None:
+        """The LoRA pool place (-1: none) the session in `slot` decodes with, from its prefill on."""
+        self.state.field("adapter")[slot] = place
 
     # -- queueing steps for sessions --------------------------------------------------------
     @staticmethod

@@ -29,6 +29,7 @@ from orpheus_tts.config import CodecConfig, SchedulerConfig
 from orpheus_tts.engine.kv_cache import SlotAllocator
 from orpheus_tts.engine.session import Outcome, Session, SessionState
 from orpheus_tts.errors import QueueFullError
+from orpheus_tts.model.lora import AdapterError
 
 
 _MIN_RATE_SPAN_S = 0.1  # the shortest span an arrival rate is measured over
@@ -72,22 +73,39 @@ class Scheduler:
         return len(self.pending)
 
     # -- engine thread -----------------------------------------------------------------
-    def admit(self, capacity: int | None = None) -> list[Session]:
+    def admit(self, capacity: int | None = None,
+              adapter_place: Callable[[Session], int | None] | None = None) -> list[Session]:
         """Give queued sessions free slots, oldest first, while fewer than `capacity` sessions are
         admitted (None: slots alone decide); returns the newly admitted ones (and the cancelled
-        ones found on the way, which get no slot)."""
-        admitted = []
+        ones found on the way, and those whose adapter failed to load, which get no slot). A session on a LoRA adapter also needs its
+        place in the pool: `adapter_place` gives it, or None while it cannot yet (its adapter is
+        loading, or every place is held); such a session keeps its turn and those behind it go on."""
+        admitted, waiting = [], []
         with self._lock:
-            while self.pending and (self.pending[0].cancelled or (self.allocator.free_count and (
-                    capacity is None or len(self.active) < capacity))):
-                session = self.pending.popleft()
+            while self.pending:
+                session = self.pending[0]
+                if not session.cancelled and not (self.allocator.free_count and (
+                        capacity is None or len(self.active) < capacity)):
+                    break
+                self.pending.popleft()
                 if session.cancelled:
                     admitted.append(session)  # the engine ends it without a slot
                     continue
+                if session.request.adapter is not None:
+                    try:
+                        session.adapter_place = adapter_place(session) if adapter_place else None
+                    except AdapterError as exc:  # its files cannot be served: the engine ends it
+                        session.failure = str(exc)
+                        admitted.append(session)
+                        continue
+                    if session.adapter_place is None:
+                        waiting.append(session)
+                        continue
                 session.slot = self.allocator.allocate()
                 session.state = SessionState.WAITING_TEXT
                 self.active.append(session)
                 admitted.append(session)
+            self.pending.extendleft(reversed(waiting))
         return admitted
 
     def take_ended(self, now: float) -> list[tuple[Session, Outcome, str | None]]:

@@ -93,6 +93,8 @@ class Session:
     created: float = field(default_factory=time.monotonic)
     state: SessionState = SessionState.PENDING
     slot: int | None = None
+    adapter_place: int | None = None  # its LoRA adapter's place in the pool, once admitted
+    failure: str | None = None  # why admission could not start it (its adapter would not load)
     pieces: deque[Piece] = field(default_factory=deque)
     piece: Piece | None = None
     piece_index: int = -1

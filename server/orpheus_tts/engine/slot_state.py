@@ -16,7 +16,7 @@ from torch import Tensor
 from orpheus_tts import orpheus
 from orpheus_tts.engine.sampler import SamplingBatch
 
-INT_FIELDS = ("token", "position", "counter", "frame_position", "seed", "allow_eos")
+INT_FIELDS = ("token", "position", "counter", "frame_position", "seed", "allow_eos", "adapter")
 FLOAT_FIELDS = ("temperature", "top_p", "repetition_penalty")
 
 
@@ -28,6 +28,7 @@ class SlotState:
         self.ints = torch.zeros(len(INT_FIELDS), n_slots, dtype=torch.int64, device=device)
         self.floats = torch.ones(len(FLOAT_FIELDS), n_slots, dtype=torch.float32, device=device)
         self.ints[INT_FIELDS.index("token")] = orpheus.AUDIO_TOKEN_BASE
+        self.ints[INT_FIELDS.index("adapter")] = -1  # the LoRA pool place of the slot's session: none
 
     def field(self, name: str) -> Tensor:
         if name in INT_FIELDS:
@@ -37,7 +38,7 @@ class SlotState:
     def inputs(self, slots: Tensor) -> tuple[Tensor, Tensor, SamplingBatch]:
         """(ids to feed, their positions, sampling parameters) of the rows in `slots`."""
         ints, floats = self.ints[:, slots], self.floats[:, slots]
-        token, position, counter, frame_position, seed, allow_eos = ints
+        token, position, counter, frame_position, seed, allow_eos, _ = ints
         temperature, top_p, penalty = floats
         sampling = SamplingBatch(slots=slots, temperature=temperature, top_p=top_p, repetition_penalty=penalty,
                                  seed=seed, counter=counter, frame_position=frame_position, allow_eos=allow_eos)
@@ -46,8 +47,8 @@ class SlotState:
     def start(self, slots: Tensor, last_positions: Tensor, sampling: SamplingBatch) -> None:
         """A prefill's rows: the prompt's last position and the session's sampling parameters
         (`advance` then sets the first id)."""
-        self.ints[1:, slots] = torch.stack([last_positions, sampling.counter, sampling.frame_position, sampling.seed,
-                                            sampling.allow_eos])
+        self.ints[1:6, slots] = torch.stack([last_positions, sampling.counter, sampling.frame_position, sampling.seed,
+                                             sampling.allow_eos])
         self.floats[:, slots] = torch.stack([sampling.temperature, sampling.top_p, sampling.repetition_penalty])
 
     def advance(self, slots: Tensor, sampled: Tensor, positions: Tensor, sampling: SamplingBatch) -> None:

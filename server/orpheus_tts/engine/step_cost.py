@@ -39,3 +39,17 @@ class StepCost:
         per_row = max(self._cov / self._var_rows, 0.0)
         fixed = max(self._mean_s - per_row * self._mean_rows, 0.0)
         return fixed + per_row * rows
+
+
+def seed_from_graphs(cost: StepCost, graphs, observations: int = 10) -> None:
+    """Give the fit the captured decode step's time at the smallest, a middle and the largest
+    batch (`DecodeGraphs`; nothing without graphs), so capacity admission knows the slope before
+    the first burst (a fit of one batch size would take every batch to cost the same). Only the
+    forward is in these; the steps that run add the codec's and the host's share within seconds."""
+    if graphs is None:
+        return
+    buckets = graphs.buckets
+    for bucket in sorted({buckets[0], buckets[len(buckets) // 2], buckets[-1]}):
+        seconds = graphs.replay_seconds(bucket)
+        for _ in range(observations):
+            cost.observe(bucket, seconds)

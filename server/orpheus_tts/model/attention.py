@@ -28,7 +28,7 @@ except ImportError:  # CPU installs need not have Triton
     triton = None
 
 if TYPE_CHECKING:
-    from orpheus_tts.engine.kv_cache import LayerKV
+    from orpheus_tts.model.kv_layer import LayerKV
 
 SPLIT_TOKENS = 256
 BLOCK_N = 64

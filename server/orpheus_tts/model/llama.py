@@ -21,7 +21,7 @@ from orpheus_tts import orpheus
 from orpheus_tts.model.attention import decode_attention
 
 if TYPE_CHECKING:
-    from orpheus_tts.engine.kv_cache import LayerKV
+    from orpheus_tts.model.kv_layer import LayerKV
     from orpheus_tts.model.lora import LoraPool
 
 
@@ -290,11 +290,10 @@ class Transformer(nn.Module):
             block.attention.lora = block.feed_forward.lora = pool
 
     def with_adapters(self, batch: AttentionBatch, indices: Tensor, seqlen: int) -> AttentionBatch:
-        """`batch` with each row's pool place (-1: none) as the one-hot `adapters` the layers read."""
+        """`batch` with each row's pool place (-1: none) as the one-hot `adapters` the layers read
+        (after `attach_lora`)."""
         from orpheus_tts.model.lora import adapter_onehot
 
-        if self.lora is None:
-            return batch
         return dataclasses.replace(batch, adapters=adapter_onehot(indices, self.lora.capacity, seqlen,
                                                                   self.lora.dtype))
 

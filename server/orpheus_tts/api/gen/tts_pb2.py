@@ -24,43 +24,43 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dorpheus_tts/api/gen/tts.proto\x12\x0eorpheus.tts.v1\"\x9b\x02\n\x11SynthesizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05voice\x18\x02 \x01(\t\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\rH\x03\x88\x01\x01\x12/\n\x08\x65ncoding\x18\x07 \x01(\x0e\x32\x1d.orpheus.tts.v1.AudioEncoding\x12\x1c\n\x14ignore_end_of_speech\x18\x08 \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x15\n\x13_repetition_penaltyB\x07\n\x05_seed\"\xb0\x01\n\x12SynthesizeResponse\x12-\n\x06\x66ormat\x18\x01 \x01(\x0b\x32\x1b.orpheus.tts.v1.AudioFormatH\x00\x12+\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x1a.orpheus.tts.v1.AudioChunkH\x00\x12\x33\n\x07metrics\x18\x03 \x01(\x0b\x32 .orpheus.tts.v1.SynthesisMetricsH\x00\x42\t\n\x07\x63ontent\"\x8f\x01\n\x1aStreamingSynthesizeRequest\x12:\n\x06\x63onfig\x18\x01 \x01(\x0b\x32(.orpheus.tts.v1.StreamingSynthesisConfigH\x00\x12*\n\x05input\x18\x02 \x01(\x0b\x32\x19.orpheus.tts.v1.TextInputH\x00\x42\t\n\x07\x63ontent\"\x94\x02\n\x18StreamingSynthesisConfig\x12\r\n\x05voice\x18\x01 \x01(\t\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x04 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\rH\x03\x88\x01\x01\x12/\n\x08\x65ncoding\x18\x06 \x01(\x0e\x32\x1d.orpheus.tts.v1.AudioEncoding\x12\x1c\n\x14ignore_end_of_speech\x18\x07 \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x15\n\x13_repetition_penaltyB\x07\n\x05_seed\"U\n\tTextInput\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x13\n\ttext_utf8\x18\x02 \x01(\x0cH\x00\x12\x13\n\x0b\x65nd_of_text\x18\x03 \x01(\x08\x42\x0e\n\x0ctext_content\"\xb9\x01\n\x1bStreamingSynthesizeResponse\x12-\n\x06\x66ormat\x18\x01 \x01(\x0b\x32\x1b.orpheus.tts.v1.AudioFormatH\x00\x12+\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x1a.orpheus.tts.v1.AudioChunkH\x00\x12\x33\n\x07metrics\x18\x03 \x01(\x0b\x32 .orpheus.tts.v1.SynthesisMetricsH\x00\x42\t\n\x07\x63ontent\"\x95\x01\n\x0b\x41udioFormat\x12\x16\n\x0esample_rate_hz\x18\x01 \x01(\r\x12/\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x1d.orpheus.tts.v1.AudioEncoding\x12\x10\n\x08\x63hannels\x18\x03 \x01(\r\x12\x17\n\x0f\x62its_per_sample\x18\x04 \x01(\r\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"S\n\nAudioChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x13\n\x0b\x66irst_frame\x18\x02 \x01(\r\x12\x0e\n\x06\x66rames\x18\x03 \x01(\r\x12\x12\n\ntext_piece\x18\x04 \x01(\r\"\xbe\x01\n\x10SynthesisMetrics\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07ttfb_ms\x18\x02 \x01(\x01\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12\x12\n\nelapsed_ms\x18\x04 \x01(\x01\x12\x10\n\x08\x61udio_ms\x18\x05 \x01(\x01\x12\x18\n\x10real_time_factor\x18\x06 \x01(\x01\x12\x0e\n\x06tokens\x18\x07 \x01(\x04\x12\x0e\n\x06\x66rames\x18\x08 \x01(\x04\x12\x13\n\x0btext_pieces\x18\t \x01(\r\"\x13\n\x11ListVoicesRequest\"h\n\x12ListVoicesResponse\x12%\n\x06voices\x18\x01 \x03(\x0b\x32\x15.orpheus.tts.v1.Voice\x12\x15\n\rdefault_voice\x18\x02 \x01(\t\x12\x14\n\x0c\x65motion_tags\x18\x03 \x03(\t\"\x15\n\x05Voice\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x11\n\x0fGetStatsRequest\"\x99\x02\n\x10GetStatsResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x16\n\x0etotal_sessions\x18\x02 \x01(\x04\x12\x1a\n\x12\x63ompleted_sessions\x18\x03 \x01(\x04\x12\x19\n\x11rejected_sessions\x18\x04 \x01(\x04\x12\x17\n\x0f\x61\x63tive_sessions\x18\x05 \x01(\r\x12\x18\n\x10pending_sessions\x18\x06 \x01(\r\x12\x1f\n\x17max_concurrent_sessions\x18\x07 \x01(\r\x12\x12\n\nused_slots\x18\x08 \x01(\r\x12\x12\n\nfree_slots\x18\t \x01(\r\x12\x14\n\x0ctotal_tokens\x18\n \x01(\x04\x12\x15\n\rtotal_batches\x18\x0b \x01(\x04*e\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41UDIO_ENCODING_PCM_S16LE\x10\x01\x12\x16\n\x12\x41UDIO_ENCODING_WAV\x10\x02\x32\xfd\x02\n\x0cTextToSpeech\x12U\n\nSynthesize\x12!.orpheus.tts.v1.SynthesizeRequest\x1a\".orpheus.tts.v1.SynthesizeResponse0\x01\x12r\n\x13StreamingSynthesize\x12*.orpheus.tts.v1.StreamingSynthesizeRequest\x1a+.orpheus.tts.v1.StreamingSynthesizeResponse(\x01\x30\x01\x12S\n\nListVoices\x12!.orpheus.tts.v1.ListVoicesRequest\x1a\".orpheus.tts.v1.ListVoicesResponse\x12M\n\x08GetStats\x12\x1f.orpheus.tts.v1.GetStatsRequest\x1a .orpheus.tts.v1.GetStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dorpheus_tts/api/gen/tts.proto\x12\x0eorpheus.tts.v1\"\xac\x02\n\x11SynthesizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05voice\x18\x02 \x01(\t\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\rH\x03\x88\x01\x01\x12/\n\x08\x65ncoding\x18\x07 \x01(\x0e\x32\x1d.orpheus.tts.v1.AudioEncoding\x12\x1c\n\x14ignore_end_of_speech\x18\x08 \x01(\x08\x12\x0f\n\x07\x61\x64\x61pter\x18\t \x01(\tB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x15\n\x13_repetition_penaltyB\x07\n\x05_seed\"\xb0\x01\n\x12SynthesizeResponse\x12-\n\x06\x66ormat\x18\x01 \x01(\x0b\x32\x1b.orpheus.tts.v1.AudioFormatH\x00\x12+\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x1a.orpheus.tts.v1.AudioChunkH\x00\x12\x33\n\x07metrics\x18\x03 \x01(\x0b\x32 .orpheus.tts.v1.SynthesisMetricsH\x00\x42\t\n\x07\x63ontent\"\x8f\x01\n\x1aStreamingSynthesizeRequest\x12:\n\x06\x63onfig\x18\x01 \x01(\x0b\x32(.orpheus.tts.v1.StreamingSynthesisConfigH\x00\x12*\n\x05input\x18\x02 \x01(\x0b\x32\x19.orpheus.tts.v1.TextInputH\x00\x42\t\n\x07\x63ontent\"\xa5\x02\n\x18StreamingSynthesisConfig\x12\r\n\x05voice\x18\x01 \x01(\t\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x04 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\rH\x03\x88\x01\x01\x12/\n\x08\x65ncoding\x18\x06 \x01(\x0e\x32\x1d.orpheus.tts.v1.AudioEncoding\x12\x1c\n\x14ignore_end_of_speech\x18\x07 \x01(\x08\x12\x0f\n\x07\x61\x64\x61pter\x18\x08 \x01(\tB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x15\n\x13_repetition_penaltyB\x07\n\x05_seed\"U\n\tTextInput\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x13\n\ttext_utf8\x18\x02 \x01(\x0cH\x00\x12\x13\n\x0b\x65nd_of_text\x18\x03 \x01(\x08\x42\x0e\n\x0ctext_content\"\xb9\x01\n\x1bStreamingSynthesizeResponse\x12-\n\x06\x66ormat\x18\x01 \x01(\x0b\x32\x1b.orpheus.tts.v1.AudioFormatH\x00\x12+\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x1a.orpheus.tts.v1.AudioChunkH\x00\x12\x33\n\x07metrics\x18\x03 \x01(\x0b\x32 .orpheus.tts.v1.SynthesisMetricsH\x00\x42\t\n\x07\x63ontent\"\x95\x01\n\x0b\x41udioFormat\x12\x16\n\x0esample_rate_hz\x18\x01 \x01(\r\x12/\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x1d.orpheus.tts.v1.AudioEncoding\x12\x10\n\x08\x63hannels\x18\x03 \x01(\r\x12\x17\n\x0f\x62its_per_sample\x18\x04 \x01(\r\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"S\n\nAudioChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x13\n\x0b\x66irst_frame\x18\x02 \x01(\r\x12\x0e\n\x06\x66rames\x18\x03 \x01(\r\x12\x12\n\ntext_piece\x18\x04 \x01(\r\"\xbe\x01\n\x10SynthesisMetrics\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07ttfb_ms\x18\x02 \x01(\x01\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12\x12\n\nelapsed_ms\x18\x04 \x01(\x01\x12\x10\n\x08\x61udio_ms\x18\x05 \x01(\x01\x12\x18\n\x10real_time_factor\x18\x06 \x01(\x01\x12\x0e\n\x06tokens\x18\x07 \x01(\x04\x12\x0e\n\x06\x66rames\x18\x08 \x01(\x04\x12\x13\n\x0btext_pieces\x18\t \x01(\r\"\x13\n\x11ListVoicesRequest\"h\n\x12ListVoicesResponse\x12%\n\x06voices\x18\x01 \x03(\x0b\x32\x15.orpheus.tts.v1.Voice\x12\x15\n\rdefault_voice\x18\x02 \x01(\t\x12\x14\n\x0c\x65motion_tags\x18\x03 \x03(\t\"&\n\x05Voice\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x03 \x01(\t\"\x11\n\x0fGetStatsRequest\"\x99\x02\n\x10GetStatsResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x16\n\x0etotal_sessions\x18\x02 \x01(\x04\x12\x1a\n\x12\x63ompleted_sessions\x18\x03 \x01(\x04\x12\x19\n\x11rejected_sessions\x18\x04 \x01(\x04\x12\x17\n\x0f\x61\x63tive_sessions\x18\x05 \x01(\r\x12\x18\n\x10pending_sessions\x18\x06 \x01(\r\x12\x1f\n\x17max_concurrent_sessions\x18\x07 \x01(\r\x12\x12\n\nused_slots\x18\x08 \x01(\r\x12\x12\n\nfree_slots\x18\t \x01(\r\x12\x14\n\x0ctotal_tokens\x18\n \x01(\x04\x12\x15\n\rtotal_batches\x18\x0b \x01(\x04*e\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41UDIO_ENCODING_PCM_S16LE\x10\x01\x12\x16\n\x12\x41UDIO_ENCODING_WAV\x10\x02\x32\xfd\x02\n\x0cTextToSpeech\x12U\n\nSynthesize\x12!.orpheus.tts.v1.SynthesizeRequest\x1a\".orpheus.tts.v1.SynthesizeResponse0\x01\x12r\n\x13StreamingSynthesize\x12*.orpheus.tts.v1.StreamingSynthesizeRequest\x1a+.orpheus.tts.v1.StreamingSynthesizeResponse(\x01\x30\x01\x12S\n\nListVoices\x12!.orpheus.tts.v1.ListVoicesRequest\x1a\".orpheus.tts.v1.ListVoicesResponse\x12M\n\x08GetStats\x12\x1f.orpheus.tts.v1.GetStatsRequest\x1a .orpheus.tts.v1.GetStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'orpheus_tts.api.gen.tts_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUDIOENCODING']._serialized_start=2097
-  _globals['_AUDIOENCODING']._serialized_end=2198
+  _globals['_AUDIOENCODING']._serialized_start=2148
+  _globals['_AUDIOENCODING']._serialized_end=2249
   _globals['_SYNTHESIZEREQUEST']._serialized_start=50
-  _globals['_SYNTHESIZEREQUEST']._serialized_end=333
-  _globals['_SYNTHESIZERESPONSE']._serialized_start=336
-  _globals['_SYNTHESIZERESPONSE']._serialized_end=512
-  _globals['_STREAMINGSYNTHESIZEREQUEST']._serialized_start=515
-  _globals['_STREAMINGSYNTHESIZEREQUEST']._serialized_end=658
-  _globals['_STREAMINGSYNTHESISCONFIG']._serialized_start=661
-  _globals['_STREAMINGSYNTHESISCONFIG']._serialized_end=937
-  _globals['_TEXTINPUT']._serialized_start=939
-  _globals['_TEXTINPUT']._serialized_end=1024
-  _globals['_STREAMINGSYNTHESIZERESPONSE']._serialized_start=1027
-  _globals['_STREAMINGSYNTHESIZERESPONSE']._serialized_end=1212
-  _globals['_AUDIOFORMAT']._serialized_start=1215
-  _globals['_AUDIOFORMAT']._serialized_end=1364
-  _globals['_AUDIOCHUNK']._serialized_start=1366
-  _globals['_AUDIOCHUNK']._serialized_end=1449
-  _globals['_SYNTHESISMETRICS']._serialized_start=1452
-  _globals['_SYNTHESISMETRICS']._serialized_end=1642
-  _globals['_LISTVOICESREQUEST']._serialized_start=1644
-  _globals['_LISTVOICESREQUEST']._serialized_end=1663
-  _globals['_LISTVOICESRESPONSE']._serialized_start=1665
-  _globals['_LISTVOICESRESPONSE']._serialized_end=1769
-  _globals['_VOICE']._serialized_start=1771
-  _globals['_VOICE']._serialized_end=1792
-  _globals['_GETSTATSREQUEST']._serialized_start=1794
-  _globals['_GETSTATSREQUEST']._serialized_end=1811
-  _globals['_GETSTATSRESPONSE']._serialized_start=1814
-  _globals['_GETSTATSRESPONSE']._serialized_end=2095
-  _globals['_TEXTTOSPEECH']._serialized_start=2201
-  _globals['_TEXTTOSPEECH']._serialized_end=2582
+  _globals['_SYNTHESIZEREQUEST']._serialized_end=350
+  _globals['_SYNTHESIZERESPONSE']._serialized_start=353
+  _globals['_SYNTHESIZERESPONSE']._serialized_end=529
+  _globals['_STREAMINGSYNTHESIZEREQUEST']._serialized_start=532
+  _globals['_STREAMINGSYNTHESIZEREQUEST']._serialized_end=675
+  _globals['_STREAMINGSYNTHESISCONFIG']._serialized_start=678
+  _globals['_STREAMINGSYNTHESISCONFIG']._serialized_end=971
+  _globals['_TEXTINPUT']._serialized_start=973
+  _globals['_TEXTINPUT']._serialized_end=1058
+  _globals['_STREAMINGSYNTHESIZERESPONSE']._serialized_start=1061
+  _globals['_STREAMINGSYNTHESIZERESPONSE']._serialized_end=1246
+  _globals['_AUDIOFORMAT']._serialized_start=1249
+  _globals['_AUDIOFORMAT']._serialized_end=1398
+  _globals['_AUDIOCHUNK']._serialized_start=1400
+  _globals['_AUDIOCHUNK']._serialized_end=1483
+  _globals['_SYNTHESISMETRICS']._serialized_start=1486
+  _globals['_SYNTHESISMETRICS']._serialized_end=1676
+  _globals['_LISTVOICESREQUEST']._serialized_start=1678
+  _globals['_LISTVOICESREQUEST']._serialized_end=1697
+  _globals['_LISTVOICESRESPONSE']._serialized_start=1699
+  _globals['_LISTVOICESRESPONSE']._serialized_end=1803
+  _globals['_VOICE']._serialized_start=1805
+  _globals['_VOICE']._serialized_end=1843
+  _globals['_GETSTATSREQUEST']._serialized_start=1845
+  _globals['_GETSTATSREQUEST']._serialized_end=1862
+  _globals['_GETSTATSRESPONSE']._serialized_start=1865
+  _globals['_GETSTATSRESPONSE']._serialized_end=2146
+  _globals['_TEXTTOSPEECH']._serialized_start=2252
+  _globals['_TEXTTOSPEECH']._serialized_end=2633
 # @@protoc_insertion_point(module_scope)

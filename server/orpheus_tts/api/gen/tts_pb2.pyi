@@ -17,7 +17,7 @@ AUDIO_ENCODING_PCM_S16LE: AudioEncoding
 AUDIO_ENCODING_WAV: AudioEncoding
 
 class SynthesizeRequest(_message.Message):
-    __slots__ = ("text", "voice", "temperature", "top_p", "repetition_penalty", "seed", "encoding", "ignore_end_of_speech")
+    __slots__ = ("text", "voice", "temperature", "top_p", "repetition_penalty", "seed", "encoding", "ignore_end_of_speech", "adapter")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     VOICE_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class SynthesizeRequest(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     IGNORE_END_OF_SPEECH_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
     text: str
     voice: str
     temperature: float
@@ -34,7 +35,8 @@ class SynthesizeRequest(_message.Message):
     seed: int
     encoding: AudioEncoding
     ignore_end_of_speech: bool
-    def __init__(self, text: _Optional[str] = ..., voice: _Optional[str] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., ignore_end_of_speech: _Optional[bool] = ...) -> None: ...
+    adapter: str
+    def __init__(self, text: _Optional[str] = ..., voice: _Optional[str] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., ignore_end_of_speech: _Optional[bool] = ..., adapter: _Optional[str] = ...) -> None: ...
 
 class SynthesizeResponse(_message.Message):
     __slots__ = ("format", "audio", "metrics")
@@ -55,7 +57,7 @@ class StreamingSynthesizeRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[StreamingSynthesisConfig, _Mapping]] = ..., input: _Optional[_Union[TextInput, _Mapping]] = ...) -> None: ...
 
 class StreamingSynthesisConfig(_message.Message):
-    __slots__ = ("voice", "temperature", "top_p", "repetition_penalty", "seed", "encoding", "ignore_end_of_speech")
+    __slots__ = ("voice", "temperature", "top_p", "repetition_penalty", "seed", "encoding", "ignore_end_of_speech", "adapter")
     VOICE_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +65,7 @@ class StreamingSynthesisConfig(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     IGNORE_END_OF_SPEECH_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
     voice: str
     temperature: float
     top_p: float
@@ -70,7 +73,8 @@ class StreamingSynthesisConfig(_message.Message):
     seed: int
     encoding: AudioEncoding
     ignore_end_of_speech: bool
-    def __init__(self, voice: _Optional[str] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., ignore_end_of_speech: _Optional[bool] = ...) -> None: ...
+    adapter: str
+    def __init__(self, voice: _Optional[str] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., ignore_end_of_speech: _Optional[bool] = ..., adapter: _Optional[str] = ...) -> None: ...
 
 class TextInput(_message.Message):
     __slots__ = ("text", "text_utf8", "end_of_text")
@@ -155,10 +159,12 @@ class ListVoicesResponse(_message.Message):
     def __init__(self, voices: _Optional[_Iterable[_Union[Voice, _Mapping]]] = ..., default_voice: _Optional[str] = ..., emotion_tags: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Voice(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "adapter")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    adapter: str
+    def __init__(self, name: _Optional[str] = ..., adapter: _Optional[str] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ()

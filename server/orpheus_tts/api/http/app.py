@@ -117,7 +117,9 @@ def create_app(host: HttpHost, settings: HttpSettings | None = None) -> FastAPI:
 
     @app.get("/v1/audio/voices")
     async def voices() -> dict:
-        return {"voices": [{"name": v} for v in orpheus.VOICES], "default_voice": host.config.default_voice,
+        voices = host.config.adapters.all_voices()
+        return {"voices": [{"name": v, **({"adapter": a} if a else {})} for v, a in voices.items()],
+                "default_voice": host.config.default_voice,
                 "emotion_tags": list(orpheus.EMOTION_TAGS), "response_formats": list(AUDIO_FORMATS)}
 
     @app.get("/v1/stats")

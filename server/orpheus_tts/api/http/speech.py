@@ -1,7 +1,8 @@
 """`POST /v1/audio/speech`: OpenAI's request in, audio out as the engine makes it.
 
 The body is OpenAI's (`model`, `input`, `voice`, `response_format`, `speed`, `stream_format`,
-`instructions`) plus the seed's `text` and our sampling extensions (`temperature`, `top_p`,
+`instructions`; a `model` that names one of the server's LoRA adapters selects it, any other is
+the base model) plus the seed's `text` and our sampling extensions (`temperature`, `top_p`,
 `repetition_penalty`, `seed`, and `ignore_end_of_speech` as gRPC has it, for benchmarks that speak
 every text's whole budget; the SDK sends them through `extra_body`). Unknown fields are
 refused, as OpenAI refuses them. The response streams (chunked) from the first audio on:
@@ -115,6 +116,9 @@ def speech_request(engine: Engine, body: dict, default_format: str, allow_empty_
                        param="instructions", code="unsupported_value")
     check_speed(body)
     fields = {name: body[name] for name in _SAMPLING if name in body}
+    adapter = engine.adapters.for_model(body.get("model")) if engine.adapters is not None else None
+    if adapter is not None:
+        fields["adapter"] = adapter
     try:
         request = engine.make_request(body.get(text_field, ""), voice=body.get("voice"),
                                       format=body.get("response_format") or default_format,
