@@ -22,6 +22,7 @@ TTFB_BUCKETS_S = (0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2, 0.225, 0.25,
 # A batch must finish within 12.19 ms for real-time playback, hence the steps around it.
 STEP_BUCKETS_S = (0.002, 0.004, 0.006, 0.008, 0.01, 0.0122, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+MAX_ADAPTER_LABELS = 64  # adapter names exported as label values; the rest are `other`
 QUEUE_BUCKETS_S = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -72,6 +73,13 @@ class ServerMetrics(EngineObserver):
         self.requests = Counter(f"{PREFIX}_requests", "Requests by API method and outcome.",
                                 ["method", "outcome"], registry=r)
         self.sessions = Counter(f"{PREFIX}_sessions", "Engine sessions ended, by outcome.", ["outcome"], registry=r)
+        self.adapter_sessions = Counter(f"{PREFIX}_adapter_sessions", "Sessions on a LoRA adapter (a custom voice) "
+                                        f"ended, by adapter and outcome; past {MAX_ADAPTER_LABELS} adapters the rest "
+                                        "count as `other`.", ["adapter", "outcome"], registry=r)
+        self.adapter_ttfb = Histogram(f"{PREFIX}_adapter_ttfb_seconds", "Time to first audio of sessions on a LoRA "
+                                      "adapter (its loading included), by adapter.", ["adapter"],
+                                      buckets=TTFB_BUCKETS_S, registry=r)
+        self._adapter_labels: set[str] = set()
         self._tokens_seen = 0  # the engine's total at the last hook (hooks all run on the engine thread)
         self._refusals_seen = {"queue_full": 0, "at_capacity": 0}
         for reason in self._refusals_seen:
@@ -100,11 +108,23 @@ class ServerMetrics(EngineObserver):
 
     def on_session_end(self, outcome, metrics) -> None:
         self.sessions.labels(outcome.value).inc()
+        if metrics.adapter is not None:
+            label = self._adapter_label(metrics.adapter)
+            self.adapter_sessions.labels(label, outcome.value).inc()
+            if metrics.ttfb_s is not None:
+                self.adapter_ttfb.labels(label).observe(metrics.ttfb_s)
         self.audio.inc(metrics.audio_s)
         if metrics.queue_s is not None:
             self.queue_time.observe(metrics.queue_s)
         elif outcome is Outcome.REFUSED:  # waited the queue's whole bound
             self.queue_time.observe(metrics.elapsed_s)
+
+    def _adapter_label(self, name: str) -> str:
+        """The adapter's own name for the first MAX_ADAPTER_LABELS seen, `other` after: the names
+        come from a directory anyone with access may fill, and every label is a series."""
+        if name not in self._adapter_labels and len(self._adapter_labels) < MAX_ADAPTER_LABELS:
+            self._adapter_labels.add(name)
+        return name if name in self._adapter_labels else "other"
 
     def _update(self, stats) -> None:
         self.active_sessions.set(stats.active_sessions)

@@ -130,8 +130,23 @@ async def test_grpc_and_http_select_adapters_and_list_their_voices(served, start
         body = {"input": ONE_PIECE, "seed": 11, "response_format": "pcm"}
         by_model = await client.post("/v1/audio/speech", json={**body, "model": "alice"})
         base = await client.post("/v1/audio/speech", json={**body, "model": "tts-1"})
+        metrics = (await client.get(server.metrics_url)).text
+    assert 'orpheus_tts_adapter_sessions_total{adapter="alice",outcome="ok"} 2.0' in metrics
+    assert 'orpheus_tts_adapter_ttfb_seconds_count{adapter="alice"} 2.0' in metrics
     as_int = lambda data: np.frombuffer(data, dtype=np.int16).astype(np.int32)  # noqa: E731
     assert by_model.status_code == 200 and base.status_code == 200
     # OpenAI's `model` names the adapter: the same speech as gRPC's (to a rounding of the last bit)
     assert len(by_model.content) == len(pcm) and np.abs(as_int(by_model.content) - as_int(pcm)).max() <= 1
     assert np.abs(as_int(base.content) - as_int(pcm)).max() > 100  # any other model is the base model
+
+
+def test_adapter_labels_stop_growing_past_their_bound():
+    from orpheus_tts.engine.session import SessionMetrics
+    from orpheus_tts.metrics import MAX_ADAPTER_LABELS, ServerMetrics
+
+    metrics = ServerMetrics()
+    for i in range(MAX_ADAPTER_LABELS + 5):
+        metrics.on_session_end(Outcome.OK, SessionMetrics(ttfb_s=0.05, adapter=f"voice-{i}"))
+    samples = {s.labels["adapter"]: s.value for m in metrics.adapter_sessions.collect() for s in m.samples
+               if s.name.endswith("_total")}
+    assert len(samples) == MAX_ADAPTER_LABELS + 1 and samples["other"] == 5.0

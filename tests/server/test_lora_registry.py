@@ -54,7 +54,11 @@ def test_adapters_come_and_go_with_their_directories(made, tmp_path):
     with pytest.raises(RequestError, match="unknown adapter 'alice'; this server has none"):
         reg.check("alice")
     shutil.copytree(adapters["alice"], tmp_path / "alice")
+    (tmp_path / "alice" / "README.md").write_text("a download's other files are left alone")
+    (tmp_path / "empty").mkdir()  # what a wrong PVC path gives: warned about, not served
     reg.check("alice")
+    with pytest.raises(RequestError, match="unknown adapter 'empty'; this server has alice"):
+        reg.check("empty")
     assert reg.acquire("alice") is None  # read on the worker thread first
     place = acquire(reg, "alice")
     assert place is not None and reg.resident == {"alice": place} and reg.loads == 1

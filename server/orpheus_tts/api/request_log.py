@@ -30,6 +30,7 @@ def log_request(level: int, fields: dict, metrics: SessionMetrics | None, starte
     m = metrics or SessionMetrics()
     line = {
         **fields,
+        **({"adapter": m.adapter} if m.adapter else {}),
         "ttfb_ms": "-" if m.ttfb_s is None else f"{m.ttfb_s * 1000:.0f}",
         "audio_s": f"{m.audio_s:.2f}",
         "rtf": "-" if m.real_time_factor is None else f"{m.real_time_factor:.2f}",

@@ -41,6 +41,7 @@ class AdapterRegistry:
         self._users: dict[int, int] = {}  # place -> sessions holding it
         self._loading: dict[str, Future] = {}
         self._failed: dict[str, str] = {}  # name -> why its last load failed (until the next scan)
+        self._not_adapters: set[str] = set()  # subdirectories without an adapter, warned about once
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="orpheus-adapter-load")
         self.loads = 0
         self.evictions = 0
@@ -63,8 +64,12 @@ class AdapterRegistry:
             now = time.monotonic()
             if now - self._scanned_at >= self.scan_interval_s:
                 self._scanned_at = now
-                found = {p.name: p for p in sorted(self.directory.iterdir())
-                         if (p / CONFIG_FILE).is_file()} if self.directory.is_dir() else {}
+                entries = sorted(p for p in self.directory.iterdir() if p.is_dir()) if self.directory.is_dir() else []
+                found = {p.name: p for p in entries if (p / CONFIG_FILE).is_file()}
+                for p in entries:  # other files (a README, a download's .cache/) are left alone
+                    if p.name not in found and not p.name.startswith(".") and p.name not in self._not_adapters:
+                        self._not_adapters.add(p.name)
+                        log.warning("adapters.dir: %s has no %s; it is not served as an adapter", p.name, CONFIG_FILE)
                 versions = {name: _version(path) for name, path in found.items()}
                 for name in set(self._known) ^ set(found):
                     log.info("adapter %s %s", name, "registered" if name in found else "unregistered")

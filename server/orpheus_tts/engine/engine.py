@@ -164,6 +164,7 @@ class Engine:
         """Queue a validated request; raises QueueFullError when the admission queue is full."""
         seed = request.seed if request.seed is not None else secrets.randbits(32)
         session = Session(request=request, seed=seed, emit=emit)
+        session.metrics.adapter = request.adapter
         if streaming_text:
             session.open_text()
         pieces = self.make_pieces(request.voice, request.text) if request.text.strip() else []

@@ -62,6 +62,7 @@ class SessionMetrics:
     pieces: int = 0
     invalid_tokens: int = 0
     queue_s: float | None = None
+    adapter: str | None = None  # the LoRA adapter it ran on
 
     @property
     def real_time_factor(self) -> float | None:
