@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from checkpoint_testkit import llama_config, write_checkpoint
 from fuzz_testkit import watched
 from orpheus_tts.api.gen import tts_pb2, tts_pb2_grpc
-from orpheus_tts.engine import AudioChunk, Engine, Outcome, SessionEnd
+from orpheus_tts.engine import AudioChunk, Engine, EngineObserver, Outcome, SessionEnd
 from orpheus_tts.model.tokenizer import demo_tokenizer
 from server_testkit import RunningHttpServer, grpc_server_config, small_config
 
@@ -140,6 +140,38 @@ def test_a_failed_step_ends_its_sessions_only_and_the_engine_keeps_serving(nan_e
         assert later.wait().outcome is Outcome.OK and later.audio
     finally:
         hook.remove()
+    assert_free(engine)
+
+
+class FailingOnce(EngineObserver):
+    """A metrics hook with a bug that fires once: a failure of the loop outside the forward."""
+
+    def __init__(self):
+        self.armed = threading.Event()
+
+    def on_step(self, seconds, decode_batch, prefill_batch, stats) -> None:
+        if self.armed.is_set():
+            self.armed.clear()
+            raise RuntimeError("a bug in a step hook")
+
+
+def test_a_bug_in_the_loop_ends_the_sessions_its_step_had_in_hand_and_no_others():
+    observer = FailingOnce()
+    engine = Engine.from_config(small_config(), observer=observer)
+    try:
+        waiting, waiting_session = submit(engine, "", streaming=True)  # holds a slot, in no step until text comes
+        in_step = [submit(engine, text) for text in GOOD_TEXTS[:2]]
+        observer.armed.set()
+        engine.start()
+        for events, _ in in_step:
+            assert events.wait().outcome is Outcome.ERROR
+        assert not waiting.ended.is_set()
+        engine.add_text(waiting_session, ["Still here."], close=True)
+        assert waiting.wait().outcome is Outcome.OK and waiting.audio
+        later, _ = submit(engine, "And after.")
+        assert later.wait().outcome is Outcome.OK and later.audio
+    finally:
+        engine.stop()
     assert_free(engine)
 
 

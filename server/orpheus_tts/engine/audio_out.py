@@ -98,6 +98,11 @@ class AudioPipeline:
         self._ended: list[Session] = []
 
     @property
+    def sessions(self) -> list[Session]:
+        """The sessions whose audio the last step queued."""
+        return [chunk.session for chunk in self._chunks]
+
+    @property
     def busy(self) -> bool:
         """Whether decodes queued by the last step are still to be sent."""
         return self._pending is not None

@@ -90,6 +90,7 @@ class Engine:
         self.audio = AudioPipeline(codec, config.codec.graph_max_batch, self.timings)
         # With scheduler.overlap_steps: the forwards queued by the last step, read during the next.
         self._in_flight: list[tuple[LaunchedStep, str]] = []
+        self._step_sessions: list[Session] = []  # the sessions the running step has in hand
         self._wake = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -193,16 +194,12 @@ class Engine:
             yield event
 
     def stats(self) -> EngineStats:
-        c = self.scheduler.counters
-        alloc = self.kv_cache.allocator
-        return EngineStats(
-            total_sessions=c.total_sessions, completed_sessions=c.completed_sessions,
-            rejected_sessions=c.rejected_sessions, active_sessions=len(self.scheduler.active),
-            pending_sessions=self.scheduler.pending_count, max_concurrent=alloc.n_slots,
-            used_slots=alloc.used_count, free_slots=alloc.free_count,
-            total_tokens=c.total_tokens, total_batches=c.total_batches,
-            refused_sessions=c.refused_sessions, capacity=self._capacity,
-        )
+        c, alloc = self.scheduler.counters, self.kv_cache.allocator
+        return EngineStats(total_sessions=c.total_sessions, completed_sessions=c.completed_sessions,
+                           rejected_sessions=c.rejected_sessions, active_sessions=len(self.scheduler.active),
+                           pending_sessions=self.scheduler.pending_count, max_concurrent=alloc.n_slots,
+                           used_slots=alloc.used_count, free_slots=alloc.free_count, total_tokens=c.total_tokens,
+                           total_batches=c.total_batches, refused_sessions=c.refused_sessions, capacity=self._capacity)
 
     # -- the loop (engine thread) ---------------------------------------------------------
     def _loop(self) -> None:
@@ -212,10 +209,13 @@ class Engine:
                     break
             try:
                 worked = self.step()
-            except Exception:  # a bug in the loop itself: fail everyone rather than hang them
-                log.exception("engine step failed; ending all sessions")
-                for session in list(self.scheduler.active):
+            except Exception:  # a bug in the loop itself: end what the step had in hand, not hang it
+                hit = self._step_sessions or list(self.scheduler.active)
+                log.exception("engine step failed; ending its %d sessions", len(hit))
+                for session in hit:
                     self._finish(session, Outcome.ERROR, "internal engine error")
+                self.audio.abandon([])  # the step's queued audio belonged to those sessions
+                self._in_flight = []
                 worked = True
             if not worked:
                 with self._wake:
@@ -226,14 +226,17 @@ class Engine:
 
     def step(self) -> bool:
         """One iteration; returns False when there was nothing to do."""
+        self._step_sessions = []  # whom a failure of this step ends: none yet (before, everyone)
         self._schedule()
         started = time.perf_counter()
         prefill = self.scheduler.pick_prefill(self.runner.max_prefill_batch, self.step_cost.predict)
+        self._step_sessions = [*prefill, *self.audio.sessions, *(s for step, _ in self._in_flight for s in step.sessions)]
         launched = []
         if prefill:
             self.scheduler.counters.total_prefills += 1
             launched += self._launch(self.runner.launch_prefill, prefill, "prefill_s")
         decode = self.scheduler.pick_decode()  # just prefilled sessions too: their first ids are on the device
+        self._step_sessions += decode
         if decode:
             launched += self._launch(self.runner.launch_decode, decode, "decode_s")
         if not prefill and not decode and not self._in_flight:
@@ -259,7 +262,8 @@ class Engine:
         for session, outcome, error in self.scheduler.take_ended(time.monotonic()):
             self._finish(session, outcome, error)
         self._capacity = admission_capacity(self.config.scheduler, self.step_cost, self.kv_cache.allocator.n_slots)
-        for session in self.scheduler.admit(self._capacity, self._adapter_place if self.adapters else None):
+        place = (lambda session: self.adapters.acquire(session.request.adapter)) if self.adapters else None
+        for session in self.scheduler.admit(self._capacity, place):
             if session.cancelled:
                 self._finish(session, Outcome.CANCELLED)
             elif session.failure is not None:
@@ -379,10 +383,6 @@ class Engine:
         except Exception:  # the receiver is gone (closed event loop): stop spending work on it
             log.warning("session %d: receiver gone, cancelling", session.id)
             session.cancel()
-
-    def _adapter_place(self, session: Session) -> int | None:
-        """Admission's question for a session on an adapter: its pool place, None while it must wait."""
-        return self.adapters.acquire(session.request.adapter)
 
     def _finish(self, session: Session, outcome: Outcome, error: str | None = None) -> None:
         if session.state is SessionState.FINISHED:
