@@ -75,5 +75,5 @@ def test_capacity_alerts_take_their_threshold_duration_and_severity_from_values(
     assert "above 95% for 10m" in over["annotations"]["description"]
     refused = rules["OrpheusTTSRequestsRefused"]
     assert (refused["for"], refused["labels"]["severity"]) == ("5m", "critical")
-    assert refused["expr"] == ('sum by (namespace, voice, reason) '
-                               '(rate(orpheus_tts_refused_requests_total{job="orpheus-tts"}[5m])) > 0')
+    assert refused["expr"] == ('sum by (namespace, voice, reason) (rate(orpheus_tts_refused_requests_total'
+                               '{job="orpheus-tts",reason=~"queue_full|at_capacity"}[5m])) > 0')
