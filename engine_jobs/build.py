@@ -8,7 +8,8 @@
 Steps: check the checkpoint (shapes, vocabulary, special tokens, SNAC config; headers only, so
 a bad one fails in a second); write serving weights (fused, and FP8 with their scales for
 `fp8`); on the target GPU, compile, capture and warm up for the buckets these settings imply,
-and keep the compiled artifacts; write the manifest and, last, the COMPLETE marker; rename the
+and keep the compiled artifacts; write the manifest (with the model's voices: the build's `model.voices`,
+else the checkpoint's `voices.json`, else the English eight) and, last, the COMPLETE marker; rename the
 staging directory into place. The layout is `orpheus_tts.engine.engine_dir`'s.
 
 Without the target GPU (`--compile auto`), the weights are written and the manifest lists the
@@ -21,6 +22,7 @@ Exit codes: 0 built (or already built for this hash), 2 invalid input, 3 not imp
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -32,6 +34,7 @@ from pathlib import Path
 
 from orpheus_tts.config import ConfigError, load_config, parse_set_flags
 from orpheus_tts.engine import engine_dir as layout
+from orpheus_tts.engine.loading import model_voices
 from orpheus_tts.model.fp8 import FP8_MIN_COMPUTE_CAPABILITY
 
 from engine_jobs import publish
@@ -148,6 +151,8 @@ def build(args: argparse.Namespace) -> int:
             rowwise = None if device is not None else \
                 compute_capability(args.gpu_arch) >= ROWWISE_MIN_COMPUTE_CAPABILITY
             manifest["model"].update(write_model(manifest, config, staging, device, rowwise))
+            manifest["voices"] = [voice.record() for voice in model_voices(
+                dataclasses.replace(config, model=dataclasses.replace(config.model, path=str(staging / layout.MODEL_DIR))))]
             manifest["snac"].update(write_snac_dir(manifest, config, staging))
             manifest["weightsSeconds"] = round(time.monotonic() - started, 1)
             manifest["verified"] = ["checkpoint shapes, dtypes, vocabulary and special tokens", "SNAC config",

@@ -28,6 +28,7 @@ from orpheus_tts import orpheus
 from orpheus_tts.codec.snac_codec import SNAC_24KHZ
 from orpheus_tts.model.llama import ModelArgs
 from orpheus_tts.model.loader import CheckpointError
+from orpheus_tts.voices import checkpoint_voices
 
 # Bytes per element of the dtypes a weight may have: the server casts them to bf16 and
 # quantises to FP8 itself, so integer, bool and already-quantised tensors are refused.
@@ -69,6 +70,7 @@ def validate_checkpoint(directory: Path) -> ModelArgs:
     tensors = _tensor_headers(directory)
     has_head = _check_tensors(tensors, args)
     _check_tokenizer(directory / "tokenizer.json")
+    checkpoint_voices(str(directory))  # a bad voices.json fails the build, not every pod
     args.tie_word_embeddings = not has_head  # as the loader does: the tensors decide
     return args
 

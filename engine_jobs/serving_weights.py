@@ -13,11 +13,13 @@ from orpheus_tts.model.fp8 import quantize_to_fp8
 from orpheus_tts.model.loader import load_model
 from orpheus_tts.model.serving_weights import load_serving_weights, save_serving_weights
 from orpheus_tts.model.tokenizer import demo_tokenizer
+from orpheus_tts.voices import VOICES_FILE
 
 from engine_jobs import checkpoint
 from engine_jobs.sources import Source, fetch, model_path, write_snac
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")
+# Copied beside the serving weights: what the server reads from a checkpoint besides its tensors.
+MODEL_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json", VOICES_FILE)
 
 
 def _source(described: dict) -> Source:
@@ -42,7 +44,7 @@ def write_model(manifest: dict, config: ServerConfig, staging: Path, device: tor
     target.mkdir(parents=True)
     info = save_serving_weights(model, target)
     if local is not None:
-        for name in TOKENIZER_FILES:
+        for name in MODEL_FILES:
             if (local / name).exists():
                 shutil.copy2(local / name, target / name)
     else:

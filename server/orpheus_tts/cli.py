@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     say = sub.add_parser("say", help="synthesize TEXT into a 24 kHz mono 16-bit WAV file")
     say.add_argument("text")
     say.add_argument("-o", "--output", required=True, help="output .wav path")
-    say.add_argument("--voice", help="one of tara, leah, jess, leo, dan, mia, zac, zoe")
+    say.add_argument("--voice", help="one of the model's voices (ListVoices; the English model's: tara, leah, "
+                                     "jess, leo, dan, mia, zac, zoe); default: default_voice")
     say.add_argument("--seed", type=int, help="sampling seed, for reproducible output")
     say.add_argument("--server", metavar="HOST:PORT", help="stream from a running server instead of in-process")
     say.add_argument("--timeout", type=float, default=300.0, help="with --server: seconds before giving up")

@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
-from orpheus_tts import orpheus
+from orpheus_tts.voices import parse_setting as parse_voice_setting
 from orpheus_tts.config_build import (ConfigError, Setting, build, leaf_settings, merge, parse_set_flags,  # noqa: F401
                                       set_dotted)
 
@@ -52,6 +52,13 @@ class ModelConfig:
                                           "with FP8, sm_89+. Off by default until its quality check, "
                                           "`python -m orpheus_bench.kv_quality`, has run on a real checkpoint).")
     seed: int = setting(0, "Seeds the demo weights.")
+    voices: list[str] = setting(
+        doc="The voices the model speaks, as `name` or `name:language` entries (a BCP 47 tag: `pierre:fr`, "
+            "`유나:ko`); requests may name only these (and those `adapters.voices` adds), and ListVoices and "
+            "/v1/audio/voices show them with their languages. Empty: the checkpoint's `voices.json` "
+            "(`[{\"name\": \"pierre\", \"language\": \"fr\"}, ...]`, recorded by an engine build), else the "
+            "English model's eight (tara, leah, jess, leo, dan, mia, zac, zoe; `demo` has these).",
+        default_factory=list)
     quantization: str = setting("auto", "auto (FP8 weights where the GPU has FP8: sm_89 and newer, else none) | fp8 "
                                         "| none.")
     cuda_graphs: bool = setting(True, "Capture decode and prefill steps, and SNAC decodes, as CUDA graphs (GPU "
@@ -213,10 +220,6 @@ class AdaptersConfig:
         """`voices` as voice -> adapter."""
         return dict(entry.split(":", 1) for entry in self.voices)
 
-    def all_voices(self) -> dict[str, str | None]:
-        """Every voice a request may name, and the adapter it runs on (None: the base model)."""
-        return {**{voice: None for voice in orpheus.VOICES}, **self.voice_map()}
-
 
 @dataclass
 class SecurityConfig:
@@ -273,7 +276,8 @@ class ServerConfig:
     tuning: dict[str, TuningProfile] = setting(doc="Tuning profiles by name; add one under a new name (all three "
                                                    "keys), then select it with `profile`.",
                                                default_factory=_default_profiles)
-    default_voice: str = setting("tara", "The voice of requests that name none.")
+    default_voice: str = setting("tara", "The voice of requests that name none; one of the model's voices "
+                                         "(`model.voices`), checked at start-up.")
 
     @property
     def active_profile(self) -> TuningProfile:
@@ -325,8 +329,7 @@ class ServerConfig:
         if self.profile not in self.tuning:
             raise ConfigError(f"profile {self.profile!r} is not one of {sorted(self.tuning)}")
         self._validate_security()
-        if self.default_voice not in orpheus.VOICES:  # else every request naming no voice would be refused
-            raise ConfigError(f"default_voice {self.default_voice!r} is not one of {', '.join(orpheus.VOICES)}")
+        parse_voice_setting(self.model.voices)  # default_voice is checked against the model's voices at start-up
         return self
 
     def _validate_security(self) -> None:

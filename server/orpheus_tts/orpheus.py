@@ -31,7 +31,7 @@ SAMPLES_PER_FRAME = 2048  # SNAC hop 512 x the 4 finest-level codes in a frame
 FRAME_SECONDS = SAMPLES_PER_FRAME / SAMPLE_RATE_HZ  # 85.33 ms
 TOKENS_PER_SECOND = TOKENS_PER_FRAME / FRAME_SECONDS  # 82.03: what a stream needs to play in real time
 
-VOICES = ("tara", "leah", "jess", "leo", "dan", "mia", "zac", "zoe")
+VOICES = ("tara", "leah", "jess", "leo", "dan", "mia", "zac", "zoe")  # the English model's; others: voices.py
 EMOTION_TAGS = ("<laugh>", "<chuckle>", "<sigh>", "<cough>", "<sniffle>", "<groan>", "<yawn>", "<gasp>")
 
 # Frame position -> (SNAC level, index of this code inside the frame's entries of that level).

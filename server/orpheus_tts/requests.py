@@ -10,11 +10,12 @@ import math
 import struct
 import re
 from dataclasses import dataclass
+from typing import Mapping
 
-from orpheus_tts import orpheus
 from orpheus_tts.audio import encoded_formats
 from orpheus_tts.config import SamplingConfig
 from orpheus_tts.errors import RequestError
+from orpheus_tts.voices import ENGLISH, Voice, canonical
 
 # PCM s16le mono 24 kHz, the same with a WAV header, then what libsndfile can encode here
 # (flac, mp3, opus with libsndfile >= 1.1).
@@ -24,6 +25,7 @@ TEMPERATURE_RANGE = (0.0, 2.0)  # 0 means greedy
 TOP_P_RANGE = (0.0, 1.0)  # exclusive of 0
 REPETITION_PENALTY_RANGE = (1.0, 2.0)
 SEED_RANGE = (0, 2**32 - 1)
+ENGLISH_VOICES = {voice.name: voice for voice in ENGLISH}
 ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # a directory name under adapters.dir
 
 
@@ -59,17 +61,20 @@ class SpeechRequest:
         allow_empty_text: bool = False,
         ignore_end_of_speech: bool = False,
         adapter: str | None = None,
-        voices: tuple[str, ...] = orpheus.VOICES,
+        voices: Mapping[str, Voice] = ENGLISH_VOICES,
     ) -> "SpeechRequest":
-        """`voices`: the voices this server speaks (the model's, and those its adapters add)."""
+        """`voices`: the voices this server speaks, by name (the model's, and those its adapters
+        add); a voice on an adapter runs on it unless the request names another `adapter`."""
         if not isinstance(text, str):
             raise RequestError("text", "must be a string")
         check_unicode("text", text)
         if not allow_empty_text and not text.strip():
             raise RequestError("text", "is empty")
         check_text_length(len(text), max_text_chars)
-        if voice not in voices:
-            raise RequestError("voice", f"unknown voice {voice!r}; available: {', '.join(voices)}")
+        voice = canonical(voice)
+        if not isinstance(voice, str) or voice not in voices:
+            raise RequestError("voice", f"unknown voice {str(voice)[:80]!r}; available: {', '.join(voices)}")
+        adapter = voices[voice].adapter if adapter is None else adapter
         if adapter is not None and (not isinstance(adapter, str) or not ADAPTER_NAME.fullmatch(adapter)):
             raise RequestError("adapter", f"must be an adapter's name (letters, digits, '.', '_', '-'; at most 64), "
                                           f"got {str(adapter)[:80]!r}")

@@ -33,7 +33,9 @@ def test_yaml_then_environment_then_flags_override_in_order(tmp_path):
         ({"scheduler.max_batch_size": 0}, "must be positive"),
         ({"scheduler.flush_every_n_tokens": 10}, "multiple of 7"),
         ({"profile": "karaoke"}, "not one of"),
-        ({"default_voice": "darth"}, "default_voice .darth. is not one of"),
+        ({"model.voices": ["pierre:French"]}, r"model.voices\[0\]: language 'French' of voice 'pierre' is not"),
+        ({"model.voices": ["유나:ko", "유나"]}, "model.voices: voice '유나' is listed twice"),
+        ({"model.voices": [" pierre:fr"]}, r"model.voices\[0\]: voice name ' pierre' must be printable"),
         ({"sampling.constrained": "perhaps"}, "true/false"),
     ],
 )

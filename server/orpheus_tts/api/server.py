@@ -30,7 +30,7 @@ from orpheus_tts.api.open_streams import OpenStreams
 from orpheus_tts.api.servicer import SERVICE_NAME, TextToSpeechServicer, add_to_server
 from orpheus_tts.api.tls import GrpcTls, HttpTls
 from orpheus_tts.config import ServerConfig
-from orpheus_tts.engine import Engine
+from orpheus_tts.engine import Engine, server_voices
 from orpheus_tts.metrics import MetricsEndpoint, ServerMetrics
 
 log = logging.getLogger("orpheus_tts.server")
@@ -60,12 +60,13 @@ class OrpheusServer:
         self.metrics = ServerMetrics()
         self.access = AccessControl(config.security, self.metrics, os.environ if environ is None else environ)
         self.streams = OpenStreams()
+        self.voices = server_voices(config)  # known before the model loads: ListVoices answers meanwhile
         tls = config.security.tls_cert_file
         self._grpc_tls = GrpcTls(config.security) if tls else None
         self._http = HttpServer(create_app(self, http_settings), host, http_port, DEFAULT_GRACE_S,
                                 HttpTls(config.security) if tls else None) if http_port is not None else None
         self.servicer = TextToSpeechServicer(self.metrics, config.default_voice, stream_idle_timeout_s, self.streams,
-                                             config.adapters.all_voices())
+                                             self.voices)
         self.health = health.aio.HealthServicer()
         self.engine: Engine | None = None
         self._grpc: grpc.aio.Server | None = None

@@ -32,7 +32,8 @@ from orpheus_tts.api.request_log import log_request, request_id
 from orpheus_tts.engine import AudioChunk, Engine, Outcome, SessionMetrics, SpeechStream
 from orpheus_tts.errors import BusyError, RequestError
 from orpheus_tts.metrics import ServerMetrics
-from orpheus_tts.requests import SpeechRequest
+from orpheus_tts.requests import ENGLISH_VOICES, SpeechRequest
+from orpheus_tts.voices import Voice
 
 log = logging.getLogger("orpheus_tts.api")
 
@@ -135,9 +136,9 @@ def add_to_server(servicer: "TextToSpeechServicer", server: grpc.aio.Server) -> 
 
 class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
     def __init__(self, metrics: ServerMetrics, default_voice: str, idle_timeout_s: float = 30.0,
-                 streams: OpenStreams | None = None, voices: dict[str, str | None] | None = None):
+                 streams: OpenStreams | None = None, voices: dict[str, Voice] | None = None):
         self.metrics = metrics
-        self.voices = voices or {voice: None for voice in orpheus.VOICES}  # voice -> its adapter (None: base)
+        self.voices = voices or ENGLISH_VOICES  # by name: `server_voices`, which the engine validates against
         self.streams = streams or OpenStreams()
         self.default_voice = default_voice  # ListVoices answers it while the model loads
         self.idle_timeout_s = idle_timeout_s  # a StreamingSynthesize client silent this long (text due) is ended
@@ -194,8 +195,9 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
     async def ListVoices(self, request, context) -> tts_pb2.ListVoicesResponse:
         async with RequestRecord("ListVoices", context, self.metrics, logging.DEBUG):
             messages.well_formed(request)
-            return tts_pb2.ListVoicesResponse(voices=[tts_pb2.Voice(name=v, adapter=a or "")
-                                                      for v, a in self.voices.items()],
+            return tts_pb2.ListVoicesResponse(voices=[tts_pb2.Voice(name=v.name, language=v.language,
+                                                                    adapter=v.adapter or "")
+                                                      for v in self.voices.values()],
                                               default_voice=self.default_voice, emotion_tags=orpheus.EMOTION_TAGS)
 
     async def GetStats(self, request, context) -> tts_pb2.GetStatsResponse:

@@ -36,7 +36,7 @@ from orpheus_tts.engine.audio_out import AudioDelivery, AudioPipeline, ChunkPoli
 from orpheus_tts.engine.capacity import admission_capacity
 from orpheus_tts.engine.cuda_graphs import codec_batch_buckets
 from orpheus_tts.engine.kv_cache import KVCache
-from orpheus_tts.engine.loading import kv_cache_dtype, load_parts
+from orpheus_tts.engine.loading import kv_cache_dtype, load_parts, server_voices
 from orpheus_tts.engine.observer import EngineObserver, EngineStats, EngineTimings
 from orpheus_tts.engine.pieces import PieceMaker
 from orpheus_tts.engine.runner import LaunchedStep, ModelRunner
@@ -58,6 +58,7 @@ class Engine:
     def __init__(self, config: ServerConfig, model, tokenizer: Tokenizer, codec: SnacCodec,
                  observer: EngineObserver | None = None, phases: StartupPhases | None = None):
         self.config = config
+        self.voices = server_voices(config)  # every voice a request may name, with its language and adapter
         self.phases = phases or StartupPhases(observer)
         self.tokenizer = tokenizer
         self.codec = codec
@@ -144,13 +145,9 @@ class Engine:
                      **fields) -> SpeechRequest:
         """Validate a request against this server's limits and defaults (no voice, or an empty
         one, is the configured default voice; a voice mapped to an adapter runs on it)."""
-        voice = voice or self.config.default_voice
-        voices = self.config.adapters.all_voices()
-        if adapter is None and isinstance(voice, str):
-            adapter = voices.get(voice)
-        request = SpeechRequest.create(text, defaults=self.config.sampling, voice=voice, adapter=adapter,
-                                       voices=tuple(voices), max_text_chars=self.config.active_profile.max_text_chars,
-                                       **fields)
+        request = SpeechRequest.create(text, defaults=self.config.sampling, voice=voice or self.config.default_voice,
+                                       adapter=adapter, voices=self.voices,
+                                       max_text_chars=self.config.active_profile.max_text_chars, **fields)
         if request.adapter is not None:
             if self.adapters is None:
                 raise RequestError("adapter", "this server serves no adapters (adapters.dir is not set)")
@@ -262,8 +259,7 @@ class Engine:
         for session, outcome, error in self.scheduler.take_ended(time.monotonic()):
             self._finish(session, outcome, error)
         self._capacity = admission_capacity(self.config.scheduler, self.step_cost, self.kv_cache.allocator.n_slots)
-        place = (lambda session: self.adapters.acquire(session.request.adapter)) if self.adapters else None
-        for session in self.scheduler.admit(self._capacity, place):
+        for session in self.scheduler.admit(self._capacity, self._adapter_place if self.adapters else None):
             if session.cancelled:
                 self._finish(session, Outcome.CANCELLED)
             elif session.failure is not None:
@@ -383,6 +379,11 @@ class Engine:
         except Exception:  # the receiver is gone (closed event loop): stop spending work on it
             log.warning("session %d: receiver gone, cancelling", session.id)
             session.cancel()
+
+    def _adapter_place(self, session: Session) -> int | None:
+        place = self.adapters.acquire(session.request.adapter)
+        session.adapter_loading = place is None and self.adapters.loading(session.request.adapter)
+        return place
 
     def _finish(self, session: Session, outcome: Outcome, error: str | None = None) -> None:
         if session.state is SessionState.FINISHED:

@@ -1,6 +1,7 @@
 """The engine directory: what `orpheus-tts build-engine` writes and `serve --engine` starts from.
 
-    engine.json   the manifest: what was built from what, for which GPU, torch and settings
+    engine.json   the manifest: what was built from what, for which GPU, torch and settings, and
+                  the model's voices (`voices`: [{"name", "language"}], orpheus_tts/voices.py)
     COMPLETE      the manifest's content hash; written last, so a directory without it (a build
                   still running, or killed halfway) is never taken for a built engine
     model/        serving weights (model/serving_weights.py) + tokenizer.json + config.json
@@ -31,6 +32,7 @@ import torch
 
 from orpheus_tts.config import ServerConfig, settings
 from orpheus_tts.engine.cuda_graphs import PrefillGraphs, batch_buckets, codec_batch_buckets
+from orpheus_tts.voices import ENGLISH, Voice, from_records
 
 log = logging.getLogger("orpheus_tts.engine")
 
@@ -167,6 +169,12 @@ class EngineDir:
     @property
     def snac_aot_path(self) -> Path:
         return self.path / SNAC_AOT_DIR
+
+    @property
+    def voices(self) -> tuple[Voice, ...]:
+        """The voices the build recorded (an engine built before voices were recorded: English)."""
+        recorded = self.manifest.get("voices")
+        return ENGLISH if recorded is None else from_records(recorded, f"{self.path / MANIFEST} voices")
 
     @property
     def compiled(self) -> bool:

@@ -24,6 +24,7 @@ from orpheus_tts.model.llama import Transformer
 from orpheus_tts.model.loader import compile_model, load_model
 from orpheus_tts.model.serving_weights import has_serving_weights, load_serving_weights
 from orpheus_tts.model.tokenizer import load_tokenizer
+from orpheus_tts.voices import Voice, checkpoint_voices, parse_setting, voice_table
 
 log = logging.getLogger("orpheus_tts.engine")
 
@@ -89,6 +90,24 @@ def open_engine(config: ServerConfig, observer=None) -> tuple[ServerConfig, Engi
     paths = dataclasses.replace(config, model=dataclasses.replace(config.model, path=engine.model_path),
                                 codec=dataclasses.replace(config.codec, path=engine.snac_path))
     return paths, engine
+
+
+def model_voices(config: ServerConfig) -> tuple[Voice, ...]:
+    """The base model's voices: `model.voices`, else what the engine build recorded, else the
+    checkpoint's `voices.json`, else the English eight. A manifest or a small file is read,
+    never the weights, so the API knows them while the model loads."""
+    if config.model.voices:
+        return parse_setting(config.model.voices)
+    if config.engine.path:
+        return EngineDir(config.engine.path).voices
+    return checkpoint_voices(config.model.path)
+
+
+def server_voices(config: ServerConfig) -> dict[str, Voice]:
+    """Every voice a request may name, by name, with its language and adapter (the model's, then
+    `adapters.voices`): the one list the engine validates against and ListVoices and
+    /v1/audio/voices show."""
+    return voice_table(model_voices(config), config.adapters.voice_map(), config.default_voice)
 
 
 def load_parts(config: ServerConfig, phases: StartupPhases | None = None, observer=None) -> EngineParts:

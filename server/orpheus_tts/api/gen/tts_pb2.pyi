@@ -159,12 +159,14 @@ class ListVoicesResponse(_message.Message):
     def __init__(self, voices: _Optional[_Iterable[_Union[Voice, _Mapping]]] = ..., default_voice: _Optional[str] = ..., emotion_tags: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Voice(_message.Message):
-    __slots__ = ("name", "adapter")
+    __slots__ = ("name", "language", "adapter")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     name: str
+    language: str
     adapter: str
-    def __init__(self, name: _Optional[str] = ..., adapter: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., language: _Optional[str] = ..., adapter: _Optional[str] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ()

@@ -36,6 +36,7 @@ from orpheus_tts.config import ServerConfig
 from orpheus_tts.engine import Engine, SessionFailure
 from orpheus_tts.metrics import ServerMetrics
 from orpheus_tts.requests import AUDIO_FORMATS
+from orpheus_tts.voices import Voice
 
 
 @dataclass
@@ -54,6 +55,7 @@ class HttpHost(Protocol):
     draining: bool
     access: AccessControl
     streams: OpenStreams
+    voices: dict[str, Voice]  # by name: `server_voices`, which the engine validates against
 
 
 def create_app(host: HttpHost, settings: HttpSettings | None = None) -> FastAPI:
@@ -117,8 +119,8 @@ def create_app(host: HttpHost, settings: HttpSettings | None = None) -> FastAPI:
 
     @app.get("/v1/audio/voices")
     async def voices() -> dict:
-        voices = host.config.adapters.all_voices()
-        return {"voices": [{"name": v, **({"adapter": a} if a else {})} for v, a in voices.items()],
+        return {"voices": [{"name": v.name, **({"language": v.language} if v.language else {}),
+                            **({"adapter": v.adapter} if v.adapter else {})} for v in host.voices.values()],
                 "default_voice": host.config.default_voice,
                 "emotion_tags": list(orpheus.EMOTION_TAGS), "response_formats": list(AUDIO_FORMATS)}
 
