@@ -75,7 +75,7 @@ class ServerMetrics(EngineObserver):
         self.sessions = Counter(f"{PREFIX}_sessions", "Engine sessions ended, by outcome.", ["outcome"], registry=r)
         self.adapter_sessions = Counter(f"{PREFIX}_adapter_sessions", "Sessions on a LoRA adapter (a custom voice) "
                                         f"ended, by adapter and outcome; past {MAX_ADAPTER_LABELS} adapters the rest "
-                                        "count as `other`.", ["adapter", "outcome"], registry=r)
+                                        "count as `_other`.", ["adapter", "outcome"], registry=r)
         self.adapter_ttfb = Histogram(f"{PREFIX}_adapter_ttfb_seconds", "Time to first audio of sessions on a LoRA "
                                       "adapter (its loading included), by adapter.", ["adapter"],
                                       buckets=TTFB_BUCKETS_S, registry=r)
@@ -120,11 +120,11 @@ class ServerMetrics(EngineObserver):
             self.queue_time.observe(metrics.elapsed_s)
 
     def _adapter_label(self, name: str) -> str:
-        """The adapter's own name for the first MAX_ADAPTER_LABELS seen, `other` after: the names
+        """The adapter's own name for the first MAX_ADAPTER_LABELS seen, `_other` after: the names
         come from a directory anyone with access may fill, and every label is a series."""
         if name not in self._adapter_labels and len(self._adapter_labels) < MAX_ADAPTER_LABELS:
             self._adapter_labels.add(name)
-        return name if name in self._adapter_labels else "other"
+        return name if name in self._adapter_labels else "_other"  # no adapter name starts with _
 
     def _update(self, stats) -> None:
         self.active_sessions.set(stats.active_sessions)

@@ -149,4 +149,4 @@ def test_adapter_labels_stop_growing_past_their_bound():
         metrics.on_session_end(Outcome.OK, SessionMetrics(ttfb_s=0.05, adapter=f"voice-{i}"))
     samples = {s.labels["adapter"]: s.value for m in metrics.adapter_sessions.collect() for s in m.samples
                if s.name.endswith("_total")}
-    assert len(samples) == MAX_ADAPTER_LABELS + 1 and samples["other"] == 5.0
+    assert len(samples) == MAX_ADAPTER_LABELS + 1 and samples["_other"] == 5.0

@@ -30,7 +30,7 @@ def made(tmp_path_factory):
 
 def registry(args, directory, capacity: int) -> AdapterRegistry:
     pool = LoraPool(args, capacity, max_rank=8, device=torch.device("cpu"), dtype=torch.float32)
-    return AdapterRegistry(str(directory), pool, args, scan_interval_s=0.0)
+    return AdapterRegistry(str(directory), pool, args, scan_interval_s=60.0)  # the tests call rescan()
 
 
 def acquire(reg: AdapterRegistry, name: str, timeout_s: float = 30.0) -> int | None:
@@ -56,6 +56,7 @@ def test_adapters_come_and_go_with_their_directories(made, tmp_path):
     shutil.copytree(adapters["alice"], tmp_path / "alice")
     (tmp_path / "alice" / "README.md").write_text("a download's other files are left alone")
     (tmp_path / "empty").mkdir()  # what a wrong PVC path gives: warned about, not served
+    reg.rescan()
     reg.check("alice")
     with pytest.raises(RequestError, match="unknown adapter 'empty'; this server has alice"):
         reg.check("empty")
@@ -66,6 +67,7 @@ def test_adapters_come_and_go_with_their_directories(made, tmp_path):
     assert torch.equal(a_place(reg.pool, place), want)
     reg.release(place)
     shutil.rmtree(tmp_path / "alice")
+    reg.rescan()
     with pytest.raises(RequestError):
         reg.check("alice")
     with pytest.raises(AdapterError, match="unregistered"):
@@ -103,6 +105,7 @@ def test_a_changed_adapter_is_loaded_again_and_a_broken_one_is_refused_with_its_
     time.sleep(0.01)  # a new modification time
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         shutil.copy(adapters["bob"] / name, tmp_path / "voice" / name)
+    reg.rescan()
     place = acquire(reg, "voice")
     after = a_place(reg.pool, place)
     assert not torch.equal(before, after)
@@ -111,8 +114,31 @@ def test_a_changed_adapter_is_loaded_again_and_a_broken_one_is_refused_with_its_
 
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 64, "lora_alpha": 8}')
+    reg.rescan()
     reg.check("broken")
     with pytest.raises(AdapterError, match="r: 64 is over this server's adapters.max_rank"):
         acquire(reg, "broken")
     assert reg.resident == {"voice": place}  # nothing evicted for an adapter that cannot load
+    reg.close()
+
+
+def test_sessions_on_an_old_version_keep_its_place_while_new_ones_get_the_new_version(made, tmp_path):
+    args, adapters = made
+    shutil.copytree(adapters["alice"], tmp_path / "voice")
+    reg = registry(args, tmp_path, capacity=2)
+    old = acquire(reg, "voice")  # a session holds the old version
+    time.sleep(0.01)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(adapters["bob"] / name, tmp_path / "voice" / name)
+    reg.rescan()
+    new = acquire(reg, "voice")
+    assert new is not None and new != old  # loaded beside the old one, not waiting for it
+    assert torch.equal(a_place(reg.pool, new), load_adapter(adapters["bob"], "bob", args, 8).weights[(0, "q_proj")][0])
+    assert torch.equal(a_place(reg.pool, old), load_adapter(adapters["alice"], "alice", args, 8).weights[(0, "q_proj")][0])
+    shutil.copytree(adapters["carol"], tmp_path / "carol")
+    reg.rescan()
+    assert acquire(reg, "carol", timeout_s=0.5) is None  # the old version's place is still held
+    reg.release(old)  # its last session ended: the place is free again
+    carol = acquire(reg, "carol")
+    assert carol == old and reg.evictions == 0
     reg.close()

@@ -75,8 +75,10 @@ def _guarded(handler: grpc.RpcMethodHandler, guard) -> grpc.RpcMethodHandler:
     behavior = getattr(handler, kind)
     if inspect.isasyncgenfunction(behavior):
         async def run(request, context):
-            async with guard(context):
-                async for response in behavior(request, context):
+            # aclosing: a call cancelled mid-stream closes the servicer's generator (and its
+            # session) before the guard releases the key's slot, not whenever it is collected
+            async with guard(context), contextlib.aclosing(behavior(request, context)) as responses:
+                async for response in responses:
                     yield response
     else:  # a unary response, or a stream written with context.write (as the health service's Watch)
         async def run(request, context):

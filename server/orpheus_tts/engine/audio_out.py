@@ -99,8 +99,8 @@ class AudioPipeline:
 
     @property
     def sessions(self) -> list[Session]:
-        """The sessions whose audio the last step queued."""
-        return [chunk.session for chunk in self._chunks]
+        """The sessions whose audio the last step queued, and those whose piece it ended."""
+        return [chunk.session for chunk in self._chunks] + self._ended
 
     @property
     def busy(self) -> bool:

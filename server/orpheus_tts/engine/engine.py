@@ -31,7 +31,7 @@ from tokenizers import Tokenizer
 from orpheus_tts import orpheus
 from orpheus_tts.codec.snac_codec import SnacCodec
 from orpheus_tts.config import ServerConfig
-from orpheus_tts.engine.adapters import AdapterRegistry
+from orpheus_tts.engine.adapters import AdapterRegistry, check_adapter
 from orpheus_tts.engine.audio_out import AudioDelivery, AudioPipeline, ChunkPolicy
 from orpheus_tts.engine.capacity import admission_capacity
 from orpheus_tts.engine.cuda_graphs import codec_batch_buckets
@@ -46,7 +46,6 @@ from orpheus_tts.engine.startup import StartupPhases
 from orpheus_tts.engine.session import AudioChunk, Outcome, Piece, Session, SessionEnd, SessionState
 from orpheus_tts.engine.step_cost import StepCost, seed_from_graphs
 from orpheus_tts.engine.stream import SpeechStream
-from orpheus_tts.errors import RequestError
 from orpheus_tts.requests import SpeechRequest
 
 log = logging.getLogger("orpheus_tts.engine")
@@ -91,7 +90,7 @@ class Engine:
         self.audio = AudioPipeline(codec, config.codec.graph_max_batch, self.timings)
         # With scheduler.overlap_steps: the forwards queued by the last step, read during the next.
         self._in_flight: list[tuple[LaunchedStep, str]] = []
-        self._step_sessions: list[Session] = []  # the sessions the running step has in hand
+        self._step_sessions: list[Session] | None = None  # the sessions the running step has in hand
         self._wake = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -149,9 +148,7 @@ class Engine:
                                        adapter=adapter, voices=self.voices,
                                        max_text_chars=self.config.active_profile.max_text_chars, **fields)
         if request.adapter is not None:
-            if self.adapters is None:
-                raise RequestError("adapter", "this server serves no adapters (adapters.dir is not set)")
-            self.adapters.check(request.adapter)
+            check_adapter(self.adapters, request.adapter)
         return request
 
     def make_pieces(self, voice: str, text: str) -> list[Piece]:
@@ -207,12 +204,7 @@ class Engine:
             try:
                 worked = self.step()
             except Exception:  # a bug in the loop itself: end what the step had in hand, not hang it
-                hit = self._step_sessions or list(self.scheduler.active)
-                log.exception("engine step failed; ending its %d sessions", len(hit))
-                for session in hit:
-                    self._finish(session, Outcome.ERROR, "internal engine error")
-                self.audio.abandon([])  # the step's queued audio belonged to those sessions
-                self._in_flight = []
+                self._recover()
                 worked = True
             if not worked:
                 with self._wake:
@@ -221,13 +213,25 @@ class Engine:
         for session in list(self.scheduler.active) + self.scheduler.drain_pending(lambda s: True):
             self._finish(session, Outcome.ERROR, "server shutting down")
 
+    def _recover(self) -> None:
+        """After a step raised: end its sessions (all when it failed before choosing) and their queued audio."""
+        hit = list(self.scheduler.active) if self._step_sessions is None else self._step_sessions
+        log.exception("engine step failed; ending its %d sessions", len(hit))
+        for session in hit:
+            try:
+                self._finish(session, Outcome.ERROR, "internal engine error")
+            except Exception:
+                log.exception("session %d: could not be ended cleanly", session.id)
+        self.audio.abandon([])
+        self._in_flight = []
+
     def step(self) -> bool:
         """One iteration; returns False when there was nothing to do."""
-        self._step_sessions = []  # whom a failure of this step ends: none yet (before, everyone)
+        self._step_sessions = None  # whom a failure of this step ends: before choosing, everyone
         self._schedule()
         started = time.perf_counter()
         prefill = self.scheduler.pick_prefill(self.runner.max_prefill_batch, self.step_cost.predict)
-        self._step_sessions = [*prefill, *self.audio.sessions, *(s for step, _ in self._in_flight for s in step.sessions)]
+        self._step_sessions = [*prefill, *self.audio.sessions, *(s for f, _ in self._in_flight for s in f.sessions)]
         launched = []
         if prefill:
             self.scheduler.counters.total_prefills += 1
@@ -259,7 +263,7 @@ class Engine:
         for session, outcome, error in self.scheduler.take_ended(time.monotonic()):
             self._finish(session, outcome, error)
         self._capacity = admission_capacity(self.config.scheduler, self.step_cost, self.kv_cache.allocator.n_slots)
-        for session in self.scheduler.admit(self._capacity, self._adapter_place if self.adapters else None):
+        for session in self.scheduler.admit(self._capacity, self.adapters.place_for if self.adapters else None):
             if session.cancelled:
                 self._finish(session, Outcome.CANCELLED)
             elif session.failure is not None:
@@ -318,7 +322,6 @@ class Engine:
             if token == NON_FINITE and session.state is SessionState.DECODING and session.piece_index == piece:
                 log.error("session %d: non-finite logits (NaN or infinity) at token %d of piece %d; ending it",
                           session.id, session.metrics.tokens, piece)
-                self.kv_cache.clear_slot(session.slot)
                 self._finish(session, Outcome.ERROR, "inference failed: the model's logits were not finite")
 
     def _queue_audio(self, due: list[Session], ended: list[Session]) -> None:
@@ -380,16 +383,13 @@ class Engine:
             log.warning("session %d: receiver gone, cancelling", session.id)
             session.cancel()
 
-    def _adapter_place(self, session: Session) -> int | None:
-        place = self.adapters.acquire(session.request.adapter)
-        session.adapter_loading = place is None and self.adapters.loading(session.request.adapter)
-        return place
-
     def _finish(self, session: Session, outcome: Outcome, error: str | None = None) -> None:
         if session.state is SessionState.FINISHED:
             return
         if session.adapter_place is not None and session.slot is not None:
             self.adapters.release(session.adapter_place)
+        if outcome is Outcome.ERROR and session.slot is not None:
+            self.kv_cache.clear_slot(session.slot)  # whatever failed may have left NaN for the slot's next session
         self.scheduler.release(session)
         m = session.metrics
         m.elapsed_s = time.monotonic() - session.created

@@ -18,6 +18,7 @@ end-of-speech and budgets end a piece), its last audio sent, and release.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -31,6 +32,8 @@ from orpheus_tts.engine.session import Outcome, Session, SessionState
 from orpheus_tts.errors import QueueFullError
 from orpheus_tts.model.lora import AdapterError
 
+
+log = logging.getLogger("orpheus_tts.engine")
 
 _MIN_RATE_SPAN_S = 0.1  # the shortest span an arrival rate is measured over
 REFUSED_RETRY_AFTER_S = 1  # what a request refused after queueing is told (Retry-After)
@@ -94,8 +97,10 @@ class Scheduler:
                 if session.request.adapter is not None:
                     try:
                         session.adapter_place = adapter_place(session) if adapter_place else None
-                    except AdapterError as exc:  # its files cannot be served: the engine ends it
-                        session.failure = str(exc)
+                    except Exception as exc:  # its files cannot be served (or a bug): the engine ends it alone
+                        if not isinstance(exc, AdapterError):
+                            log.exception("adapter %s: admission failed", session.request.adapter)
+                        session.failure = str(exc) or type(exc).__name__
                         admitted.append(session)
                         continue
                     if session.adapter_place is None:
@@ -124,8 +129,8 @@ class Scheduler:
                     f"{wait:g}) with {len(self.active)} streams admitted; retry after {REFUSED_RETRY_AFTER_S} s")
             return session, Outcome.TIMEOUT, f"exceeded session_timeout_s={timeout}"
 
-        queued = [verdict(s, True) for s in self.drain_pending(
-            lambda s: s.cancelled or now - s.created > min(wait, timeout))]
+        queued = [verdict(s, True) for s in self.drain_pending(  # one waiting for its adapter to load is not refused
+            lambda s: s.cancelled or now - s.created > (timeout if s.adapter_loading else min(wait, timeout)))]
         return queued + [verdict(s, False) for s in self.active if s.cancelled or now - s.created > timeout]
 
     def drain_pending(self, predicate) -> list[Session]:

@@ -96,6 +96,7 @@ class Session:
     slot: int | None = None
     adapter_place: int | None = None  # its LoRA adapter's place in the pool, once admitted
     failure: str | None = None  # why admission could not start it (its adapter would not load)
+    adapter_loading: bool = False  # queued while its adapter is read from disk (not refused for the wait)
     pieces: deque[Piece] = field(default_factory=deque)
     piece: Piece | None = None
     piece_index: int = -1
