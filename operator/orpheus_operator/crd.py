@@ -76,8 +76,10 @@ def spec_schema() -> dict:
             "voice": {
                 "type": "string",
                 "default": DEFAULT_VOICE,
-                "pattern": r"^[a-z0-9_-]+$",
-                "description": f"Default voice for requests that name none ({', '.join(VOICES)}).",
+                "pattern": r"^[^\s:,]+$",  # any script's voice names (유나, ऋतिका, 长乐): no space, `:` or `,`
+                "description": f"Default voice for requests that name none: one of the model's voices (the "
+                               f"English model's are {', '.join(VOICES)}; a multilingual one lists its own in "
+                               f"voices.json).",
             },
             "profile": {
                 "type": "string",

@@ -90,6 +90,18 @@ def test_voice_with_pvc_and_hub_adapters_is_valid_and_gets_no_adapter_defaults()
     assert "adapterSlots" not in apply_defaults(_minimal())["spec"]  # the operator's default, as for security
 
 
+@pytest.mark.parametrize("voice_name,valid", [("tara", True), ("유나", True), ("ऋतिका", True), ("长乐", True),
+                                              ("two words", False), ("a:b", False), ("", False)])
+def test_a_default_voice_may_be_named_in_any_script_but_not_with_separators(voice_name, valid):
+    voice = _minimal()
+    voice["spec"]["voice"] = voice_name
+    if valid:
+        validate(voice)
+    else:
+        with pytest.raises(jsonschema.ValidationError):
+            validate(voice)
+
+
 @pytest.mark.parametrize("case", sorted(INVALID))
 def test_invalid_voices_are_rejected_by_the_schema(case):
     voice = _minimal()
