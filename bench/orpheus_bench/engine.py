@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip", default="", help="sections to leave out")
     parser.add_argument("--precisions", default="bf16,fp8",
                         help="sweep: any of bf16, fp8 (weights) and fp8kv (FP8 weights over an FP8 KV cache)")
+    parser.add_argument("--lora-places", default="", metavar="P,P",
+                        help="sweep: also FP8 with a pool of P rank-64 LoRA adapters, the rows spread over them")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="load: an engine config override, e.g. codec.compile=false")
     parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE",
@@ -75,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     log("checks", results["checks"])
     overrides = dict(item.split("=", 1) for item in opts.set)
     sections = {
-        "sweep": lambda: sweeps(opts.model, opts.precisions, opts.compile, results, batches, contexts, bw, save),
+        "sweep": lambda: sweeps(opts.model, opts.precisions, opts.compile, results, batches, contexts, bw, save,
+                                [int(p) for p in opts.lora_places.split(",") if p]),
         "snac": lambda: snac_bench(results),
         "baseline": lambda: transformers_baseline(results, [1, 16, 64]),
         "load": lambda: load_runs(results, [int(x) for x in opts.levels.split(",")], opts.max_batch,

@@ -17,10 +17,12 @@ import torch
 
 from orpheus_bench import checks
 from orpheus_bench.results import log
-from orpheus_bench.server_parts import FP8, DecodeGraphs, compile_model, load_model, quantize_to_fp8
+from orpheus_bench.server_parts import FP8, DecodeGraphs, LoraPool, compile_model, load_model, quantize_to_fp8
 from orpheus_bench.synthetic import load_rows, synthetic_runner
 from orpheus_bench.timing import cuda_time_ms
 from orpheus_tts import orpheus
+
+LORA_RANK = 64  # adapters.max_rank's default: each place is sized for it
 
 
 def measure_weight_bytes(model) -> int:
@@ -34,9 +36,18 @@ def measure_weight_bytes(model) -> int:
 
 
 @torch.inference_mode()
-def step_sweep(model, label, batches, contexts, copy_bw, results, max_tokens, compiled, kv_dtype=torch.bfloat16):
-    """Time graph replays of the decode step at every (batch, context)."""
+def step_sweep(model, label, batches, contexts, copy_bw, results, max_tokens, compiled, kv_dtype=torch.bfloat16,
+               lora_places: int = 0):
+    """Time graph replays of the decode step at every (batch, context); with `lora_places`, a
+    LoRA pool of that many rank-64 adapters attached and the rows spread over them."""
+    if lora_places:
+        pool = LoraPool(model.args, lora_places, LORA_RANK, model.output.weight.device, torch.bfloat16)
+        for tensor in (*pool.a.values(), *pool.b.values()):
+            tensor.normal_(0.0, 0.01)
+        model.attach_lora(pool)  # before the runner: its graphs capture the adapters' part
     runner = synthetic_runner(model, max(batches), max_tokens, compiled, kv_dtype)
+    if lora_places:
+        runner.state.field("adapter")[:max(batches)] = torch.arange(max(batches)) % lora_places
     kv_bytes_per_token = runner.kv_cache.nbytes / ((runner.kv_cache.n_slots + 1) * max_tokens)
     graphs = DecodeGraphs(runner, max(batches))
     graphs.buckets = sorted(set(batches))  # the sweep's sizes only: capture what is timed
@@ -75,12 +86,14 @@ def step_sweep(model, label, batches, contexts, copy_bw, results, max_tokens, co
     if compiled:
         checks.compiled_parts_vs_eager(model, runner.kv_cache, runner.sampler, label, results)
     del graphs, runner
+    if lora_places:
+        model.attach_lora(None)
     gc.collect()
     torch.cuda.empty_cache()
     return rows
 
 
-def sweeps(model_path, precisions, compiled, results, batches, contexts, bw, save):
+def sweeps(model_path, precisions, compiled, results, batches, contexts, bw, save, lora_places=()):
     """The `sweep` section: bf16, then the same model quantised to FP8 (with the FP8 checks between)."""
     model = load_model(model_path, torch.device("cuda"), torch.bfloat16, max_positions=max(contexts) + 8)
     results["parameters"] = sum(p.numel() for p in model.parameters())
@@ -98,6 +111,10 @@ def sweeps(model_path, precisions, compiled, results, batches, contexts, bw, sav
     log("checks", results["checks"])
     if "fp8" in precisions:
         results["step_sweep"] += step_sweep(model, "fp8", batches, contexts, bw, results, max(contexts), compiled)
+        save()
+    for places in lora_places:  # FP8 weights with a LoRA pool: what resident custom voices cost a step
+        results["step_sweep"] += step_sweep(model, f"fp8+lora{places}", batches, contexts, bw, results, max(contexts),
+                                            compiled, lora_places=places)
         save()
     if "fp8kv" in precisions:  # FP8 weights over an FP8 KV cache (model.kv_cache_dtype: fp8)
         results["step_sweep"] += step_sweep(model, "fp8kv", batches, contexts, bw, results, max(contexts), compiled,

@@ -283,8 +283,8 @@ class Transformer(nn.Module):
             decode_lengths=positions + 1,
         )
 
-    def attach_lora(self, pool: "LoraPool") -> None:
-        """Add each row's adapter update (`AttentionBatch.adapters`) to every projection."""
+    def attach_lora(self, pool: "LoraPool | None") -> None:
+        """Add each row's adapter update (`AttentionBatch.adapters`) to every projection (None: no more)."""
         self.lora = pool
         for block in self.layers:
             block.attention.lora = block.feed_forward.lora = pool
