@@ -50,6 +50,9 @@ def main(args, config, command: str) -> int:
         raise ValueError("give --server HOST:PORT or --in-process")
     levels = parse_levels(args.levels) if getattr(args, "levels", None) else None
     apis = parse_apis(getattr(args, "api", None) or "grpc")
+    args.adapters = getattr(args, "adapters", 0) or 0
+    if args.adapters < 0:
+        raise ValueError("--adapters must be 0 (the base model) or more")
     if args.in_process and apis != ["grpc"]:
         raise ValueError("--api needs --server: in-process runs have no API in the way")
     text = args.text or DEFAULT_TEXT
@@ -59,11 +62,11 @@ def main(args, config, command: str) -> int:
         if args.concurrent > config.scheduler.max_concurrent_sessions:
             print(f"note: --concurrent {args.concurrent} exceeds scheduler.max_concurrent_sessions="
                   f"{config.scheduler.max_concurrent_sessions}; the rest queue", file=sys.stderr)
-        targets, where = {"in-process": EngineTarget(config, ignore_eos)}, "in-process"
+        targets, where = {"in-process": EngineTarget(config, ignore_eos, args.adapters)}, "in-process"
     else:
         http = getattr(args, "http_server", None) or _http_address(args.server)
-        targets = {api: REMOTE_TARGETS[api](args.server if api == "grpc" else http, args.timeout, ignore_eos)
-                   for api in apis}
+        targets = {api: REMOTE_TARGETS[api](args.server if api == "grpc" else http, args.timeout, ignore_eos,
+                                             args.adapters) for api in apis}
         where = args.server
     started = time.time()
     runs = {}
@@ -76,7 +79,7 @@ def main(args, config, command: str) -> int:
     results = dict(command=command, git_commit=git_commit(), target=where, mode=args.mode,
                    workload=dict(**workload.describe(), concurrent=args.concurrent, levels=levels,
                                  requests_per_stream=args.requests, stagger_s=args.stagger_s,
-                                 end_of_speech_suppressed=ignore_eos,
+                                 end_of_speech_suppressed=ignore_eos, adapters=args.adapters,
                                  arrival_rates_per_s=args.arrival_rate, open_loop_duration_s=args.duration_s),
                    profile=config.profile, target_ttfb_ms=target_ttfb_ms,
                    started_unix=started, duration_s=time.time() - started)

@@ -27,12 +27,14 @@ import urllib.request
 from pathlib import Path
 
 from orpheus_bench.engine_startup import build_engine, sets, start_server
+from orpheus_bench.lora_adapters import write_adapters
+from orpheus_tts.model.llama import ModelArgs
 
 PORT, METRICS_PORT = 50071, 9171
 SCRAPED = ("orpheus_tts_capacity_streams", "orpheus_tts_saturation", "orpheus_tts_refused_requests_total",
            "orpheus_tts_queue_seconds_sum", "orpheus_tts_queue_seconds_count", "orpheus_tts_requests_total",
            "orpheus_tts_sessions_total", "orpheus_tts_step_seconds_sum", "orpheus_tts_step_seconds_count",
-           "orpheus_tts_batch_size_sum", "orpheus_tts_batch_size_count")
+           "orpheus_tts_batch_size_sum", "orpheus_tts_batch_size_count", "orpheus_tts_adapter_sessions_total")
 
 
 def scrape() -> dict[str, float]:
@@ -42,11 +44,13 @@ def scrape() -> dict[str, float]:
             if line.startswith(SCRAPED)}
 
 
-def bench(out: Path, name: str, args: list[str], limit_s: float) -> dict:
-    """One `orpheus-tts bench` run against the server: its JSON, exit code and the metrics after."""
+def bench(out: Path, name: str, args: list[str], limit_s: float, adapters: int) -> dict:
+    """One `orpheus-tts bench` run against the server (its streams over `adapters` adapters): its
+    JSON, exit code and the metrics after."""
     output = out / f"{name}.json"
     cmd = [sys.executable, "-m", "orpheus_tts.cli", "--log-level", "WARNING", "bench", "--server",
-           f"localhost:{PORT}", "--workload", "mixed", "--requests", "1", "--output", str(output), *args]
+           f"localhost:{PORT}", "--workload", "mixed", "--requests", "1", "--output", str(output), *args,
+           "--adapters", str(adapters)]
     t = time.monotonic()
     try:
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=limit_s)
@@ -66,6 +70,8 @@ def main() -> None:
     p.add_argument("--levels", default="1,256,450,512")
     p.add_argument("--overload", action="store_true", help="then 1.5x and 2x the server's own capacity estimate")
     p.add_argument("--bench-limit-s", type=float, default=240, help="seconds each bench run may take")
+    p.add_argument("--adapters", type=int, default=0, metavar="N",
+                   help="serve N random rank-64 LoRA adapters (adapters.max_resident=N) and spread the streams over them")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more engine settings")
     args = p.parse_args()
     out = Path(args.out)
@@ -77,6 +83,10 @@ def main() -> None:
                 *args.set]
     arch = "sm_{}{}".format(*torch.cuda.get_device_capability(0))
     work = Path(tempfile.mkdtemp())
+    serve_settings = list(settings)
+    if args.adapters:  # served beside the engine; the build knows nothing of them
+        write_adapters(work / "adapters", ModelArgs.from_name("orpheus-3b"), args.adapters, rank=64)
+        serve_settings += [f"adapters.dir={work / 'adapters'}", f"adapters.max_resident={args.adapters}"]
     result = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
               "commit": os.environ.get("GIT_COMMIT", ""), "settings": settings,
               "command": "python -m orpheus_bench.server_capacity " + " ".join(sys.argv[1:]).replace(str(out), "OUT")}
@@ -86,20 +96,20 @@ def main() -> None:
     save()
     if result["build"]["rc"] != 0:
         return
-    proc, result["serving_s"], log_path = start_server(work / "engine", work, settings, PORT, METRICS_PORT)
+    proc, result["serving_s"], log_path = start_server(work / "engine", work, serve_settings, PORT, METRICS_PORT)
     print(f"SERVING after {result['serving_s']} s", flush=True)
     save()
     try:
         if result["serving_s"] is None:
             return
         result["scaling"] = bench(out, "scaling", ["--mode", "scaling", "--levels", args.levels],
-                                  args.bench_limit_s)
+                                  args.bench_limit_s, args.adapters)
         print(json.dumps(result["scaling"], indent=1)[-3000:], flush=True)
         save()
         capacity = int(result["scaling"]["metrics_after"].get("orpheus_tts_capacity_streams", 0))
         if args.overload and capacity:
             result["overload"] = bench(out, "overload", ["--mode", "overload", "--capacity", str(capacity)],
-                                       args.bench_limit_s)
+                                       args.bench_limit_s, args.adapters)
             print(json.dumps(result["overload"], indent=1)[-3000:], flush=True)
             save()
     finally:

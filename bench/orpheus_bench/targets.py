@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from orpheus_bench.load import StreamResult, Timeline, hang_up_after
+from orpheus_bench.lora_adapters import NAME
 from orpheus_tts.orpheus import FRAME_SECONDS, SAMPLE_RATE_HZ, TOKENS_PER_FRAME
 
 
@@ -14,8 +15,8 @@ class GrpcTarget:
 
     api = "grpc"
 
-    def __init__(self, address: str, timeout_s: float, ignore_eos: bool = True):
-        self.address, self.timeout_s, self.ignore_eos = address, timeout_s, ignore_eos
+    def __init__(self, address: str, timeout_s: float, ignore_eos: bool = True, adapters: int = 0):
+        self.address, self.timeout_s, self.ignore_eos, self.adapters = address, timeout_s, ignore_eos, adapters
         self.channel = None
 
     async def __aenter__(self):
@@ -34,7 +35,8 @@ class GrpcTarget:
         from orpheus_tts.api.gen import tts_pb2, tts_pb2_grpc
 
         request = tts_pb2.SynthesizeRequest(text=text, seed=seed, encoding=tts_pb2.AUDIO_ENCODING_PCM_S16LE,
-                                            ignore_end_of_speech=self.ignore_eos)
+                                            ignore_end_of_speech=self.ignore_eos,
+                                            adapter=adapter_for(seed, self.adapters) or "")
         timeline, end = Timeline(), {}
 
         async def consume() -> StreamResult:
@@ -56,9 +58,16 @@ class GrpcTarget:
                                     lambda: timeline.result(False, 0, None, cancelled=True))
 
 
-def _speech_body(text: str, seed: int, ignore_eos: bool) -> dict:
-    """The HTTP and WebSocket request: OpenAI's fields, PCM16 (so audio length is exact)."""
-    body = {"model": "orpheus", "input": text, "response_format": "pcm", "seed": seed}
+def adapter_for(seed: int, adapters: int) -> str | None:
+    """With `--adapters N`, each stream's adapter (`lora_adapters` writes bench-0 ... bench-{N-1}):
+    by its seed, so every door and every run gives a stream the same one."""
+    return NAME.format(seed % adapters) if adapters else None
+
+
+def _speech_body(text: str, seed: int, ignore_eos: bool, adapters: int) -> dict:
+    """The HTTP and WebSocket request: OpenAI's fields, PCM16 (so audio length is exact); the
+    adapter, if any, as OpenAI's `model`."""
+    body = {"model": adapter_for(seed, adapters) or "orpheus", "input": text, "response_format": "pcm", "seed": seed}
     if ignore_eos:
         body["ignore_end_of_speech"] = True
     return body
@@ -69,8 +78,8 @@ class HttpTarget:
     HTTP/1.1 client as an application would hold; TTFB is the first body bytes."""
 
     api = "http"
-    def __init__(self, address: str, timeout_s: float, ignore_eos: bool = True):
-        self.url, self.timeout_s, self.ignore_eos = f"http://{address}", timeout_s, ignore_eos
+    def __init__(self, address: str, timeout_s: float, ignore_eos: bool = True, adapters: int = 0):
+        self.url, self.timeout_s, self.ignore_eos, self.adapters = f"http://{address}", timeout_s, ignore_eos, adapters
         self.client = None
 
     async def __aenter__(self):
@@ -92,7 +101,7 @@ class HttpTarget:
         async def consume() -> StreamResult:
             try:
                 async with self.client.stream("POST", "/v1/audio/speech",
-                                              json=_speech_body(text, seed, self.ignore_eos)) as response:
+                                              json=_speech_body(text, seed, self.ignore_eos, self.adapters)) as response:
                     if response.status_code != 200:
                         detail = (await response.aread()).decode(errors="replace")[:200]
                         return timeline.result(False, 0, f"HTTP {response.status_code}: {detail}",
@@ -112,8 +121,9 @@ class WebSocketTarget:
     back, then the `done` message with the server's metrics."""
 
     api = "websocket"
-    def __init__(self, address: str, timeout_s: float, ignore_eos: bool = True):
+    def __init__(self, address: str, timeout_s: float, ignore_eos: bool = True, adapters: int = 0):
         self.url, self.timeout_s, self.ignore_eos = f"ws://{address}/v1/audio/stream", timeout_s, ignore_eos
+        self.adapters = adapters
 
     async def __aenter__(self):
         return self
@@ -132,7 +142,7 @@ class WebSocketTarget:
         async def consume() -> StreamResult:
             try:
                 async with connect(self.url, open_timeout=self.timeout_s, max_size=None) as ws:
-                    await ws.send(json.dumps(_speech_body(text, seed, self.ignore_eos)))
+                    await ws.send(json.dumps(_speech_body(text, seed, self.ignore_eos, self.adapters)))
                     async for message in ws:
                         if isinstance(message, bytes):
                             timeline.chunk(len(message) / 2 / SAMPLE_RATE_HZ)
@@ -166,8 +176,8 @@ def _tokens_in(audio_s: float) -> int:
 class EngineTarget:
     """The engine in this process: no network in the way."""
 
-    def __init__(self, config, ignore_eos: bool = True):
-        self.config, self.ignore_eos = config, ignore_eos
+    def __init__(self, config, ignore_eos: bool = True, adapters: int = 0):
+        self.config, self.ignore_eos, self.adapters = config, ignore_eos, adapters
         self.engine = None
 
     async def __aenter__(self):
@@ -189,7 +199,8 @@ class EngineTarget:
         async def consume() -> StreamResult:
             end = None
             try:
-                request = self.engine.make_request(text, seed=seed, ignore_end_of_speech=self.ignore_eos)
+                request = self.engine.make_request(text, seed=seed, ignore_end_of_speech=self.ignore_eos,
+                                                   adapter=adapter_for(seed, self.adapters))
                 async for event in self.engine.synthesize(request):
                     if isinstance(event, AudioChunk):
                         timeline.chunk(len(event.samples) / SAMPLE_RATE_HZ)

@@ -233,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--http-server", metavar="HOST:PORT",
                        help="with --api http or websocket: the server's HTTP address (default: --server's host, "
                             "port 8000)")
+    bench.add_argument("--adapters", type=int, default=0, metavar="N",
+                       help="streams spread over N LoRA adapters, bench-0 ... bench-{N-1} in the server's adapters.dir "
+                            "(python -m orpheus_bench.lora_adapters writes them); default: the base model")
     bench.add_argument("--mode", choices=("scaling", "tuning", "all", "overload"), default="scaling",
                        help="scaling: ramp 1, 2, 4 ... N; tuning: largest concurrency meeting the TTFB target; all: "
                             "both; overload: 1.5x and 2x --capacity")

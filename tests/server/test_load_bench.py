@@ -104,6 +104,29 @@ def test_bench_loads_grpc_http_and_websocket_with_the_same_workload(tmp_path, st
     assert audio["grpc"] == pytest.approx(audio["http"]) == pytest.approx(audio["websocket"])
 
 
+def test_bench_spreads_streams_over_adapters_the_writer_made(tmp_path, start_http_server):
+    from orpheus_bench.lora_adapters import write_adapters
+    from orpheus_tts.model.llama import ModelArgs
+
+    names = write_adapters(tmp_path / "adapters", ModelArgs.from_name("demo"), count=2, rank=4)
+    assert names == ["bench-0", "bench-1"]
+    server = start_http_server(**{"adapters.dir": str(tmp_path / "adapters"), "adapters.max_resident": 2,
+                                  "adapters.max_rank": 4})
+    out = tmp_path / "adapters.json"
+    code = cli.main(["--log-level", "WARNING", "bench", "--server", server.address, "--api", "grpc,http",
+                     "--http-server", server.url.removeprefix("http://"), "--adapters", "2", "--mode", "scaling",
+                     "--levels", "2", "--requests", "1", *SHORT, "--output", str(out)])
+    assert code == 0
+    results = json.loads(out.read_text())
+    assert results["workload"]["adapters"] == 2
+    for run in results["apis"].values():
+        _check_levels(run, [2], 1)
+    metrics = server.server.metrics.registry
+    served = {name: metrics.get_sample_value("orpheus_tts_adapter_sessions_total", {"adapter": name, "outcome": "ok"})
+              for name in names}
+    assert served == {"bench-0": 2.0, "bench-1": 2.0}  # two streams a door, one on each adapter
+
+
 @pytest.mark.parametrize("apis", ["grpc,smtp", "http,http", ""])
 def test_bench_refuses_apis_it_does_not_know_or_names_twice(apis):
     with pytest.raises(ValueError, match="--api"):
