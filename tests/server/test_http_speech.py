@@ -133,6 +133,36 @@ async def test_full_queue_gets_429_with_retry_after_and_the_admitted_stream_is_u
     assert stats["scheduler"]["rejected_sessions"] == 1 and stats["scheduler"]["completed_sessions"] >= 1
 
 
+async def test_a_client_that_leaves_while_queued_gives_up_its_place_at_once(start_http_server):
+    server = start_http_server(**{"scheduler.max_concurrent_sessions": 1, "scheduler.max_pending_sessions": 4,
+                                  "scheduler.max_queue_wait_s": 60})
+    host, port = server.url.removeprefix("http://").split(":")
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        async with client.stream("POST", "/v1/audio/speech", json={"input": "First in line, and long enough to "
+                                                                   "keep the only slot a while.",
+                                                                   "response_format": "pcm"}) as first:
+            chunks = first.aiter_raw()
+            await anext(chunks)  # it holds the only slot
+            body = json.dumps({"input": "Second.", "response_format": "pcm"}).encode()
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+            for _ in range(100):
+                if (await client.get("/v1/stats")).json()["scheduler"]["pending_sessions"] == 1:
+                    break
+                await asyncio.sleep(0.02)
+            writer.close()  # the queued client hangs up
+            for _ in range(100):
+                stats = (await client.get("/v1/stats")).json()["scheduler"]
+                if stats["pending_sessions"] == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert stats["pending_sessions"] == 0  # gone within two seconds, not after the queue's minute
+            rest = b"".join([c async for c in chunks])
+    assert first.status_code == 200 and rest
+
+
 async def test_readyz_says_not_ready_until_warm_while_healthz_is_alive(start_http_server):
     server = start_http_server(load=False)
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:

@@ -102,8 +102,11 @@ def create_app(host: HttpHost, settings: HttpSettings | None = None) -> FastAPI:
             stream = host.streams.open(engine, speech_request)  # QueueFullError: nothing was admitted
             # The status goes out with the first audio, so a request refused while queued is a 429.
             try:
-                await stream.started()
-            except BaseException:  # refused, or the client left while it waited: end the session
+                if not await speech.started_unless_gone(stream, request):
+                    stream.cancel()  # the client left while it waited: its place in the queue goes too
+                    record.done("cancelled", "the client went away before the first audio")
+                    return Response(status_code=499)  # nobody reads it (nginx's "client closed request")
+            except BaseException:  # refused, or cancelled: end the session
                 stream.cancel()
                 raise
         except Exception as exc:

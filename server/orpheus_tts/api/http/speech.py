@@ -138,6 +138,31 @@ def check_content_type(request: Request) -> None:
                        code="unsupported_media_type")
 
 
+async def started_unless_gone(stream: SpeechStream, request: Request) -> bool:
+    """Wait for the stream's first event (raising as `started` does), or for the client to hang
+    up while it waits in the queue; False if it hung up first. uvicorn tells the app of a hang-up
+    only through `receive` (the body is read by now, so the next message is the disconnect)."""
+    started = asyncio.ensure_future(stream.started())
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({started, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        started.cancel()
+        raise
+    finally:
+        gone.cancel()  # the response listens for the disconnect from here on
+    if started not in done:
+        started.cancel()
+        return False
+    started.result()
+    return True
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def read_body(request: Request, max_bytes: int) -> bytes:
     """The body, refused with 413 as soon as it passes `max_bytes`."""
     declared = request.headers.get("content-length")
