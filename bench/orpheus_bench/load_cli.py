@@ -66,7 +66,7 @@ def main(args, config, command: str) -> int:
     else:
         http = getattr(args, "http_server", None) or _http_address(args.server)
         targets = {api: REMOTE_TARGETS[api](args.server if api == "grpc" else http, args.timeout, ignore_eos,
-                                             args.adapters) for api in apis}
+                                             args.adapters, getattr(args, "api_key", None)) for api in apis}
         where = args.server
     started = time.time()
     runs = {}

@@ -34,7 +34,8 @@ def load_levels(levels: list[dict], target_ttfb_ms: float, path: Path) -> bool:
     ax.axhline(target_ttfb_ms, color="grey", linestyle=":", label=f"target {target_ttfb_ms:.0f} ms")
     ax.set_xlabel("concurrent streams")
     ax.set_ylabel("TTFB (ms)")
-    ax.set_xscale("log", base=2)
+    if len(set(xs)) > 1:  # one level (or none with a TTFB) has nothing to spread on a log axis
+        ax.set_xscale("log", base=2)
     share = ax.twinx()
     share.plot(xs, [row["realtime_share"] * 100 for row in levels], color="black", marker="s", linestyle="--",
                label="real-time streams")
@@ -66,10 +67,12 @@ def api_levels(runs: dict[str, dict], target_ttfb_ms: float, path: Path) -> bool
                       label=f"{api} {key[5:8]}")
         share.plot(xs, [row["realtime_share"] * 100 for row in rows], marker="s", label=api)
     ttfb.axhline(target_ttfb_ms, color="grey", linestyle=":", label=f"target {target_ttfb_ms:.0f} ms")
+    levels = {row["concurrency"] for out in runs.values() for row in out["levels"]}
     for ax, label in ((ttfb, "TTFB (ms)"), (share, "streams real-time (%)")):
         ax.set_xlabel("concurrent streams")
         ax.set_ylabel(label)
-        ax.set_xscale("log", base=2)
+        if len(levels) > 1:
+            ax.set_xscale("log", base=2)
         ax.legend(fontsize=8)
     share.set_ylim(0, 105)
     fig.suptitle("orpheus-tts bench: the same workload through each API")

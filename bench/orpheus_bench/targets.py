@@ -15,8 +15,10 @@ class GrpcTarget:
 
     api = "grpc"
 
-    def __init__(self, address: str, timeout_s: float, ignore_eos: bool = True, adapters: int = 0):
+    def __init__(self, address: str, timeout_s: float, ignore_eos: bool = True, adapters: int = 0,
+                 api_key: str | None = None):
         self.address, self.timeout_s, self.ignore_eos, self.adapters = address, timeout_s, ignore_eos, adapters
+        self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self.channel = None
 
     async def __aenter__(self):
@@ -41,7 +43,8 @@ class GrpcTarget:
 
         async def consume() -> StreamResult:
             try:
-                call = tts_pb2_grpc.TextToSpeechStub(self.channel).Synthesize(request, timeout=self.timeout_s)
+                call = tts_pb2_grpc.TextToSpeechStub(self.channel).Synthesize(request, timeout=self.timeout_s,
+                                                                               metadata=self.metadata)
                 async for response in call:
                     if response.HasField("audio"):
                         timeline.chunk(len(response.audio.data) / 2 / SAMPLE_RATE_HZ)
@@ -56,6 +59,10 @@ class GrpcTarget:
 
         return await hang_up_after(consume(), cancel_after_s,
                                     lambda: timeline.result(False, 0, None, cancelled=True))
+
+
+def bearer(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def adapter_for(seed: int, adapters: int) -> str | None:
@@ -78,14 +85,16 @@ class HttpTarget:
     HTTP/1.1 client as an application would hold; TTFB is the first body bytes."""
 
     api = "http"
-    def __init__(self, address: str, timeout_s: float, ignore_eos: bool = True, adapters: int = 0):
+    def __init__(self, address: str, timeout_s: float, ignore_eos: bool = True, adapters: int = 0,
+                 api_key: str | None = None):
         self.url, self.timeout_s, self.ignore_eos, self.adapters = f"http://{address}", timeout_s, ignore_eos, adapters
+        self.headers = bearer(api_key)
         self.client = None
 
     async def __aenter__(self):
         import httpx
 
-        self.client = httpx.AsyncClient(base_url=self.url, timeout=self.timeout_s,
+        self.client = httpx.AsyncClient(base_url=self.url, timeout=self.timeout_s, headers=self.headers,
                                         limits=httpx.Limits(max_connections=None, max_keepalive_connections=1024))
         await self.client.get("/readyz")
         return self
@@ -121,9 +130,10 @@ class WebSocketTarget:
     back, then the `done` message with the server's metrics."""
 
     api = "websocket"
-    def __init__(self, address: str, timeout_s: float, ignore_eos: bool = True, adapters: int = 0):
+    def __init__(self, address: str, timeout_s: float, ignore_eos: bool = True, adapters: int = 0,
+                 api_key: str | None = None):
         self.url, self.timeout_s, self.ignore_eos = f"ws://{address}/v1/audio/stream", timeout_s, ignore_eos
-        self.adapters = adapters
+        self.adapters, self.headers = adapters, bearer(api_key)
 
     async def __aenter__(self):
         return self
@@ -141,7 +151,8 @@ class WebSocketTarget:
 
         async def consume() -> StreamResult:
             try:
-                async with connect(self.url, open_timeout=self.timeout_s, max_size=None) as ws:
+                async with connect(self.url, open_timeout=self.timeout_s, max_size=None,
+                                   additional_headers=self.headers) as ws:
                     await ws.send(json.dumps(_speech_body(text, seed, self.ignore_eos, self.adapters)))
                     async for message in ws:
                         if isinstance(message, bytes):

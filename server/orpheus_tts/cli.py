@@ -233,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--http-server", metavar="HOST:PORT",
                        help="with --api http or websocket: the server's HTTP address (default: --server's host, "
                             "port 8000)")
+    bench.add_argument("--api-key", default=os.environ.get("ORPHEUS_TTS_API_KEY"),
+                       help="with --server: sent as `authorization: Bearer KEY` on every door (default: "
+                            "$ORPHEUS_TTS_API_KEY)")
     bench.add_argument("--adapters", type=int, default=0, metavar="N",
                        help="streams spread over N LoRA adapters, bench-0 ... bench-{N-1} in the server's adapters.dir "
                             "(python -m orpheus_bench.lora_adapters writes them); default: the base model")

@@ -127,6 +127,21 @@ def test_bench_spreads_streams_over_adapters_the_writer_made(tmp_path, start_htt
     assert served == {"bench-0": 2.0, "bench-1": 2.0}  # two streams a door, one on each adapter
 
 
+def test_bench_sends_its_api_key_through_every_door(tmp_path, start_http_server):
+    keys = tmp_path / "keys"
+    keys.write_text("bench:s3cret-bench-key\n")
+    server = start_http_server(**{"security.api_keys_file": str(keys)})
+    common = ["--log-level", "WARNING", "bench", "--server", server.address, "--api", "grpc,http,websocket",
+              "--http-server", server.url.removeprefix("http://"), "--mode", "scaling", "--levels", "1",
+              "--requests", "1", *SHORT]
+    assert cli.main([*common, "--api-key", "s3cret-bench-key", "--output", str(tmp_path / "with.json")]) == 0
+    for run in json.loads((tmp_path / "with.json").read_text())["apis"].values():
+        _check_levels(run, [1], 1)
+    assert cli.main([*common, "--api-key", "wrong", "--output", str(tmp_path / "without.json")]) == 1
+    rows = json.loads((tmp_path / "without.json").read_text())["levels"]
+    assert [row["success_rate"] for row in rows] == [0.0, 0.0, 0.0]
+
+
 @pytest.mark.parametrize("apis", ["grpc,smtp", "http,http", ""])
 def test_bench_refuses_apis_it_does_not_know_or_names_twice(apis):
     with pytest.raises(ValueError, match="--api"):
