@@ -115,6 +115,23 @@ def test_nan_logits_end_only_their_session_and_the_rest_of_the_batch_goes_on(nan
     assert_free(engine)
 
 
+def fail_one_step_beside_a_waiting_session(engine: Engine, arm) -> list[SessionEnd]:
+    """Two sessions queued for the first step, which `arm()` makes fail, beside a streaming one
+    holding a slot but in no step until its text comes. Checks that the waiting one and a later
+    request are still served; returns the two failed sessions' ends."""
+    waiting, waiting_session = submit(engine, "", streaming=True)
+    in_step = [submit(engine, text) for text in GOOD_TEXTS[:2]]  # before the loop: one prefill
+    arm()
+    engine.start()
+    ends = [events.wait() for events, _ in in_step]
+    assert not waiting.ended.is_set()
+    engine.add_text(waiting_session, ["Still here."], close=True)
+    assert waiting.wait().outcome is Outcome.OK and waiting.audio
+    later, _ = submit(engine, "And after.")
+    assert later.wait().outcome is Outcome.OK and later.audio
+    return ends
+
+
 def test_a_failed_step_ends_its_sessions_only_and_the_engine_keeps_serving(nan_engine):
     engine = nan_engine
     failing = threading.Event()
@@ -126,18 +143,8 @@ def test_a_failed_step_ends_its_sessions_only_and_the_engine_keeps_serving(nan_e
 
     hook = engine.runner.model.layers[0].register_forward_pre_hook(device_fault)
     try:
-        waiting, waiting_session = submit(engine, "", streaming=True)  # holds a slot, in no step until text comes
-        in_step = [submit(engine, text) for text in GOOD_TEXTS[:2]]  # before the loop: one prefill
-        failing.set()
-        engine.start()
-        for events, _ in in_step:
-            end = events.wait()
+        for end in fail_one_step_beside_a_waiting_session(engine, failing.set):
             assert end.outcome is Outcome.ERROR and "simulated device fault" in end.error
-        assert not waiting.ended.is_set()
-        engine.add_text(waiting_session, ["Still here."], close=True)
-        assert waiting.wait().outcome is Outcome.OK and waiting.audio
-        later, _ = submit(engine, "And after.")
-        assert later.wait().outcome is Outcome.OK and later.audio
     finally:
         hook.remove()
     assert_free(engine)
@@ -159,17 +166,8 @@ def test_a_bug_in_the_loop_ends_the_sessions_its_step_had_in_hand_and_no_others(
     observer = FailingOnce()
     engine = Engine.from_config(small_config(), observer=observer)
     try:
-        waiting, waiting_session = submit(engine, "", streaming=True)  # holds a slot, in no step until text comes
-        in_step = [submit(engine, text) for text in GOOD_TEXTS[:2]]
-        observer.armed.set()
-        engine.start()
-        for events, _ in in_step:
-            assert events.wait().outcome is Outcome.ERROR
-        assert not waiting.ended.is_set()
-        engine.add_text(waiting_session, ["Still here."], close=True)
-        assert waiting.wait().outcome is Outcome.OK and waiting.audio
-        later, _ = submit(engine, "And after.")
-        assert later.wait().outcome is Outcome.OK and later.audio
+        for end in fail_one_step_beside_a_waiting_session(engine, observer.armed.set):
+            assert end.outcome is Outcome.ERROR
     finally:
         engine.stop()
     assert_free(engine)
