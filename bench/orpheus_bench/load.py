@@ -104,19 +104,27 @@ class Timeline:
         late_ms, late_at_s = worst_wait(self.arrivals, self.audio_before) or (None, None)
         return StreamResult(ok, ttfb, tokens, self.audio_s, error, late_ms, late_at_s, **fields)
 
+    def ended(self, end: dict) -> StreamResult:
+        """A stream that ran to its end: ok when the server's final metrics (`end`: tokens, and
+        queue_ms where the door says it) came."""
+        done = "tokens" in end
+        return self.result(done, end.get("tokens", 0), None if done else "stream ended without metrics",
+                           queue_ms=end.get("queue_ms"))
+
 
 StreamFn = Callable[[str, int, float | None], Awaitable[StreamResult]]
 
 
 async def hang_up_after(consume: Awaitable[StreamResult], cancel_after_s: float | None,
-                         on_cancel: Callable[[], StreamResult]) -> StreamResult:
-    """Run one stream, or hang up on it after `cancel_after_s` (then `on_cancel` says what it got)."""
+                        timeline: Timeline) -> StreamResult:
+    """Run one stream, or hang up on it after `cancel_after_s` (a cancelled stream: what its
+    `timeline` got until then)."""
     if cancel_after_s is None:
         return await consume
     try:
         return await asyncio.wait_for(consume, cancel_after_s)
     except asyncio.TimeoutError:
-        return on_cancel()
+        return timeline.result(False, 0, None, cancelled=True)
 
 
 class Progress:

@@ -53,12 +53,9 @@ class GrpcTarget:
             except grpc.RpcError as exc:
                 refused = exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 return timeline.result(False, 0, f"{exc.code().name}: {exc.details()}", refused=refused)
-            done = "tokens" in end
-            return timeline.result(done, end.get("tokens", 0), None if done else "stream ended without metrics",
-                                   queue_ms=end.get("queue_ms"))
+            return timeline.ended(end)
 
-        return await hang_up_after(consume(), cancel_after_s,
-                                    lambda: timeline.result(False, 0, None, cancelled=True))
+        return await hang_up_after(consume(), cancel_after_s, timeline)
 
 
 def bearer(api_key: str | None) -> dict[str, str]:
@@ -121,8 +118,7 @@ class HttpTarget:
                 return timeline.result(False, 0, f"{type(exc).__name__}: {exc}")
             return timeline.result(True, _tokens_in(timeline.audio_s))
 
-        return await hang_up_after(consume(), cancel_after_s,
-                                    lambda: timeline.result(False, 0, None, cancelled=True))
+        return await hang_up_after(consume(), cancel_after_s, timeline)
 
 
 class WebSocketTarget:
@@ -171,12 +167,9 @@ class WebSocketTarget:
             if "error" in end:
                 refused = ws.close_code == 1013
                 return timeline.result(False, 0, f"close {ws.close_code}: {end['error']}", refused=refused)
-            done = "tokens" in end
-            return timeline.result(done, end.get("tokens", 0), None if done else "stream ended without metrics",
-                                   queue_ms=end.get("queue_ms"))
+            return timeline.ended(end)
 
-        return await hang_up_after(consume(), cancel_after_s,
-                                    lambda: timeline.result(False, 0, None, cancelled=True))
+        return await hang_up_after(consume(), cancel_after_s, timeline)
 
 
 def _tokens_in(audio_s: float) -> int:
@@ -226,5 +219,4 @@ class EngineTarget:
             return timeline.result(ok, end.metrics.tokens, None if ok else f"{end.outcome.value}: {end.error}",
                                    refused=end.outcome is Outcome.REFUSED, queue_ms=queue_ms)
 
-        return await hang_up_after(consume(), cancel_after_s,
-                                    lambda: timeline.result(False, 0, None, cancelled=True))
+        return await hang_up_after(consume(), cancel_after_s, timeline)
