@@ -21,7 +21,7 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 from orpheus_tts.config import API_KEYS_ENV, ConfigError, SecurityConfig
@@ -42,13 +42,13 @@ current_key: contextvars.ContextVar[str] = contextvars.ContextVar("orpheus_tts_a
 class ApiKey:
     name: str
     secret: bytes
+    digest: bytes = field(init=False, repr=False)  # what a presented token's digest is compared with
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "digest", hashlib.sha256(self.secret).digest())
 
     def __repr__(self) -> str:  # never the secret, even in a traceback
         return f"ApiKey({self.name!r})"
-
-    @property
-    def digest(self) -> bytes:
-        return hashlib.sha256(self.secret).digest()
 
 
 def parse_keys(lines: list[str], where: str) -> list[ApiKey]:

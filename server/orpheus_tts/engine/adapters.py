@@ -106,17 +106,20 @@ class AdapterRegistry:
         with self._lock:
             return dict(self._known)
 
+    def has(self, name) -> bool:
+        with self._lock:
+            return name in self._known
+
     def check(self, name: str) -> None:
         """Refuse a request for an adapter that does not exist, naming those that do."""
-        known = self.known()
-        if name not in known:
-            shown = ", ".join(sorted(known)[:20]) or "none"
+        if not self.has(name):
+            shown = ", ".join(sorted(self.known())[:20]) or "none"
             raise RequestError("adapter", f"unknown adapter {name!r}; this server has {shown}")
 
     def for_model(self, model) -> str | None:
         """OpenAI's `model` field: the adapter it names, if there is one of that name (any other
         value, `tts-1` or a checkpoint's id, is the base model)."""
-        return model if isinstance(model, str) and model in self.known() else None
+        return model if isinstance(model, str) and self.has(model) else None
 
     # -- engine thread -----------------------------------------------------------------
     def acquire(self, name: str) -> int | None:

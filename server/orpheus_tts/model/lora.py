@@ -153,6 +153,7 @@ class LoraPool:
 
     def __init__(self, args: ModelArgs, capacity: int, max_rank: int, device: torch.device, dtype: torch.dtype):
         self.args, self.capacity, self.max_rank, self.dtype = args, capacity, max_rank, dtype
+        self.outs = {fused: outs for fused, (_, outs) in sub_shapes(args).items()}  # sub-projection sizes
         self.a: dict[tuple[int, str], Tensor] = {}
         self.b: dict[tuple[int, str], Tensor] = {}
         for layer in range(args.n_layers):
@@ -181,7 +182,7 @@ class LoraPool:
     def delta(self, layer: int, fused: str, x: Tensor, onehot: Tensor) -> Tensor:
         """The update of projection `fused` in `layer` for tokens x [..., K]; `onehot` [..., P] says
         each token's adapter (a row of zeros: none)."""
-        outs = sub_shapes(self.args)[fused][1]
+        outs = self.outs[fused]
         a, b = self.a[(layer, fused)], self.b[(layer, fused)]
         p, subs, r = self.capacity, len(outs), self.max_rank
         h = F.linear(x.to(a.dtype), a.reshape(p * subs * r, a.shape[-1]))  # [..., P * S * R]
