@@ -18,7 +18,7 @@ class GrpcTarget:
     def __init__(self, address: str, timeout_s: float, ignore_eos: bool = True, adapters: int = 0,
                  api_key: str | None = None):
         self.address, self.timeout_s, self.ignore_eos, self.adapters = address, timeout_s, ignore_eos, adapters
-        self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self.metadata = tuple((name.lower(), value) for name, value in bearer(api_key).items())  # gRPC: lower case
         self.channel = None
 
     async def __aenter__(self):
