@@ -101,16 +101,16 @@ def plot_history(out: Path, result: dict) -> None:
 
 
 def start_server(engine: Path, work: Path, settings: list[str], port: int = 50071, metrics_port: int = 9171,
-                 limit_s: float = 400) -> tuple[subprocess.Popen, float | None, Path]:
-    """`serve --engine` with new empty compile caches and no C compiler, polled through gRPC
-    health: (process, seconds from its start to SERVING or None, its log)."""
+                 http_port: int = -1, limit_s: float = 400) -> tuple[subprocess.Popen, float | None, Path]:
+    """`serve --engine` with new empty compile caches and no C compiler (HTTP off unless `http_port`),
+    polled through gRPC health: (process, seconds from its start to SERVING or None, its log)."""
     env = {**os.environ, "CC": "/bin/false", "CXX": "/bin/false"}
     for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
         env[name] = tempfile.mkdtemp(dir=work)
     log_path = work / "serve.log"
     t = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "orpheus_tts.cli", "serve", "--engine", str(engine),
-                             "--grpc-port", str(port), "--http-port", "-1", "--metrics-port", str(metrics_port),
+                             "--grpc-port", str(port), "--http-port", str(http_port), "--metrics-port", str(metrics_port),
                              *sets(settings)], env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
     while time.monotonic() - t < limit_s and proc.poll() is None:
         rc = subprocess.run([sys.executable, "-m", "orpheus_tts.cli", "health", "--server", f"localhost:{port}",

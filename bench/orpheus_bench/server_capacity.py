@@ -1,15 +1,20 @@
 """Capacity through the real server: build an engine, serve it, and load it over gRPC.
 
     python -m orpheus_bench.server_capacity --out bench/results/h200-capacity \\
-        [--slots 512] [--context 1536] [--levels 1,256,450,512] [--overload] [--set KEY=VALUE ...]
+        [--slots 512] [--context 1536] [--levels 1,256,450,512] [--stages scaling,overload,apis]
+        [--engine-dir DIR] [--set KEY=VALUE ...]
 
-1. `python -m engine_jobs.build` (random Orpheus-3B + SNAC weights, FP8) for the slots given.
+1. `python -m engine_jobs.build` (random Orpheus-3B + SNAC weights, FP8) for the slots given, unless
+   `--engine-dir` already holds a finished engine (its manifest decides whether it fits).
 2. `orpheus-tts serve --engine` (empty compile caches), timed to SERVING.
-3. `orpheus-tts bench --server --mode scaling --workload mixed --levels ...`: the capacity issue's
-   mixed workload, closed loop, chunk by chunk against a player clock.
-4. With `--overload`: `--mode overload` at 1.5x and 2x the capacity the server itself estimates
-   (`orpheus_tts_capacity_streams` after the scaling run), so what is refused and what stalls at
-   the excess is measured against the server's own figure.
+3. The stages, in order:
+   - `scaling`: `orpheus-tts bench --mode scaling --workload mixed --levels ...` over gRPC, the capacity
+     issue's mixed workload, closed loop, chunk by chunk against a player clock;
+   - `overload`: `--mode overload` at 1.5x and 2x the capacity the server itself estimates
+     (`orpheus_tts_capacity_streams`), so what is refused and what stalls at the excess is measured
+     against the server's own figure;
+   - `apis`: the same mixed workload through gRPC, HTTP and WebSocket in turn (`--api
+     grpc,http,websocket --api-levels ...`), the HTTP issue's comparison.
 The server's metrics (capacity, saturation, refusals, queue wait) are scraped after each bench.
 Each stage's result is written as it ends: a later one may run out of time.
 """
@@ -28,9 +33,11 @@ from pathlib import Path
 
 from orpheus_bench.engine_startup import build_engine, sets, start_server
 from orpheus_bench.lora_adapters import write_adapters
+from orpheus_tts.engine.engine_dir import COMPLETE
 from orpheus_tts.model.llama import ModelArgs
 
-PORT, METRICS_PORT = 50071, 9171
+PORT, HTTP_PORT, METRICS_PORT = 50071, 8071, 9171
+STAGES = ("scaling", "overload", "apis")
 SCRAPED = ("orpheus_tts_capacity_streams", "orpheus_tts_saturation", "orpheus_tts_refused_requests_total",
            "orpheus_tts_queue_seconds_sum", "orpheus_tts_queue_seconds_count", "orpheus_tts_requests_total",
            "orpheus_tts_sessions_total", "orpheus_tts_step_seconds_sum", "orpheus_tts_step_seconds_count",
@@ -49,8 +56,8 @@ def bench(out: Path, name: str, args: list[str], limit_s: float, adapters: int) 
     JSON, exit code and the metrics after."""
     output = out / f"{name}.json"
     cmd = [sys.executable, "-m", "orpheus_tts.cli", "--log-level", "WARNING", "bench", "--server",
-           f"localhost:{PORT}", "--workload", "mixed", "--requests", "1", "--output", str(output), *args,
-           "--adapters", str(adapters)]
+           f"localhost:{PORT}", "--http-server", f"localhost:{HTTP_PORT}", "--workload", "mixed", "--requests", "1",
+           "--output", str(output), *args, "--adapters", str(adapters)]
     t = time.monotonic()
     try:
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=limit_s)
@@ -68,7 +75,9 @@ def main() -> None:
     p.add_argument("--slots", type=int, default=512)
     p.add_argument("--context", type=int, default=1536)
     p.add_argument("--levels", default="1,256,450,512")
-    p.add_argument("--overload", action="store_true", help="then 1.5x and 2x the server's own capacity estimate")
+    p.add_argument("--stages", default="scaling,overload", help=f"any of {','.join(STAGES)}, run in that order")
+    p.add_argument("--api-levels", default="1,64,200,256", help="apis: the levels each door is loaded at")
+    p.add_argument("--engine-dir", help="build the engine here, or serve the one already built here")
     p.add_argument("--bench-limit-s", type=float, default=240, help="seconds each bench run may take")
     p.add_argument("--adapters", type=int, default=0, metavar="N",
                    help="serve N random rank-64 LoRA adapters (adapters.max_resident=N) and spread the streams over them")
@@ -91,26 +100,33 @@ def main() -> None:
               "commit": os.environ.get("GIT_COMMIT", ""), "settings": settings,
               "command": "python -m orpheus_bench.server_capacity " + " ".join(sys.argv[1:]).replace(str(out), "OUT")}
     save = lambda: (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")  # noqa: E731
-    result["build"] = build_engine(work / "engine", settings, arch)
+    engine = Path(args.engine_dir) if args.engine_dir else work / "engine"
+    if (engine / COMPLETE).exists():  # written last, by the rename that publishes it
+        result["build"] = {"reused": str(engine).replace(str(out), "OUT"), "rc": 0}
+    else:
+        result["build"] = build_engine(engine, settings, arch)
     print(json.dumps(result["build"], indent=1), flush=True)
     save()
     if result["build"]["rc"] != 0:
         return
-    proc, result["serving_s"], log_path = start_server(work / "engine", work, serve_settings, PORT, METRICS_PORT)
+    proc, result["serving_s"], log_path = start_server(engine, work, serve_settings, PORT, METRICS_PORT, HTTP_PORT)
     print(f"SERVING after {result['serving_s']} s", flush=True)
     save()
+    stages = args.stages.split(",")
     try:
         if result["serving_s"] is None:
             return
-        result["scaling"] = bench(out, "scaling", ["--mode", "scaling", "--levels", args.levels],
-                                  args.bench_limit_s, args.adapters)
-        print(json.dumps(result["scaling"], indent=1)[-3000:], flush=True)
-        save()
-        capacity = int(result["scaling"]["metrics_after"].get("orpheus_tts_capacity_streams", 0))
-        if args.overload and capacity:
-            result["overload"] = bench(out, "overload", ["--mode", "overload", "--capacity", str(capacity)],
-                                       args.bench_limit_s, args.adapters)
-            print(json.dumps(result["overload"], indent=1)[-3000:], flush=True)
+        for stage in STAGES:
+            if stage not in stages:
+                continue
+            if stage == "scaling":
+                flags = ["--mode", "scaling", "--levels", args.levels]
+            elif stage == "overload":  # against the capacity the server reports now
+                flags = ["--mode", "overload", "--capacity", str(int(scrape().get("orpheus_tts_capacity_streams", 0)))]
+            else:
+                flags = ["--mode", "scaling", "--api", "grpc,http,websocket", "--levels", args.api_levels]
+            result[stage] = bench(out, stage, flags, args.bench_limit_s, args.adapters)
+            print(json.dumps(result[stage], indent=1)[-3000:], flush=True)
             save()
     finally:
         proc.terminate()

@@ -112,13 +112,13 @@ def sweeps(model_path, precisions, compiled, results, batches, contexts, bw, sav
     if "fp8" in precisions:
         results["step_sweep"] += step_sweep(model, "fp8", batches, contexts, bw, results, max(contexts), compiled)
         save()
-    for places in lora_places:  # FP8 weights with a LoRA pool: what resident custom voices cost a step
-        results["step_sweep"] += step_sweep(model, f"fp8+lora{places}", batches, contexts, bw, results, max(contexts),
-                                            compiled, lora_places=places)
-        save()
     if "fp8kv" in precisions:  # FP8 weights over an FP8 KV cache (model.kv_cache_dtype: fp8)
         results["step_sweep"] += step_sweep(model, "fp8kv", batches, contexts, bw, results, max(contexts), compiled,
                                             kv_dtype=FP8)
+        save()
+    for places in lora_places:  # FP8 weights with a LoRA pool: what resident custom voices cost a step
+        results["step_sweep"] += step_sweep(model, f"fp8+lora{places}", batches, contexts, bw, results, max(contexts),
+                                            compiled, lora_places=places)
         save()
     del model
     gc.collect()
