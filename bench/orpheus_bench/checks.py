@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from orpheus_bench.server_parts import (
-    Fp8Linear, KVCache, SamplingBatch, compiled_block_difference, decode_attention, decode_attention_reference,
+    Fp8Linear, KVCache, LayerKV, SamplingBatch, compiled_block_difference, decode_attention, decode_attention_reference,
     relative_difference)
 from orpheus_bench.synthetic import load_rows
 from orpheus_bench.timing import cuda_time_ms
@@ -27,8 +27,8 @@ def check_attention(results):
     q = torch.randn(6, 24, 128, device="cuda", dtype=torch.bfloat16)
     slots = torch.tensor([3, 0, 8, 5, 1, 7], device="cuda")
     lengths = torch.tensor([1, 17, 256, 257, 700, 1024], device="cuda")
-    got = decode_attention(q, k, v, slots, lengths)
-    ref = decode_attention_reference(q.double(), k.double(), v.double(), slots, lengths)
+    got = decode_attention(q, LayerKV(k, v), slots, lengths)
+    ref = decode_attention_reference(q.double(), LayerKV(k.double(), v.double()), slots, lengths)
     results["checks"]["triton_attention_rel_err_vs_fp64"] = relative_difference(got, ref)
 
 

@@ -104,8 +104,8 @@ async def measure_level(engine, target, observer, n, requests, label, text) -> d
         gpu_memory_peak_gb=torch.cuda.max_memory_allocated() / 1e9,
         step_ms_percentiles={q: float(np.percentile(steps[:, 0], q)) * 1e3 for q in (50, 99, 100)},
         python_gc=pauses.summary(),
-        step_fit=dict(fixed_ms=engine.step_cost.predict(0) * 1e3,  # the engine's step-time line now
-                      per_row_us=(engine.step_cost.predict(100) - engine.step_cost.predict(0)) * 1e4),
+        step_fit=dict(zip(("fixed_ms", "per_row_us", "per_context_token_ns"),  # the engine's step-time plane now
+                          (np.array(engine.step_cost.coefficients()) * (1e3, 1e6, 1e9)).tolist())),
     )
     gc.callbacks.remove(pauses)
     share = row["time_share"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -111,6 +112,7 @@ def main() -> None:
         return
     proc, result["serving_s"], log_path = start_server(engine, work, serve_settings, PORT, METRICS_PORT, HTTP_PORT)
     print(f"SERVING after {result['serving_s']} s", flush=True)
+    result["startup_breakdown"] = re.findall(r"start-up [^\n]*", log_path.read_text())
     save()
     stages = args.stages.split(",")
     try:

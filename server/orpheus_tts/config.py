@@ -103,10 +103,12 @@ class SchedulerConfig:
     max_pending_sessions: int = setting(64, "The admission queue behind the pool; when it is full, requests are "
                                             "refused (RESOURCE_EXHAUSTED / HTTP 429 with Retry-After).")
     admission: str = setting(
-        "capacity", "capacity | slots: with capacity, a queued session is admitted only while the streams already "
-                    "admitted (all of them, between their text pieces too) plus it would still get every id in real "
-                    "time, at the step time the engine fits to the batch size as it runs, less `admission_margin`; "
-                    "with slots, whenever a KV slot is free. Either way a free slot is needed.", live=True)
+        "capacity", "capacity | slots: with capacity, a queued session is admitted only if every stream already "
+                    "admitted (between their text pieces too) and it would still get each id in real time until "
+                    "their texts are spoken, projected from each one's remaining speech budget and growing context "
+                    "at the step time the engine fits to its batches and contexts as it runs, less "
+                    "`admission_margin`; with slots, whenever a KV slot is free. Either way a free slot is needed.",
+        live=True)
     admission_margin: float = setting(
         0.15, "Share of the real-time step (1/82 s) that capacity admission keeps free, for prefills, new "
               "streams' first chunks and the fit's error.", live=True)

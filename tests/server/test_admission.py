@@ -1,6 +1,7 @@
-"""Admission past capacity: the real-time capacity the step cost implies, the scheduler keeping the
-admitted streams within it, and a request that waited the queue's bound refused through every door
-(gRPC RESOURCE_EXHAUSTED, HTTP 429, WebSocket 1013) with Retry-After, counted by reason."""
+"""Admission past capacity: the real-time capacity the step cost implies, the projection of the
+admitted streams' whole remaining text that admission weighs, the scheduler keeping the admitted
+streams within it, and a request that waited the queue's bound refused through every door (gRPC
+RESOURCE_EXHAUSTED, HTTP 429, WebSocket 1013) with Retry-After, counted by reason."""
 
 from __future__ import annotations
 
@@ -10,16 +11,19 @@ import time
 
 import grpc
 import httpx
+import numpy as np
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
 from orpheus_tts.api.gen import tts_pb2, tts_pb2_grpc
 from orpheus_tts.config import CodecConfig, SamplingConfig, SchedulerConfig
-from orpheus_tts.engine.capacity import REALTIME_STEP_S, realtime_capacity, token_period_s
+from orpheus_tts.engine.capacity import (REALTIME_STEP_S, Admission, projected_period_s, realtime_capacity,
+                                         token_period_s)
 from orpheus_tts.engine.kv_cache import SlotAllocator
 from orpheus_tts.engine.scheduler import Scheduler
-from orpheus_tts.engine.session import Outcome, Session
+from orpheus_tts.engine.session import Outcome, Piece, Session, SessionState
+from orpheus_tts.engine.step_cost import StepCost
 from orpheus_tts.requests import SpeechRequest
 
 
@@ -49,11 +53,103 @@ def test_capacity_is_the_slots_until_a_step_is_measured_and_never_below_one():
     assert realtime_capacity(linear_step(0.5, 0.0), slots=32, max_batch=32, margin=0.15) == 32
 
 
+# -- the projection of the admitted streams ---------------------------------------------------
+
+def test_the_projected_period_peaks_just_before_a_stream_ends():
+    # 1 ms + 1 ms a row + 1 us a context token. Two streams: 100 tokens now with 400 ids to go,
+    # and 10 tokens now with 50 to go. Now: 1 + 2 + 0.11 ms; just before the short one ends
+    # (49 ids on): 1 + 2 + (149 + 59) us = 3.208 ms; after it one row, at most 1 + 1 + 0.499 ms.
+    loads = np.array([[100, 400, 500], [10, 50, 60]], dtype=np.float64)
+    assert projected_period_s(loads, 512, (1e-3, 1e-3, 1e-6)) == pytest.approx(3.208e-3)
+    assert projected_period_s(loads[:1], 512, (1e-3, 1e-3, 1e-6)) == pytest.approx(2.499e-3)
+    # a stream's context stops at its largest piece (a later piece starts over from its prompt)
+    capped = np.array([[100, 400, 150]], dtype=np.float64)
+    assert projected_period_s(capped, 512, (1e-3, 1e-4, 1e-6)) == pytest.approx(1e-3 + 1e-4 + 150e-6)
+    # past one batch each stream waits a step a turn: 3 streams in batches of 2
+    rows = np.array([[0, 10, 10]] * 3, dtype=np.float64)
+    assert projected_period_s(rows, 2, (1e-3, 0.0, 0.0)) == pytest.approx(2e-3)
+
+
+def _admission(fixed_s: float, per_row_s: float, per_token_s: float, **config) -> Admission:
+    """An admission over a step cost fitted from steps of that plane (rows and contexts both varied)."""
+    cost = StepCost()
+    for rows in range(1, 200, 9):
+        for tokens_per_row in (50, 400, 900):
+            cost.observe(rows, fixed_s + per_row_s * rows + per_token_s * rows * tokens_per_row, rows * tokens_per_row)
+    sched = SchedulerConfig(max_concurrent_sessions=512, max_batch_size=512, **config)
+    return Admission(sched, cost, 512)
+
+
+def _speaking(prompt: int, budget: int, spoken: int = 0, queued: int = 0) -> Session:
+    """A session decoding a piece of `budget` ids (`spoken` of them so far), `queued` more pieces behind it."""
+    session = _session()
+    session.piece = Piece("x", [0] * prompt, budget)
+    session.pieces.extend(Piece("y", [0] * prompt, budget) for _ in range(queued))
+    session.state, session.ids_requested = SessionState.DECODING, spoken
+    return session
+
+
+def _queued(prompt: int, budget: int, pieces: int = 1) -> Session:
+    session = _session()
+    session.add_pieces([Piece("z", [0] * prompt, budget) for _ in range(pieces)], close=True)
+    return session
+
+
+def test_a_session_projects_its_whole_remaining_text():
+    assert _queued(30, 700, pieces=3).projected_tokens() == (30, 2100, 730)
+    assert _speaking(30, 700, spoken=200, queued=1).projected_tokens() == (230, 1200, 730)
+    between = _speaking(30, 700, spoken=700, queued=1)
+    between.state = SessionState.WAITING_TEXT  # its first piece is spoken: the next starts from its prompt
+    assert between.projected_tokens() == (30, 700, 730)
+    assert _session().projected_tokens() is None  # no text yet (streaming text)
+
+
+def test_admission_refuses_a_stream_that_fits_now_but_not_once_the_admitted_ones_have_grown():
+    # 2 ms + 10 us a row + 40 ns a context token (the budget is 10.36 ms). 200 streams that have just
+    # begun a 1,400-id piece cost 2 + 2 + 0.3 ms now, but 2 + 2 + 11.5 ms at their end.
+    admission = _admission(2e-3, 1e-5, 4e-8)
+    young = [_speaking(32, 1400, spoken=5) for _ in range(200)]
+    admission.begin(young)
+    assert admission.cost.predict(201, 201 * 37) < REALTIME_STEP_S * 0.85  # judged by now, it would fit
+    assert not admission.fits(_queued(32, 1400))
+    # ...while beside 100 such streams there is room for short sentences, up to the projection's limit
+    admission.begin(young[:100])
+    short = [_queued(32, 140) for _ in range(400)]
+    admitted = sum(admission.fits(s) for s in short)
+    assert 300 < admitted < 400
+    loads = np.array([s.projected_tokens() for s in young[:100] + short[:admitted]], dtype=np.float64)
+    assert projected_period_s(loads, 512, admission.cost.coefficients()) <= REALTIME_STEP_S * 0.85
+
+
+def test_admission_always_takes_the_first_stream_and_everyone_with_slots_or_an_unknown_cost():
+    admission = _admission(0.05, 0.0, 0.0)  # a step over the real-time budget alone
+    admission.begin([])
+    assert admission.fits(_queued(32, 1400)) and not admission.fits(_queued(32, 1400))
+    unknown = Admission(SchedulerConfig(), StepCost(), 32)
+    unknown.begin([_speaking(32, 1400)])
+    assert unknown.fits(_queued(32, 1400))
+    slots = _admission(0.05, 0.0, 0.0, admission="slots")
+    slots.begin([_speaking(32, 1400)])
+    assert slots.fits(_queued(32, 1400)) and slots.capacity() == 512
+
+
+def test_the_capacity_figure_counts_streams_like_those_admitted_lately():
+    admission = _admission(2e-3, 1e-5, 4e-8)
+    admission.begin([])
+    assert admission.fits(_queued(32, 1400))  # a life's mean context of 732 tokens
+    per_stream = 1e-5 + 4e-8 * 732
+    assert admission.capacity() == int((REALTIME_STEP_S * 0.85 - 2e-3) / per_stream)
+
+
 # -- the scheduler within it -----------------------------------------------------------------
 
 def _session() -> Session:
     request = SpeechRequest.create("Hi.", defaults=SamplingConfig(), max_text_chars=100)
     return Session(request=request, seed=0, emit=lambda event: None)
+
+
+def _at_most(scheduler: Scheduler, streams: int):
+    return lambda session: len(scheduler.active) < streams
 
 
 def test_admission_stops_at_capacity_with_slots_free_and_refuses_after_the_wait():
@@ -62,8 +158,8 @@ def test_admission_stops_at_capacity_with_slots_free_and_refuses_after_the_wait(
     sessions = [_session() for _ in range(4)]
     for session in sessions:
         scheduler.submit(session)
-    assert scheduler.admit(capacity=2) == sessions[:2]
-    assert scheduler.admit(capacity=2) == [] and scheduler.allocator.free_count == 6
+    assert scheduler.admit(_at_most(scheduler, 2)) == sessions[:2]
+    assert scheduler.admit(_at_most(scheduler, 2)) == [] and scheduler.allocator.free_count == 6
     sessions[3].cancel()  # a cancelled one leaves the queue even at capacity, taking no slot
     ended = scheduler.take_ended(time.monotonic())
     assert [(s, outcome) for s, outcome, _ in ended] == [(sessions[3], Outcome.CANCELLED)]
@@ -79,11 +175,11 @@ def test_admitted_streams_between_pieces_still_count():
                           CodecConfig())
     first, second = _session(), _session()
     scheduler.submit(first)
-    scheduler.admit(capacity=1)  # WAITING_TEXT, decoding nothing yet: it holds its place all the same
+    scheduler.admit(_at_most(scheduler, 1))  # WAITING_TEXT, decoding nothing yet: it holds its place all the same
     scheduler.submit(second)
-    assert scheduler.admit(capacity=1) == []
+    assert scheduler.admit(_at_most(scheduler, 1)) == []
     scheduler.release(first)
-    assert scheduler.admit(capacity=1) == [second]
+    assert scheduler.admit(_at_most(scheduler, 1)) == [second]
 
 
 # -- through the real server ------------------------------------------------------------------

@@ -1,12 +1,18 @@
-"""How many streams the engine can keep in real time, from what its steps cost.
+"""Capacity admission: a queued stream is admitted only if every admitted one stays in real time.
 
-Every stream needs its next id each real-time step (1/82 s). With N streams admitted and batches
-of at most B rows, each stream is decoded every ceil(N / B) steps of t(min(N, B)) seconds, where
-t is `StepCost`'s line fitted to the engine's whole iterations (the forward, the codec's decodes
-launched beside it and the host's work), so the codec's cost is in it as it is on this GPU now.
-Capacity is the largest N whose period fits the real-time step less a margin; admission
-(`Scheduler.admit`) keeps the admitted streams at or under it, so those already admitted are never
-slowed by later arrivals: a request beyond it waits in the queue and is then refused.
+Every stream needs its next id each real-time step (1/82 s). With N streams in batches of at most
+B rows, each is decoded every ceil(N / B) steps, and a step costs what `StepCost` fits to the
+engine's whole iterations (the forward, the codec's decodes beside it, the host's work): a fixed
+part, a part per row and a part per context token. Admitted streams get dearer as they speak,
+since every id adds a token to the context that each later step reads. So admission weighs each
+stream's whole remaining text, not its first chunk: it projects the admitted streams forward
+(at each moment until the last ends, those still speaking and their contexts then) and admits
+the next queued stream only if the token period stays within the real-time step less a margin
+at every one of those moments, the newcomer included. Streams admitted earlier are never slowed
+by later arrivals; the ones that do not fit wait in the queue and are then refused.
+
+The projection takes each piece's budget (`orpheus.audio_token_budget`) as what it will speak:
+a real model usually ends a piece sooner, so admission errs on the side of the streams admitted.
 """
 
 from __future__ import annotations
@@ -14,11 +20,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
+
 from orpheus_tts import orpheus
 from orpheus_tts.config import SchedulerConfig
+from orpheus_tts.engine.session import Session
 from orpheus_tts.engine.step_cost import StepCost
 
 REALTIME_STEP_S = 1.0 / orpheus.TOKENS_PER_SECOND
+_MOMENTS = 32  # future moments checked per projection: now, and spread over the streams' ends
+_TYPICAL_ALPHA = 0.05  # how fast the capacity figure follows the streams admitted lately
 
 
 def token_period_s(streams: int, max_batch: int, step_s: Callable[[int], float]) -> float:
@@ -44,9 +55,73 @@ def realtime_capacity(step_s: Callable[[int], float], slots: int, max_batch: int
     return low
 
 
-def admission_capacity(sched: SchedulerConfig, step_cost: StepCost, slots: int) -> int:
-    """The streams the engine admits now: its real-time capacity at the step cost fitted so far,
-    or the slots with `scheduler.admission=slots`. Once per step; `Engine.stats` reports it."""
-    if sched.admission == "slots":
-        return slots
-    return realtime_capacity(step_cost.predict, slots, sched.max_batch_size, sched.admission_margin)
+def projected_period_s(loads: np.ndarray, max_batch: int, coefficients: tuple[float, float, float]) -> float:
+    """The longest token period ahead for streams with these `loads` ([n, 3]: context tokens now,
+    ids still to generate, largest context), each gaining one id a period until its ids run out.
+    The load only drops when a stream ends, so between ends it peaks just before one: those
+    moments are checked (at most `_MOMENTS` of them, spread over the ends, and now)."""
+    if not len(loads):
+        return 0.0
+    context, left, peak = loads[:, 0], loads[:, 1], loads[:, 2]
+    ends = np.unique(left[left > 0]) - 1
+    if len(ends) > _MOMENTS:
+        ends = ends[np.linspace(0, len(ends) - 1, _MOMENTS).astype(np.int64)]
+    moments = np.concatenate(([0.0], ends))
+    alive = left[:, None] > moments[None, :]
+    tokens = np.where(alive, np.minimum(context[:, None] + moments[None, :], peak[:, None]), 0.0).sum(axis=0)
+    rows = alive.sum(axis=0)
+    batch = np.minimum(rows, max_batch)
+    fixed, per_row, per_token = coefficients
+    step = fixed + per_row * batch + per_token * tokens * batch / np.maximum(rows, 1)
+    return float((np.ceil(rows / max_batch) * step).max())
+
+
+class Admission:
+    """Decides, once per step, which queued streams the engine admits (`fits`), and the capacity
+    figure it exports (`capacity`: streams of the kind admitted lately that fit at once)."""
+
+    def __init__(self, sched: SchedulerConfig, cost: StepCost, slots: int):
+        self.sched, self.cost, self.slots = sched, cost, slots
+        self._loads: list[tuple[int, int, int]] = []
+        self._coefficients = (0.0, 0.0, 0.0)
+        self._typical_context = 0.0  # mean context over a stream's life, of those admitted lately
+
+    def begin(self, active: list[Session]) -> None:
+        """Take the admitted streams' loads as they stand now, before this step's admissions."""
+        self._loads = [load for load in (s.projected_tokens() for s in active) if load is not None]
+        self._coefficients = self.cost.coefficients()
+
+    def fits(self, session: Session) -> bool:
+        """Whether admitting `session` keeps every admitted stream's projected token period within
+        the budget; if so it is counted among them for the rest of this step. The first stream is
+        always admitted, and so is every one while the step cost is unknown or with `admission: slots`."""
+        load = session.projected_tokens() or self._typical_load()
+        if self.sched.admission != "slots" and self._loads and sum(self._coefficients) > 0.0:
+            budget = REALTIME_STEP_S * (1.0 - self.sched.admission_margin)
+            if projected_period_s(np.array([*self._loads, load], dtype=np.float64), self.sched.max_batch_size,
+                                  self._coefficients) > budget:
+                return False
+        self._loads.append(load)
+        self._learn(load)
+        return True
+
+    def capacity(self) -> int:
+        """Streams like those admitted lately (their mean context over their life) that the engine
+        keeps in real time at once; the slots with `admission: slots`. Once per step, for the
+        metrics and the saturation figure."""
+        if self.sched.admission == "slots":
+            return self.slots
+        context = self._typical_context or self.cost.tokens_per_row()
+        return realtime_capacity(lambda rows: self.cost.predict(rows, rows * context), self.slots,
+                                 self.sched.max_batch_size, self.sched.admission_margin)
+
+    def _typical_load(self) -> tuple[int, int, int]:
+        """A stream with no text yet (its text streams in): as long as the average one admitted lately."""
+        context = int(self._typical_context)
+        return 0, 2 * context, 2 * context
+
+    def _learn(self, load: tuple[int, int, int]) -> None:
+        context, left, peak = load
+        life_mean = (context + min(context + left, peak)) / 2
+        alpha = _TYPICAL_ALPHA if self._typical_context else 1.0
+        self._typical_context += alpha * (life_mean - self._typical_context)

@@ -33,7 +33,7 @@ from orpheus_tts.codec.snac_codec import SnacCodec
 from orpheus_tts.config import ServerConfig
 from orpheus_tts.engine.adapters import AdapterRegistry, check_adapter
 from orpheus_tts.engine.audio_out import AudioDelivery, AudioPipeline, ChunkPolicy
-from orpheus_tts.engine.capacity import admission_capacity
+from orpheus_tts.engine.capacity import Admission
 from orpheus_tts.engine.cuda_graphs import codec_batch_buckets
 from orpheus_tts.engine.kv_cache import KVCache
 from orpheus_tts.engine.loading import kv_cache_dtype, load_parts, server_voices
@@ -83,8 +83,8 @@ class Engine:
         self.piece_maker = PieceMaker(tokenizer, sched.max_context_tokens)
         self.scheduler = Scheduler(sched, self.kv_cache.allocator, config.codec)
         self.timings = EngineTimings()
-        self.step_cost = StepCost()  # a step's time against its batch size: prefill wait, capacity
-        self._capacity = sched.max_concurrent_sessions  # real-time capacity, re-estimated each step
+        self.step_cost = StepCost()  # a step's time against its rows and contexts: prefill wait, admission
+        self.admission = Admission(sched, self.step_cost, self.kv_cache.allocator.n_slots)
         self._step_estimate_s = 0.0  # recent step duration (moving average): how fast tokens come
         self.chunk_policy = ChunkPolicy(sched, config.codec.lookahead_frames)
         self.audio = AudioPipeline(codec, config.codec.graph_max_batch, self.timings)
@@ -193,7 +193,7 @@ class Engine:
                            rejected_sessions=c.rejected_sessions, active_sessions=len(self.scheduler.active),
                            pending_sessions=self.scheduler.pending_count, max_concurrent=alloc.n_slots,
                            used_slots=alloc.used_count, free_slots=alloc.free_count, total_tokens=c.total_tokens,
-                           total_batches=c.total_batches, refused_sessions=c.refused_sessions, capacity=self._capacity)
+                           total_batches=c.total_batches, refused_sessions=c.refused_sessions, capacity=self.admission.capacity())
 
     # -- the loop (engine thread) ---------------------------------------------------------
     def _loop(self) -> None:
@@ -245,8 +245,7 @@ class Engine:
                 self.observer.on_idle(self.stats())
                 return False
             self._send_audio()  # the last audio of sessions that just ended
-            self.timings.steps += 1
-            self.timings.step_s += time.perf_counter() - started
+            self.timings.count_step(time.perf_counter() - started)
             return True
         previous, self._in_flight = self._in_flight, []
         if self.config.scheduler.overlap_steps:  # read the last step's ids while this one runs
@@ -262,8 +261,9 @@ class Engine:
         """End what must end, admit queued sessions, start the pieces that are ready."""
         for session, outcome, error in self.scheduler.take_ended(time.monotonic()):
             self._finish(session, outcome, error)
-        self._capacity = admission_capacity(self.config.scheduler, self.step_cost, self.kv_cache.allocator.n_slots)
-        for session in self.scheduler.admit(self._capacity, self.adapters.place_for if self.adapters else None):
+        if self.scheduler.pending_count:
+            self.admission.begin(self.scheduler.active)
+        for session in self.scheduler.admit(self.admission.fits, self.adapters.place_for if self.adapters else None):
             if session.cancelled:
                 self._finish(session, Outcome.CANCELLED)
             elif session.failure is not None:
@@ -367,11 +367,11 @@ class Engine:
     def _record_step(self, started: float, launched: list[tuple[LaunchedStep, str]], decode_rows: int,
                      prefill_rows: int) -> None:
         seconds = time.perf_counter() - started
-        rows = sum(len(step.sessions) for step, timing in launched if timing == "decode_s")  # the steps waited for
+        decoded = [step for step, timing in launched if timing == "decode_s"]  # the steps waited for
+        rows = sum(len(step.sessions) for step in decoded)
         if rows:
-            self.step_cost.observe(rows, seconds)
-        self.timings.steps += 1
-        self.timings.step_s += seconds
+            self.step_cost.observe(rows, seconds, sum(step.context_tokens for step in decoded))
+        self.timings.count_step(seconds)
         self._step_estimate_s += 0.1 * (seconds - self._step_estimate_s)
         if prefill_rows or decode_rows:
             self.observer.on_step(seconds, decode_rows, prefill_rows, self.stats())

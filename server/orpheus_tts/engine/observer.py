@@ -49,6 +49,10 @@ class EngineTimings:
     def host_s(self) -> float:
         return self.step_s - self.prefill_s - self.decode_s - self.snac_launch_s - self.snac_wait_s
 
+    def count_step(self, seconds: float) -> None:
+        self.steps += 1
+        self.step_s += seconds
+
 
 class EngineObserver:
     def on_startup_phase(self, phase: str, seconds: float) -> None:

@@ -28,6 +28,7 @@ class LaunchedStep:
     def __init__(self, sessions: list[Session], ids: Tensor, event: torch.cuda.Event | None):
         self.sessions = sessions
         self.pieces = [s.piece_index for s in sessions]  # a row whose session moved on is stale
+        self.context_tokens = sum(len(s.piece.prompt) + s.ids_requested for s in sessions)  # what it reads
         self._ids, self._event = ids, event
 
     def tokens(self) -> list[int]:

@@ -76,10 +76,11 @@ class Scheduler:
         return len(self.pending)
 
     # -- engine thread -----------------------------------------------------------------
-    def admit(self, capacity: int | None = None,
+    def admit(self, fits: Callable[[Session], bool] | None = None,
               adapter_place: Callable[[Session], int | None] | None = None) -> list[Session]:
-        """Give queued sessions free slots, oldest first, while fewer than `capacity` sessions are
-        admitted (None: slots alone decide); returns the newly admitted ones (and the cancelled
+        """Give queued sessions free slots, oldest first, while `fits` says the next one fits beside
+        those admitted (`Admission.fits`; None: slots alone decide), so none overtakes an older one
+        that does not; returns the newly admitted ones (and the cancelled
         ones found on the way, and those whose adapter failed to load, which get no slot). A session on a LoRA adapter also needs its
         place in the pool: `adapter_place` gives it, or None while it cannot yet (its adapter is
         loading, or every place is held); such a session keeps its turn and those behind it go on."""
@@ -87,8 +88,7 @@ class Scheduler:
         with self._lock:
             while self.pending:
                 session = self.pending[0]
-                if not session.cancelled and not (self.allocator.free_count and (
-                        capacity is None or len(self.active) < capacity)):
+                if not session.cancelled and not (self.allocator.free_count and (fits is None or fits(session))):
                     break
                 self.pending.popleft()
                 if session.cancelled:

@@ -133,6 +133,23 @@ class Session:
         with self._lock:
             self._text_closed = False
 
+    def projected_tokens(self) -> tuple[int, int, int] | None:
+        """What this stream will still ask of the decode steps, for capacity admission: (context
+        tokens now, ids still to generate, the largest context any of its pieces reaches), from its
+        current piece's remaining budget and the budgets of the pieces queued behind it (each
+        starts over from its own prompt). None while it has no text to speak."""
+        with self._lock:
+            queued = [*self.pieces, *self._incoming]
+        current = self.piece if self.state in (SessionState.PREFILL, SessionState.DECODING) else None
+        if current is None and not queued:
+            return None
+        left = sum(p.budget for p in queued)
+        peak = max((len(p.prompt) + p.budget for p in queued), default=0)
+        if current is None:
+            return len(queued[0].prompt), left, peak
+        return (len(current.prompt) + self.ids_requested, left + current.budget - self.ids_requested,
+                max(peak, len(current.prompt) + current.budget))
+
     # -- engine thread only -------------------------------------------------------------
     def playback_lead_s(self, now: float) -> float:
         """How much audio the client holds beyond what has played by `now`, if it started
