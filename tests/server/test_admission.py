@@ -141,6 +141,33 @@ def test_the_capacity_figure_counts_streams_like_those_admitted_lately():
     assert admission.capacity() == int((REALTIME_STEP_S * 0.85 - 2e-3) / per_stream)
 
 
+def _playing(lead_s: float, now: float) -> Session:
+    session = _speaking(32, 1400, spoken=100)
+    session.playback_started = now - 1.0
+    session.frames_emitted = round((1.0 + lead_s) / 0.08533)  # audio queued beyond what has played
+    return session
+
+
+def test_a_prefill_is_bounded_by_the_slack_or_the_thinnest_lead_of_a_playing_stream():
+    admission = _admission(2e-3, 2e-5, 0.0)  # a decode step of 2 ms + 20 us a row
+    for tokens in range(16, 2048, 64):
+        admission.prefill_cost.observe(tokens, 1e-3 + 1e-5 * tokens)  # a prefill: 1 ms + 10 us a token
+    now = 100.0
+    assert admission.prefill_tokens([], now) is None  # nothing plays: nobody to stall
+    # 300 streams with a second of audio in hand: the lead allows (1 s - 14 steps of 8 ms - 1 ms) / 10 us
+    rich = [_playing(1.0, now) for _ in range(300)]
+    step = 2e-3 + 2e-5 * 300
+    lead = min(s.playback_lead_s(now) for s in rich)
+    assert admission.prefill_tokens(rich, now) == int((lead - 14 * step - 1e-3) / 1e-5)
+    # one young stream with 50 ms in hand: only the slack is left, 10.36 - 8 ms
+    young = rich + [_playing(0.05, now)]
+    step = 2e-3 + 2e-5 * 301
+    assert admission.prefill_tokens(young, now) == int((REALTIME_STEP_S * 0.85 - step - 1e-3) / 1e-5)
+    waiting = [_speaking(32, 1400)]  # decoding but not playing yet (before its first audio): no bound
+    assert admission.prefill_tokens(waiting, now) is None
+    assert _admission(2e-3, 2e-5, 0.0, admission="slots").prefill_tokens(young, now) is None
+
+
 # -- the scheduler within it -----------------------------------------------------------------
 
 def _session() -> Session:

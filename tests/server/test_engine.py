@@ -241,6 +241,9 @@ async def test_step_timings_account_for_every_step(engine):
     assert t.decode_s > 0 and t.prefill_s > 0 and t.snac_launch_s > 0 and t.snac_wait_s >= 0
     assert 0 <= t.host_s < t.step_s
     assert t.prefill_s + t.decode_s + t.snac_launch_s + t.snac_wait_s <= t.step_s
+    # what admission projects with: the decode steps' plane and each prefill's time for its tokens
+    assert engine.step_cost.predict(1, 10) > 0 and engine.step_cost.tokens_per_row() > 0
+    assert engine.runner.prefill_cost.predict(10) > 0
 
 
 def _submit_by_hand(text: str, seed: int, **overrides):

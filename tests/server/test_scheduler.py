@@ -180,3 +180,18 @@ def test_a_row_queued_for_an_earlier_piece_is_skipped():
     assert session.metrics.tokens == 0  # a row queued for the piece before: dropped
     assert scheduler.take_tokens([session], [session.piece_index], [orpheus.AUDIO_TOKEN_BASE]) == []
     assert session.metrics.tokens == 1 and session.tokens_since_flush == 1
+
+
+def test_a_prefill_takes_no_more_prompt_tokens_than_the_playing_streams_can_spare():
+    scheduler = _scheduler(n_slots=16, batch=8, prefill_wait_ms=0)
+    _running(scheduler, 1)
+    prompts = [_prompt(scheduler) for _ in range(4)]  # 15 tokens each
+    seen = []
+
+    def spare(active, now):
+        seen.append(len(active))
+        return 31
+
+    assert scheduler.pick_prefill(max_sessions=8, max_tokens=spare) == prompts[:2] and seen == [5]
+    assert scheduler.pick_prefill(max_sessions=8, max_tokens=lambda active, now: 0) == prompts[:1]  # the oldest goes
+    assert scheduler.pick_prefill(max_sessions=8, max_tokens=lambda active, now: None) == prompts

@@ -11,6 +11,13 @@ the next queued stream only if the token period stays within the real-time step 
 at every one of those moments, the newcomer included. Streams admitted earlier are never slowed
 by later arrivals; the ones that do not fit wait in the queue and are then refused.
 
+Admission decides who holds a slot; a stream's first audio also needs its prompt prefilled,
+and a prefill holds up every decoding stream for as long as it runs (a full 2,048-token one
+several real-time steps). So the prefills of a step are bounded too (`prefill_tokens`): by the
+step's real-time slack, or by the thinnest lead a playing stream holds (audio it has beyond what
+has played, less the time its next frames take), whichever allows more. A burst of arrivals then
+has its first audio a little later instead of stalling the streams already speaking.
+
 The projection takes each piece's budget (`orpheus.audio_token_budget`) as what it will speak:
 a real model usually ends a piece sooner, so admission errs on the side of the streams admitted.
 """
@@ -24,12 +31,13 @@ import numpy as np
 
 from orpheus_tts import orpheus
 from orpheus_tts.config import SchedulerConfig
-from orpheus_tts.engine.session import Session
+from orpheus_tts.engine.session import Session, SessionState
 from orpheus_tts.engine.step_cost import StepCost
 
 REALTIME_STEP_S = 1.0 / orpheus.TOKENS_PER_SECOND
 _MOMENTS = 32  # future moments checked per projection: now, and spread over the streams' ends
 _TYPICAL_ALPHA = 0.05  # how fast the capacity figure follows the streams admitted lately
+_GUARD_FRAMES = 2  # frames a playing stream's lead must still cover after a prefill (its next chunk)
 
 
 def token_period_s(streams: int, max_batch: int, step_s: Callable[[int], float]) -> float:
@@ -80,8 +88,9 @@ class Admission:
     """Decides, once per step, which queued streams the engine admits (`fits`), and the capacity
     figure it exports (`capacity`: streams of the kind admitted lately that fit at once)."""
 
-    def __init__(self, sched: SchedulerConfig, cost: StepCost, slots: int):
+    def __init__(self, sched: SchedulerConfig, cost: StepCost, slots: int, prefill_cost: StepCost | None = None):
         self.sched, self.cost, self.slots = sched, cost, slots
+        self.prefill_cost = prefill_cost or StepCost()  # a prefill's seconds against its prompt tokens
         self._loads: list[tuple[int, int, int]] = []
         self._coefficients = (0.0, 0.0, 0.0)
         self._typical_context = 0.0  # mean context over a stream's life, of those admitted lately
@@ -114,6 +123,23 @@ class Admission:
         context = self._typical_context or self.cost.tokens_per_row()
         return realtime_capacity(lambda rows: self.cost.predict(rows, rows * context), self.slots,
                                  self.sched.max_batch_size, self.sched.admission_margin)
+
+    def prefill_tokens(self, active: list[Session], now: float) -> int | None:
+        """The most prompt tokens this step's prefill may take without a playing stream stalling:
+        what fits in the larger of the decode step's real-time slack and the thinnest lead among
+        the streams that play (each less the time its next `_GUARD_FRAMES` frames take at this
+        step). None (no bound beyond `max_prefill_tokens`) while nothing plays, or with
+        `admission: slots`, or before a prefill was timed. The scheduler still takes one prompt."""
+        fixed, per_token, _ = self.prefill_cost.coefficients()
+        if self.sched.admission == "slots" or per_token <= 0.0:
+            return None
+        playing = [s for s in active if s.state is SessionState.DECODING and s.playback_started is not None]
+        if not playing:
+            return None
+        step = self.cost.predict(min(len(playing), self.sched.max_batch_size))
+        slack = REALTIME_STEP_S * (1.0 - self.sched.admission_margin) - step
+        lead = min(s.playback_lead_s(now) for s in playing) - _GUARD_FRAMES * orpheus.TOKENS_PER_FRAME * step
+        return max(int((max(slack, lead) - fixed) / per_token), 0)
 
     def _typical_load(self) -> tuple[int, int, int]:
         """A stream with no text yet (its text streams in): as long as the average one admitted lately."""

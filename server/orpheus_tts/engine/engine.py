@@ -84,7 +84,7 @@ class Engine:
         self.scheduler = Scheduler(sched, self.kv_cache.allocator, config.codec)
         self.timings = EngineTimings()
         self.step_cost = StepCost()  # a step's time against its rows and contexts: prefill wait, admission
-        self.admission = Admission(sched, self.step_cost, self.kv_cache.allocator.n_slots)
+        self.admission = Admission(sched, self.step_cost, self.kv_cache.allocator.n_slots, self.runner.prefill_cost)
         self._step_estimate_s = 0.0  # recent step duration (moving average): how fast tokens come
         self.chunk_policy = ChunkPolicy(sched, config.codec.lookahead_frames)
         self.audio = AudioPipeline(codec, config.codec.graph_max_batch, self.timings)
@@ -230,7 +230,7 @@ class Engine:
         self._step_sessions = None  # whom a failure of this step ends: before choosing, everyone
         self._schedule()
         started = time.perf_counter()
-        prefill = self.scheduler.pick_prefill(self.runner.max_prefill_batch, self.step_cost.predict)
+        prefill = self.scheduler.pick_prefill(self.runner.max_prefill_batch, self.step_cost.predict, self.admission.prefill_tokens)
         self._step_sessions = [*prefill, *self.audio.sessions, *(s for f, _ in self._in_flight for s in f.sessions)]
         launched = []
         if prefill:

@@ -9,6 +9,8 @@ engine may queue the next step before it has read this one's ids.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -19,22 +21,31 @@ from orpheus_tts.engine.kv_cache import KVCache
 from orpheus_tts.engine.sampler import Sampler, SamplingBatch
 from orpheus_tts.engine.session import Session
 from orpheus_tts.engine.slot_state import SlotState
+from orpheus_tts.engine.step_cost import StepCost
 from orpheus_tts.model.llama import Transformer
 
 
 class LaunchedStep:
-    """A queued forward: which sessions (and pieces) it samples for, and where its ids land."""
+    """A queued forward: which sessions (and pieces) it samples for, and where its ids land.
+    A prefill also reports how long it took to `timed` (its prompt tokens and device seconds,
+    between `started` and its landing event, or the wall time of an eager one)."""
 
-    def __init__(self, sessions: list[Session], ids: Tensor, event: torch.cuda.Event | None):
+    def __init__(self, sessions: list[Session], ids: Tensor, event: torch.cuda.Event | None,
+                 started: torch.cuda.Event | float | None = None, timed: StepCost | None = None):
         self.sessions = sessions
         self.pieces = [s.piece_index for s in sessions]  # a row whose session moved on is stale
         self.context_tokens = sum(len(s.piece.prompt) + s.ids_requested for s in sessions)  # what it reads
-        self._ids, self._event = ids, event
+        self._ids, self._event, self._started, self._timed = ids, event, started, timed
+        if timed is not None and isinstance(started, float):  # eager: the ids are already on the host
+            timed.observe(self.context_tokens, time.perf_counter() - started)
 
     def tokens(self) -> list[int]:
         """The sampled ids, one per session; waits for the device if it has not finished."""
         if self._event is not None:
             self._event.synchronize()
+            if self._timed is not None and self._started is not None:  # once
+                self._timed.observe(self.context_tokens, self._started.elapsed_time(self._event) / 1e3)
+                self._timed = None
         return self._ids.tolist()
 
 
@@ -50,6 +61,7 @@ class ModelRunner:
         self.prefill_graphs: PrefillGraphs | None = None
         self._decode_ids: StagingRing | None = None
         self._prefill_ids: StagingRing | None = None
+        self.prefill_cost = StepCost()  # a prefill's device seconds against its prompt tokens (capacity.py)
         if cuda_graphs and self.device.type == "cuda":
             self.graphs = DecodeGraphs(self, max_batch)
             self.graphs.capture()
@@ -120,14 +132,18 @@ class ModelRunner:
         if seqlen > self.kv_cache.max_tokens:
             raise ValueError(f"prompt of {seqlen} tokens exceeds the KV slot ({self.kv_cache.max_tokens})")
         ints, floats = self.prefill_inputs(sessions)
+        started = torch.cuda.Event(enable_timing=True) if self.device.type == "cuda" else time.perf_counter()
+        if self.device.type == "cuda":
+            started.record()
         if self.prefill_graphs is not None and self.prefill_graphs.fits(len(prompts), seqlen):
-            return self._landing(sessions, self.prefill_graphs.run(prompts, ints, floats), self._prefill_ids)
+            ids = self.prefill_graphs.run(prompts, ints, floats)
+            return self._landing(sessions, ids, self._prefill_ids, started, self.prefill_cost)
         padded = np.full((len(prompts), seqlen), orpheus.PAD, dtype=np.int64)
         for row, prompt in enumerate(prompts):
             padded[row, : len(prompt)] = prompt
         to_device = lambda a: torch.from_numpy(a).to(self.device)  # noqa: E731
         ids = self.prefill_step(to_device(padded), to_device(ints), to_device(floats))
-        return self._landing(sessions, ids, None)
+        return self._landing(sessions, ids, None, started, self.prefill_cost)
 
     @torch.inference_mode()
     def launch_decode(self, sessions: list[Session]) -> LaunchedStep:
@@ -138,13 +154,18 @@ class ModelRunner:
         ids, _ = self.decode_step(torch.from_numpy(slots).to(self.device))
         return self._landing(sessions, ids, None)
 
-    def _landing(self, sessions: list[Session], ids: Tensor, ring: StagingRing | None) -> LaunchedStep:
+    def _landing(self, sessions: list[Session], ids: Tensor, ring: StagingRing | None,
+                 started: torch.cuda.Event | float | None = None, timed: StepCost | None = None) -> LaunchedStep:
         """Copy a step's ids to host memory behind it (a graph's output buffer is overwritten
         by its next replay) and note when they are there."""
         if ring is None:
-            return LaunchedStep(sessions, ids.cpu(), None)
+            if isinstance(started, torch.cuda.Event):  # eager on a GPU: time it on the device all the same
+                event = torch.cuda.Event(enable_timing=True)
+                event.record()
+                return LaunchedStep(sessions, ids.cpu(), event, started, timed)
+            return LaunchedStep(sessions, ids.cpu(), None, started, timed)
         host = ring.take()[: len(sessions)]
         host.copy_(ids, non_blocking=True)
-        event = torch.cuda.Event()
+        event = torch.cuda.Event(enable_timing=started is not None)
         event.record()
-        return LaunchedStep(sessions, host, event)
+        return LaunchedStep(sessions, host, event, started, timed)

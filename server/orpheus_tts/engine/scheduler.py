@@ -201,10 +201,11 @@ class Scheduler:
             if session.state is SessionState.DRAINING:
                 session.state = SessionState.WAITING_TEXT
 
-    def pick_prefill(self, max_sessions: int | None = None,
-                     step_cost: Callable[[int], float] | None = None) -> list[Session]:
+    def pick_prefill(self, max_sessions: int | None = None, step_cost: Callable[[int], float] | None = None,
+                     max_tokens: Callable[[list[Session], float], int | None] | None = None) -> list[Session]:
         """Sessions whose prompt to prefill this step, oldest first, within the prompt-token budget
-        (and at most `max_sessions`: the largest prefill the runner has a CUDA graph for).
+        and what `max_tokens` gives (the tokens the playing streams can spare, `Admission.prefill_tokens`;
+        the oldest prompt goes all the same), and at most `max_sessions` (the largest prefill graph).
 
         While other sessions decode, a prefill short of a full batch waits until its oldest
         prompt has waited `prefill_wait_ms`: a burst of arrivals then shares one prefill instead
@@ -224,9 +225,11 @@ class Scheduler:
             if waited_s * 1e3 < self.config.prefill_wait_ms and self._worth_waiting(now, step_cost):
                 return []
         chosen, tokens = [], 0
+        spare = max_tokens(self.active, time.monotonic()) if max_tokens is not None else None
+        budget = self.config.max_prefill_tokens if spare is None else min(spare, self.config.max_prefill_tokens)
         for session in waiting:
             need = len(session.piece.prompt)
-            if chosen and tokens + need > self.config.max_prefill_tokens:
+            if chosen and tokens + need > budget:
                 break
             chosen.append(session)
             tokens += need
