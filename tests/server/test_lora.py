@@ -82,6 +82,39 @@ def test_each_row_gets_the_logits_of_its_adapter_merged_by_peft_in_one_mixed_bat
     assert torch.allclose(alone, got[2], atol=ATOL)
 
 
+def test_every_layer_with_adapters_reuses_one_compiled_code_object(checkpoint):
+    """The blocks are compiled as one function (`compile_model`); with a pool attached the second
+    layer must run the first one's compiled code, not recompile per layer (which took the H200
+    sweep's LoRA steps past Dynamo's recompile limit and ran them uncompiled)."""
+    base_dir, adapters = checkpoint
+    model = load_model(str(base_dir), torch.device("cpu"), torch.float32, max_positions=64)
+    pool = LoraPool(model.args, capacity=2, max_rank=8, device=torch.device("cpu"), dtype=torch.float32)
+    pool.put(1, load_adapter(adapters["everything"], "everything", model.args, max_rank=8))
+    model.attach_lora(pool)
+    args, prompts = model.args, torch.tensor([PROMPTS[0], PROMPTS[0]])
+    lengths, slots = torch.tensor([7, 7]), torch.arange(2)
+    batch = model.with_adapters(model.make_batch(slots, torch.zeros_like(slots), lengths, 7), torch.tensor([1, -1]), 7)
+
+    def prefill():
+        cache = KVCache(args.n_layers, 2, args.n_kv_heads, 64, args.head_dim, torch.float32, "cpu")
+        with torch.inference_mode():
+            return model.logits(model(prompts, batch, cache))
+
+    eager = prefill()
+    torch._dynamo.reset()
+    forward = type(model.layers[0]).forward
+    for layer in model.layers:  # as compile_model does it, with a backend that compiles nothing
+        layer.forward = torch.compile(forward.__get__(layer), dynamic=True, backend="eager")
+    try:
+        with torch._dynamo.config.patch(error_on_recompile=True):  # layer 2 failing layer 1's guards raises
+            compiled = prefill()
+    finally:
+        for layer in model.layers:
+            del layer.forward
+        torch._dynamo.reset()
+    assert len(model.layers) > 1 and torch.allclose(compiled, eager, atol=ATOL)
+
+
 def test_a_place_put_again_holds_only_the_new_adapter(checkpoint):
     base_dir, adapters = checkpoint
     model = load_model(str(base_dir), torch.device("cpu"), torch.float32, max_positions=64)

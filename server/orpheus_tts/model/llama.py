@@ -141,7 +141,8 @@ class Attention(nn.Module):
     def __init__(self, args: ModelArgs, layer_id: int = 0):
         super().__init__()
         self.layer_id = layer_id
-        self.lora: "LoraPool | None" = None  # set by `Transformer.attach_lora`
+        self.lora: "LoraPool | None" = None  # set by `Transformer.attach_lora`, with this layer's part of it:
+        self.lora_weights: dict[str, tuple[Tensor, Tensor]] = {}  # tensors, not an index (see attach_lora)
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
         qkv_dim = (args.n_heads + 2 * args.n_kv_heads) * args.head_dim
         self.wqkv = nn.Linear(args.dim, qkv_dim, bias=False)
@@ -152,7 +153,7 @@ class Attention(nn.Module):
         q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         qkv = self.wqkv(x)
         if self.lora is not None and batch.adapters is not None:
-            qkv = qkv + self.lora.delta(self.layer_id, "wqkv", x, batch.adapters).to(qkv.dtype)
+            qkv = qkv + self.lora.delta("wqkv", self.lora_weights["wqkv"], x, batch.adapters).to(qkv.dtype)
         q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
         q = q.view(bsz, seqlen, self.n_heads, self.head_dim).transpose(1, 2)
         k = k.view(bsz, seqlen, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -173,7 +174,8 @@ class Attention(nn.Module):
             out = out.transpose(1, 2).reshape(bsz, seqlen, q_size)
         projected = self.wo(out)
         if self.lora is not None and batch.adapters is not None:
-            projected = projected + self.lora.delta(self.layer_id, "wo", out, batch.adapters).to(projected.dtype)
+            delta = self.lora.delta("wo", self.lora_weights["wo"], out, batch.adapters)
+            projected = projected + delta.to(projected.dtype)
         return projected
 
 
@@ -181,7 +183,8 @@ class FeedForward(nn.Module):
     def __init__(self, args: ModelArgs, layer_id: int = 0):
         super().__init__()
         self.layer_id = layer_id
-        self.lora: "LoraPool | None" = None  # set by `Transformer.attach_lora`
+        self.lora: "LoraPool | None" = None  # set by `Transformer.attach_lora`, as in Attention
+        self.lora_weights: dict[str, tuple[Tensor, Tensor]] = {}
         self.w13 = nn.Linear(args.dim, 2 * args.intermediate_size, bias=False)
         self.w2 = nn.Linear(args.intermediate_size, args.dim, bias=False)
 
@@ -189,12 +192,12 @@ class FeedForward(nn.Module):
         lora = self.lora if adapters is not None else None
         gate_up = self.w13(x)
         if lora is not None:
-            gate_up = gate_up + lora.delta(self.layer_id, "w13", x, adapters).to(gate_up.dtype)
+            gate_up = gate_up + lora.delta("w13", self.lora_weights["w13"], x, adapters).to(gate_up.dtype)
         gate, up = gate_up.chunk(2, dim=-1)
         hidden = F.silu(gate) * up
         out = self.w2(hidden)
         if lora is not None:
-            out = out + lora.delta(self.layer_id, "w2", hidden, adapters).to(out.dtype)
+            out = out + lora.delta("w2", self.lora_weights["w2"], hidden, adapters).to(out.dtype)
         return out
 
 
@@ -284,10 +287,16 @@ class Transformer(nn.Module):
         )
 
     def attach_lora(self, pool: "LoraPool | None") -> None:
-        """Add each row's adapter update (`AttentionBatch.adapters`) to every projection (None: no more)."""
+        """Add each row's adapter update (`AttentionBatch.adapters`) to every projection (None: no more).
+
+        Each layer holds its own part of the pool as tensors: the blocks share one compiled code
+        object, and code that looked its part up by the layer's index would be compiled once per
+        layer (Dynamo guards on the integer), past the recompile limit, and then run uncompiled."""
         self.lora = pool
-        for block in self.layers:
+        for layer, block in enumerate(self.layers):
             block.attention.lora = block.feed_forward.lora = pool
+            for module, names in ((block.attention, ("wqkv", "wo")), (block.feed_forward, ("w13", "w2"))):
+                module.lora_weights = {} if pool is None else {n: pool.weights(layer, n) for n in names}
 
     def with_adapters(self, batch: AttentionBatch, indices: Tensor, seqlen: int) -> AttentionBatch:
         """`batch` with each row's pool place (-1: none) as the one-hot `adapters` the layers read

@@ -179,11 +179,15 @@ class LoraPool:
             self.a[(layer, fused)][index, sub * self.max_rank:sub * self.max_rank + r].copy_(a)
             self.b[(layer, fused)][index, first:first + b.shape[0], :r].copy_(b)
 
-    def delta(self, layer: int, fused: str, x: Tensor, onehot: Tensor) -> Tensor:
-        """The update of projection `fused` in `layer` for tokens x [..., K]; `onehot` [..., P] says
-        each token's adapter (a row of zeros: none)."""
+    def weights(self, layer: int, fused: str) -> tuple[Tensor, Tensor]:
+        """Projection `fused` of `layer`: its A [P, S * R, K] and B [P, N, R] over every place."""
+        return self.a[(layer, fused)], self.b[(layer, fused)]
+
+    def delta(self, fused: str, weights: tuple[Tensor, Tensor], x: Tensor, onehot: Tensor) -> Tensor:
+        """The update of projection `fused` (its `weights` in one layer) for tokens x [..., K];
+        `onehot` [..., P] says each token's adapter (a row of zeros: none)."""
         outs = self.outs[fused]
-        a, b = self.a[(layer, fused)], self.b[(layer, fused)]
+        a, b = weights
         p, subs, r = self.capacity, len(outs), self.max_rank
         h = F.linear(x.to(a.dtype), a.reshape(p * subs * r, a.shape[-1]))  # [..., P * S * R]
         h = (h.unflatten(-1, (p, subs, r)) * onehot[..., :, None, None].to(h.dtype))
