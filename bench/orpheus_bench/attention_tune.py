@@ -1,0 +1,96 @@
+"""The decode attention kernel's launch shape, timed over a 16-bit and an FP8 KV cache.
+
+    python -m orpheus_bench.attention_tune --out bench/results/h200-attention-tune [--batch 512] [--context 1024]
+
+The H200 sweep had the FP8 cache's step slower than the 16-bit one's (17.8 against 13.5 ms at
+batch 512, context 512) though it reads half the bytes: the kernel, not the memory, is the limit
+there. One layer of the Orpheus-3B shape (24 query heads over 8 KV heads, head size 128), every
+row at `--context` tokens: each (tokens per block, tokens per split, warps, stages) against the
+shape the server launches (64, 256, 4, default stages), the bytes it reads per second, and its
+error against the reference attention. Reaches into `attention._decode_split_kernel`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+from pathlib import Path
+
+import torch
+import triton
+
+from orpheus_bench.results import command_line, header, log, write_json
+from orpheus_bench.server_parts import FP8, KVCache, decode_attention_reference, relative_difference
+from orpheus_bench.timing import cuda_time_ms
+from orpheus_tts.model import attention
+
+
+def launch(q, layer, slots, lengths, block: int, split: int, warps: int, stages: int | None):
+    """One launch of the server's kernel with this shape; the per-split results merged as the server does."""
+    bsz, n_heads, head_dim = q.shape
+    _, n_kv_heads, max_tokens, _ = layer.k.shape
+    n_splits = triton.cdiv(max_tokens, split)
+    partial = torch.empty(bsz, n_heads, n_splits, head_dim, device=q.device, dtype=torch.float32)
+    lse = torch.empty(bsz, n_heads, n_splits, device=q.device, dtype=torch.float32)
+    scales = (layer.k_scale, layer.v_scale) if layer.quantized else (lse, lse)
+    extra = {"num_warps": warps} | ({"num_stages": stages} if stages else {})
+    attention._decode_split_kernel[(bsz, n_kv_heads, n_splits)](  # noqa: SLF001
+        q, layer.k, layer.v, *scales, slots, lengths, partial, lse,
+        q.stride(0), q.stride(1), layer.k.stride(0), layer.k.stride(1), layer.k.stride(2),
+        scales[0].stride(0), scales[0].stride(1), partial.stride(0), partial.stride(1), partial.stride(2),
+        lse.stride(0), lse.stride(1), 1.0 / math.sqrt(head_dim),
+        GROUP=n_heads // n_kv_heads, GROUP_PAD=16, HEAD_DIM=head_dim, SPLIT=split, BLOCK=block,
+        SCALED=layer.quantized, **extra)
+    weights = torch.softmax(lse, dim=-1)
+    return (partial * weights[..., None]).sum(dim=2)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--context", type=int, default=1024)
+    args = p.parse_args()
+    device = torch.device("cuda")
+    results = dict(**header(device, command_line("orpheus_bench.attention_tune", None)), rows=[])
+    torch.manual_seed(0)
+    kv_heads, dim = 8, 128
+    q = torch.randn(args.batch, 24, dim, device=device, dtype=torch.bfloat16)
+    slots = torch.randperm(args.batch, device=device)
+    lengths = torch.full((args.batch,), args.context, device=device)
+    for name, dtype in (("bf16", torch.bfloat16), ("fp8", FP8)):
+        layer = KVCache(1, args.batch, kv_heads, args.context, dim, dtype, device).layers[0]
+        every = torch.arange(args.context, device=device)
+        for slot in range(args.batch):
+            layer.write(torch.full_like(every, slot), every, torch.randn(args.context, kv_heads, dim, device=device),
+                        torch.randn(args.context, kv_heads, dim, device=device))
+        want = decode_attention_reference(q.float(), layer, slots, lengths)
+        nbytes = args.batch * args.context * kv_heads * dim * 2 * layer.k.element_size()
+        if layer.quantized:
+            nbytes += args.batch * args.context * kv_heads * 2 * 4
+        for block, split, warps, stages in itertools.product((64, 128), (128, 256, 512), (4, 8), (None, 3)):
+            try:
+                got = launch(q, layer, slots, lengths, block, split, warps, stages)
+                ms = cuda_time_ms(lambda: launch(q, layer, slots, lengths, block, split, warps, stages), iters=10)
+            except Exception as exc:  # noqa: BLE001 (a shape Triton cannot build: recorded, not fatal)
+                results["rows"].append(dict(cache=name, block=block, split=split, warps=warps, stages=stages,
+                                            error=str(exc)[:200]))
+                continue
+            row = dict(cache=name, block=block, split=split, warps=warps, stages=stages, ms=ms,
+                       bandwidth_tb_s=nbytes / (ms / 1e3) / 1e12, rel_err=relative_difference(got, want))
+            results["rows"].append(row)
+            log(f"{name} block {block:3d} split {split:3d} warps {warps} stages {stages}: {ms:.3f} ms, "
+                f"{row['bandwidth_tb_s']:.2f} TB/s, err {row['rel_err']:.1e}")
+        del layer
+        torch.cuda.empty_cache()
+        timed = [r for r in results["rows"] if r["cache"] == name and "ms" in r]
+        server = next(r for r in timed if (r["block"], r["split"], r["warps"], r["stages"]) == (64, 256, 4, None))
+        best = min(timed, key=lambda r: r["ms"])
+        results[f"{name}_server_shape"], results[f"{name}_best"] = server, best
+        log(f"{name}: server shape {server['ms']:.3f} ms, best {best}")
+    write_json(Path(args.out) / "attention_tune.json", results)
+
+
+if __name__ == "__main__":
+    main()
