@@ -89,7 +89,7 @@ def main() -> None:
         best = min(timed, key=lambda r: r["ms"])
         results[f"{name}_server_shape"], results[f"{name}_best"] = server, best
         log(f"{name}: server shape {server['ms']:.3f} ms, best {best}")
-    write_json(Path(args.out) / "attention_tune.json", results)
+    write_json(Path(args.out) / f"batch{args.batch}-context{args.context}.json", results)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from orpheus_tts.model import fp8_gemm
+
 try:
     import triton
     import triton.language as tl
@@ -30,8 +32,18 @@ except ImportError:  # CPU installs need not have Triton
 if TYPE_CHECKING:
     from orpheus_tts.model.kv_layer import LayerKV
 
-SPLIT_TOKENS = 256
-BLOCK_N = 64
+# The kernel's launch shape, from `python -m orpheus_bench.attention_tune` on the H200
+# (bench/results/h200-attention-tune/): splits of 512 tokens past 32 rows (of 256 the 16-bit
+# kernel took 18% longer at 512 rows of 1,024 tokens), and blocks of 128 tokens over an FP8
+# cache (of 64 it took 20-40% longer: one block's bytes are half a 16-bit block's). Up to 32 rows
+# the splits stay at 256, so a short batch still spreads over the GPU (not measured); the bound
+# is the FP8 matmul's (`fp8_gemm.MAX_ROWS`), so the compiled block keeps the variants it has.
+SPLIT_TOKENS, SPLIT_TOKENS_FEW_ROWS, FEW_ROWS = 512, 256, fp8_gemm.MAX_ROWS
+BLOCK_N, BLOCK_N_FP8 = 64, 128
+
+
+def split_tokens(rows: int) -> int:
+    return SPLIT_TOKENS if rows > FEW_ROWS else SPLIT_TOKENS_FEW_ROWS
 
 
 def triton_available(device: torch.device) -> bool:
@@ -133,7 +145,8 @@ def triton_decode_attention_splits(q: Tensor, k_cache: Tensor, v_cache: Tensor, 
     bsz, n_heads, head_dim = q.shape
     n_slots, n_kv_heads, max_tokens, _ = k_cache.shape
     group = n_heads // n_kv_heads
-    n_splits = triton.cdiv(max_tokens, SPLIT_TOKENS)
+    split = split_tokens(bsz)
+    n_splits = triton.cdiv(max_tokens, split)
     partial = torch.empty(bsz, n_heads, n_splits, head_dim, device=q.device, dtype=torch.float32)
     lse = torch.empty(bsz, n_heads, n_splits, device=q.device, dtype=torch.float32)
     scaled = k_scale is not None
@@ -147,7 +160,7 @@ def triton_decode_attention_splits(q: Tensor, k_cache: Tensor, v_cache: Tensor, 
         lse.stride(0), lse.stride(1),
         1.0 / math.sqrt(head_dim),
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
-        SPLIT=SPLIT_TOKENS, BLOCK=BLOCK_N, SCALED=scaled,
+        SPLIT=split, BLOCK=BLOCK_N_FP8 if scaled else BLOCK_N, SCALED=scaled,
     )
     return partial, lse
 
@@ -155,7 +168,7 @@ def triton_decode_attention_splits(q: Tensor, k_cache: Tensor, v_cache: Tensor, 
 @triton_decode_attention_splits.register_fake
 def _(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, lengths: Tensor, k_scale: Tensor | None = None,
       v_scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    n_splits = -(-k_cache.shape[2] // SPLIT_TOKENS)
     bsz, n_heads, head_dim = q.shape
+    n_splits = -(-k_cache.shape[2] // split_tokens(bsz))
     return (q.new_empty(bsz, n_heads, n_splits, head_dim, dtype=torch.float32),
             q.new_empty(bsz, n_heads, n_splits, dtype=torch.float32))
