@@ -13,9 +13,10 @@
    - `overload`: `--mode overload` at 1.5x and 2x the capacity the server itself estimates
      (`orpheus_tts_capacity_streams`), so what is refused and what stalls at the excess is measured
      against the server's own figure;
-   - `apis`: the same mixed workload through gRPC, HTTP and WebSocket in turn (`--api
-     grpc,http,websocket --api-levels ...`), the HTTP issue's comparison.
-The server's metrics (capacity, saturation, refusals, queue wait) are scraped after each bench.
+   - `apis`: the same mixed workload through gRPC, HTTP and WebSocket, one bench run each
+     (`--api-levels ...`), the HTTP issue's comparison.
+The server's metrics (capacity, saturation, refusals, queue wait, its own TTFB) are scraped after
+each bench run.
 Each stage's result is written as it ends: a later one may run out of time.
 """
 
@@ -39,7 +40,7 @@ from orpheus_tts.model.llama import ModelArgs
 
 PORT, HTTP_PORT, METRICS_PORT = 50071, 8071, 9171
 STAGES = ("scaling", "overload", "apis")
-SCRAPED = ("orpheus_tts_capacity_streams", "orpheus_tts_saturation", "orpheus_tts_refused_requests_total",
+SCRAPED = ("orpheus_tts_capacity_streams", "orpheus_tts_ttfb_seconds_sum", "orpheus_tts_ttfb_seconds_count", "orpheus_tts_saturation", "orpheus_tts_refused_requests_total",
            "orpheus_tts_queue_seconds_sum", "orpheus_tts_queue_seconds_count", "orpheus_tts_requests_total",
            "orpheus_tts_sessions_total", "orpheus_tts_step_seconds_sum", "orpheus_tts_step_seconds_count",
            "orpheus_tts_batch_size_sum", "orpheus_tts_batch_size_count", "orpheus_tts_adapter_sessions_total")
@@ -118,18 +119,19 @@ def main() -> None:
     try:
         if result["serving_s"] is None:
             return
-        for stage in STAGES:
-            if stage not in stages:
-                continue
-            if stage == "scaling":
-                flags = ["--mode", "scaling", "--levels", args.levels]
-            elif stage == "overload":  # against the capacity the server reports now
-                flags = ["--mode", "overload", "--capacity", str(int(scrape().get("orpheus_tts_capacity_streams", 0)))]
-            else:
-                flags = ["--mode", "scaling", "--api", "grpc,http,websocket", "--levels", args.api_levels]
-            result[stage] = bench(out, stage, flags, args.bench_limit_s, args.adapters)
-            print(json.dumps(result[stage], indent=1)[-3000:], flush=True)
-            save()
+        runs = {"scaling": [("scaling", ["--mode", "scaling", "--levels", args.levels])],
+                "overload": [("overload", ["--mode", "overload"])],  # against the capacity the server reports then
+                # each door on its own, so the server's figures after each (its own TTFB, from a
+                # session's arrival in the engine) tell the door's transport from the engine
+                "apis": [(f"apis-{api}", ["--mode", "scaling", "--api", api, "--levels", args.api_levels])
+                         for api in ("grpc", "http", "websocket")]}
+        for stage in (s for s in STAGES if s in stages):
+            for name, flags in runs[stage]:
+                if stage == "overload":
+                    flags = [*flags, "--capacity", str(int(scrape().get("orpheus_tts_capacity_streams", 0)))]
+                result[name] = bench(out, name, flags, args.bench_limit_s, args.adapters)
+                print(json.dumps(result[name], indent=1)[-3000:], flush=True)
+                save()
     finally:
         proc.terminate()
         proc.wait(60)
