@@ -42,7 +42,7 @@ def step_sweep(model, label, batches, contexts, copy_bw, results, max_tokens, co
     LoRA pool of that many rank-64 adapters attached and the rows spread over them."""
     if lora_places:
         pool = LoraPool(model.args, lora_places, LORA_RANK, model.output.weight.device, torch.bfloat16)
-        for tensor in (*pool.a.values(), *pool.b.values()):
+        for tensor in pool.tensors():
             tensor.normal_(0.0, 0.01)
         model.attach_lora(pool)  # before the runner: its graphs capture the adapters' part
     runner = synthetic_runner(model, max(batches), max_tokens, compiled, kv_dtype)

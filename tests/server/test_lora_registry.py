@@ -45,7 +45,7 @@ def acquire(reg: AdapterRegistry, name: str, timeout_s: float = 30.0) -> int | N
 
 
 def a_place(pool: LoraPool, place: int) -> torch.Tensor:
-    return pool.a[(0, "wqkv")][place, :4].clone()  # q's rank-4 block of layer 0
+    return pool.a[(0, "wqkv")][0, place, :4].clone()  # q's rank-4 block of layer 0
 
 
 def test_adapters_come_and_go_with_their_directories(made, tmp_path):

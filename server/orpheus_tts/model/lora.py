@@ -3,15 +3,17 @@
 A fine-tuned voice is a low-rank update of some projections: W' = W + (alpha / r) B A. The base
 weights stay as they are (FP8 or bf16) and the update is added to each projection's output. A
 `LoraPool` keeps up to `capacity` adapters on the device in fixed tensors, per layer and fused
-projection: A [P, S * R, K] (the S sub-projections of a fused one, `wqkv` = q, k, v and `w13` =
-gate, up, side by side) and B [P, S, N_s, R] with the scale folded in, R the largest rank (smaller
-ones zero-padded). For the tokens of a batch,
+projection: A [S, P, R, K] (the S sub-projections of a fused one, `wqkv` = q, k, v and `w13` =
+gate, up; P places; R the largest rank, smaller ones zero-padded) and, per sub-projection,
+B_s [N_s, P, R] with the scale folded in. For the tokens of a batch,
 
-    h = x @ A_all^T              one GEMM over every resident adapter  [T, P * S * R]
+    h = x @ A_all^T              one GEMM over every resident adapter  [T, S * P * R]
     h *= onehot(row's adapter)   the other adapters' parts zeroed (no adapter: all of them)
-    y_s = h_s @ B_all_s          per sub-projection                     [T, N_s]
+    y_s = h_s @ B_s^T            per sub-projection                     [T, N_s]
 
-so rows with different adapters, and rows with none, share one step, the shapes never change
+Both layouts are the ones these products read, so a step reads the weights where they lie (a
+place-major B had to be copied into this order at every step, for every layer).
+Rows with different adapters, and rows with none, share one step, the shapes never change
 (CUDA graphs capture it once), and each step reads every resident adapter once whatever the mix.
 That read is the cost: about (sum of K + N over the targets) x R x 2 bytes x layers per adapter,
 which is why the pool is bounded. Loading an adapter copies it into a free place of the pool.
@@ -153,49 +155,46 @@ class LoraPool:
 
     def __init__(self, args: ModelArgs, capacity: int, max_rank: int, device: torch.device, dtype: torch.dtype):
         self.args, self.capacity, self.max_rank, self.dtype = args, capacity, max_rank, dtype
-        self.outs = {fused: outs for fused, (_, outs) in sub_shapes(args).items()}  # sub-projection sizes
-        self.a: dict[tuple[int, str], Tensor] = {}
-        self.b: dict[tuple[int, str], Tensor] = {}
+        self.a: dict[tuple[int, str], Tensor] = {}  # [S, P, R, K]
+        self.b: dict[tuple[int, str], tuple[Tensor, ...]] = {}  # per sub-projection, [N_s, P, R]
         for layer in range(args.n_layers):
             for fused, (k, outs) in sub_shapes(args).items():
-                self.a[(layer, fused)] = torch.zeros(capacity, len(outs) * max_rank, k, device=device, dtype=dtype)
-                self.b[(layer, fused)] = torch.zeros(capacity, sum(outs), max_rank, device=device, dtype=dtype)
+                self.a[(layer, fused)] = torch.zeros(len(outs), capacity, max_rank, k, device=device, dtype=dtype)
+                self.b[(layer, fused)] = tuple(torch.zeros(n, capacity, max_rank, device=device, dtype=dtype)
+                                               for n in outs)
+
+    def tensors(self) -> list[Tensor]:
+        return [*self.a.values(), *(b for bs in self.b.values() for b in bs)]
 
     @property
     def nbytes(self) -> int:
-        return sum(t.nbytes for t in (*self.a.values(), *self.b.values()))
+        return sum(t.nbytes for t in self.tensors())
 
     def put(self, index: int, adapter: LoraAdapter) -> None:
         """Copy `adapter` into place `index` (what was there is overwritten; its unused parts zeroed)."""
-        shapes = sub_shapes(self.args)
         for layer in range(self.args.n_layers):
             for fused in FUSED:
-                self.a[(layer, fused)][index].zero_()
-                self.b[(layer, fused)][index].zero_()
+                self.a[(layer, fused)][:, index].zero_()
+                for b in self.b[(layer, fused)]:
+                    b[:, index].zero_()
         r = adapter.rank
         for (layer, module), (a, b) in adapter.weights.items():
             fused, sub = TARGETS[module]
-            first = sum(shapes[fused][1][:sub])
-            self.a[(layer, fused)][index, sub * self.max_rank:sub * self.max_rank + r].copy_(a)
-            self.b[(layer, fused)][index, first:first + b.shape[0], :r].copy_(b)
+            self.a[(layer, fused)][sub, index, :r].copy_(a)
+            self.b[(layer, fused)][sub][:, index, :r].copy_(b)
 
-    def weights(self, layer: int, fused: str) -> tuple[Tensor, Tensor]:
-        """Projection `fused` of `layer`: its A [P, S * R, K] and B [P, N, R] over every place."""
+    def weights(self, layer: int, fused: str) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """Projection `fused` of `layer`: its A [S, P, R, K] and each sub-projection's B [N_s, P, R]."""
         return self.a[(layer, fused)], self.b[(layer, fused)]
 
-    def delta(self, fused: str, weights: tuple[Tensor, Tensor], x: Tensor, onehot: Tensor) -> Tensor:
+    def delta(self, fused: str, weights: tuple[Tensor, tuple[Tensor, ...]], x: Tensor, onehot: Tensor) -> Tensor:
         """The update of projection `fused` (its `weights` in one layer) for tokens x [..., K];
         `onehot` [..., P] says each token's adapter (a row of zeros: none)."""
-        outs = self.outs[fused]
-        a, b = weights
-        p, subs, r = self.capacity, len(outs), self.max_rank
-        h = F.linear(x.to(a.dtype), a.reshape(p * subs * r, a.shape[-1]))  # [..., P * S * R]
-        h = (h.unflatten(-1, (p, subs, r)) * onehot[..., :, None, None].to(h.dtype))
-        parts, first = [], 0
-        for s, n in enumerate(outs):
-            b_s = b[:, first:first + n, :]  # [P, N_s, R]
-            parts.append(F.linear(h[..., s, :].flatten(-2), b_s.permute(1, 0, 2).reshape(n, p * r)))
-            first += n
+        a, bs = weights
+        subs, p, r, k = a.shape
+        h = F.linear(x.to(a.dtype), a.view(subs * p * r, k)).unflatten(-1, (subs, p, r))  # [..., S, P, R]
+        h = h * onehot[..., None, :, None].to(h.dtype)
+        parts = [F.linear(h[..., s, :, :].flatten(-2), b.view(b.shape[0], p * r)) for s, b in enumerate(bs)]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 
