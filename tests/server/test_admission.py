@@ -119,6 +119,8 @@ def test_admission_refuses_a_stream_that_fits_now_but_not_once_the_admitted_ones
     assert 300 < admitted < 400
     loads = np.array([s.projected_tokens() for s in young[:100] + short[:admitted]], dtype=np.float64)
     assert projected_period_s(loads, 512, admission.cost.coefficients()) <= REALTIME_STEP_S * 0.85
+    one_more = np.concatenate((loads, loads[-1:]))  # and not one fewer than fit (the burst's bound is not the limit)
+    assert projected_period_s(one_more, 512, admission.cost.coefficients()) > REALTIME_STEP_S * 0.85
 
 
 def test_admission_always_takes_the_first_stream_and_everyone_with_slots_or_an_unknown_cost():

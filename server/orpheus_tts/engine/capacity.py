@@ -91,26 +91,36 @@ class Admission:
     def __init__(self, sched: SchedulerConfig, cost: StepCost, slots: int, prefill_cost: StepCost | None = None):
         self.sched, self.cost, self.slots = sched, cost, slots
         self.prefill_cost = prefill_cost or StepCost()  # a prefill's seconds against its prompt tokens
-        self._loads: list[tuple[int, int, int]] = []
+        self._loads = np.zeros((0, 3))  # the admitted streams' (context, ids left, largest context)
         self._coefficients = (0.0, 0.0, 0.0)
+        self._period = 0.0  # the admitted streams' projected token period, or a bound on it
         self._typical_context = 0.0  # mean context over a stream's life, of those admitted lately
 
     def begin(self, active: list[Session]) -> None:
         """Take the admitted streams' loads as they stand now, before this step's admissions."""
-        self._loads = [load for load in (s.projected_tokens() for s in active) if load is not None]
+        loads = [load for load in (s.projected_tokens() for s in active) if load is not None]
+        self._loads = np.array(loads, dtype=np.float64).reshape(-1, 3)
         self._coefficients = self.cost.coefficients()
+        self._period = projected_period_s(self._loads, self.sched.max_batch_size, self._coefficients)
 
     def fits(self, session: Session) -> bool:
         """Whether admitting `session` keeps every admitted stream's projected token period within
         the budget; if so it is counted among them for the rest of this step. The first stream is
         always admitted, and so is every one while the step cost is unknown or with `admission: slots`."""
         load = session.projected_tokens() or self._typical_load()
-        if self.sched.admission != "slots" and self._loads and sum(self._coefficients) > 0.0:
+        loads = np.concatenate((self._loads, np.array([load], dtype=np.float64)))
+        if self.sched.admission != "slots" and sum(self._coefficients) > 0.0:
+            # A stream adds at most a row and its largest context to any moment's step: while that
+            # bound fits, a burst is admitted without projecting the whole set again for each one.
+            _, per_row, per_token = self._coefficients
+            period = self._period + per_row + per_token * load[2]
             budget = REALTIME_STEP_S * (1.0 - self.sched.admission_margin)
-            if projected_period_s(np.array([*self._loads, load], dtype=np.float64), self.sched.max_batch_size,
-                                  self._coefficients) > budget:
-                return False
-        self._loads.append(load)
+            if not len(self._loads) or period > budget or len(loads) > self.sched.max_batch_size:
+                period = projected_period_s(loads, self.sched.max_batch_size, self._coefficients)
+                if period > budget and len(self._loads):  # the first stream goes whatever it costs
+                    return False
+            self._period = period
+        self._loads = loads
         self._learn(load)
         return True
 

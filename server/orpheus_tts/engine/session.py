@@ -138,9 +138,12 @@ class Session:
         tokens now, ids still to generate, the largest context any of its pieces reaches), from its
         current piece's remaining budget and the budgets of the pieces queued behind it (each
         starts over from its own prompt). None while it has no text to speak."""
+        current = self.piece if self.state in (SessionState.PREFILL, SessionState.DECODING) else None
+        if current is not None and not self.pieces and not self._incoming:  # the usual case, unlocked:
+            prompt = len(current.prompt)  # a piece arriving meanwhile is counted at the next step
+            return prompt + self.ids_requested, current.budget - self.ids_requested, prompt + current.budget
         with self._lock:
             queued = [*self.pieces, *self._incoming]
-        current = self.piece if self.state in (SessionState.PREFILL, SessionState.DECODING) else None
         if current is None and not queued:
             return None
         left = sum(p.budget for p in queued)
