@@ -119,6 +119,11 @@ class SchedulerConfig:
     ttfb_priority_tokens: int = setting(20, "New sessions go first for at most this many tokens.", live=True)
     max_prefill_tokens: int = setting(2048, "Prompt tokens prefilled per step, so running sessions keep pace.",
                                       live=True)
+    prefill_guard_frames: int = setting(
+        1, "With capacity admission, a step's prefill takes only the prompt tokens that fit in the decode step's "
+           "real-time slack, or in the thinnest lead a playing stream holds less the time this many frames take "
+           "(a prefill holds every decoding stream up; a burst's first audio then comes a little later instead). "
+           "0: prefills bounded by max_prefill_tokens alone. Not yet measured on a GPU (issue 16).", live=True)
     prefill_wait_ms: float = setting(
         40.0, "While sessions decode, new prompts wait up to this long to share one prefill (a burst of arrivals "
               "costs running streams a few prefills, not one per step); a prompt that waits gets its first audio "
@@ -320,6 +325,8 @@ class ServerConfig:
             raise ConfigError("codec.context_frames, lookahead_frames and window_frames must be >= 0")
         if s.admission not in ("capacity", "slots"):
             raise ConfigError(f"scheduler.admission must be capacity or slots, got {s.admission!r}")
+        if s.prefill_guard_frames < 0:
+            raise ConfigError(f"scheduler.prefill_guard_frames must be >= 0, got {s.prefill_guard_frames}")
         if not 0 <= s.admission_margin < 1:
             raise ConfigError(f"scheduler.admission_margin must be in [0, 1), got {s.admission_margin}")
         if self.model.quantization not in ("auto", "fp8", "none"):

@@ -156,11 +156,16 @@ def test_a_prefill_is_bounded_by_the_slack_or_the_thinnest_lead_of_a_playing_str
         admission.prefill_cost.observe(tokens, 1e-3 + 1e-5 * tokens)  # a prefill: 1 ms + 10 us a token
     now = 100.0
     assert admission.prefill_tokens([], now) is None  # nothing plays: nobody to stall
-    # 300 streams with a second of audio in hand: the lead allows (1 s - 14 steps of 8 ms - 1 ms) / 10 us
+    # 300 streams with a second of audio in hand: the lead allows (1 s - a frame's 7 steps of 8 ms - 1 ms) / 10 us
     rich = [_playing(1.0, now) for _ in range(300)]
     step = 2e-3 + 2e-5 * 300
     lead = min(s.playback_lead_s(now) for s in rich)
+    assert admission.prefill_tokens(rich, now) == int((lead - 7 * step - 1e-3) / 1e-5)
+    admission.sched.prefill_guard_frames = 2  # a live setting: two frames' time kept
     assert admission.prefill_tokens(rich, now) == int((lead - 14 * step - 1e-3) / 1e-5)
+    admission.sched.prefill_guard_frames = 0  # off: max_prefill_tokens alone
+    assert admission.prefill_tokens(rich, now) is None
+    admission.sched.prefill_guard_frames = 1
     # one young stream with 50 ms in hand: only the slack is left, 10.36 - 8 ms
     young = rich + [_playing(0.05, now)]
     step = 2e-3 + 2e-5 * 301

@@ -32,6 +32,7 @@ def test_yaml_then_environment_then_flags_override_in_order(tmp_path):
         ({"scheduler.max_batch_size": "many"}, "expected int"),
         ({"scheduler.max_batch_size": 0}, "must be positive"),
         ({"scheduler.flush_every_n_tokens": 10}, "multiple of 7"),
+        ({"scheduler.prefill_guard_frames": -1}, r"scheduler.prefill_guard_frames must be >= 0"),
         ({"profile": "karaoke"}, "not one of"),
         ({"model.voices": ["pierre:French"]}, r"model.voices\[0\]: language 'French' of voice 'pierre' is not"),
         ({"model.voices": ["유나:ko", "유나"]}, "model.voices: voice '유나' is listed twice"),

@@ -15,8 +15,9 @@ Admission decides who holds a slot; a stream's first audio also needs its prompt
 and a prefill holds up every decoding stream for as long as it runs (a full 2,048-token one
 several real-time steps). So the prefills of a step are bounded too (`prefill_tokens`): by the
 step's real-time slack, or by the thinnest lead a playing stream holds (audio it has beyond what
-has played, less the time its next frames take), whichever allows more. A burst of arrivals then
-has its first audio a little later instead of stalling the streams already speaking.
+has played, less the time its next frame takes: `scheduler.prefill_guard_frames`), whichever
+allows more. A burst of arrivals then has its first audio a little later instead of stalling the
+streams already speaking.
 
 The projection takes each piece's budget (`orpheus.audio_token_budget`) as what it will speak:
 a real model usually ends a piece sooner, so admission errs on the side of the streams admitted.
@@ -37,7 +38,6 @@ from orpheus_tts.engine.step_cost import StepCost
 REALTIME_STEP_S = 1.0 / orpheus.TOKENS_PER_SECOND
 _MOMENTS = 32  # future moments checked per projection: now, and spread over the streams' ends
 _TYPICAL_ALPHA = 0.05  # how fast the capacity figure follows the streams admitted lately
-_GUARD_FRAMES = 2  # frames a playing stream's lead must still cover after a prefill (its next chunk)
 
 
 def token_period_s(streams: int, max_batch: int, step_s: Callable[[int], float]) -> float:
@@ -137,18 +137,20 @@ class Admission:
     def prefill_tokens(self, active: list[Session], now: float) -> int | None:
         """The most prompt tokens this step's prefill may take without a playing stream stalling:
         what fits in the larger of the decode step's real-time slack and the thinnest lead among
-        the streams that play (each less the time its next `_GUARD_FRAMES` frames take at this
-        step). None (no bound beyond `max_prefill_tokens`) while nothing plays, or with
-        `admission: slots`, or before a prefill was timed. The scheduler still takes one prompt."""
+        the streams that play (each less the time its next `prefill_guard_frames` frames take at
+        this step). None (no bound beyond `max_prefill_tokens`) while nothing plays, with
+        `admission: slots` or a guard of 0, or before a prefill was timed. The scheduler still
+        takes one prompt."""
         fixed, per_token, _ = self.prefill_cost.coefficients()
-        if self.sched.admission == "slots" or per_token <= 0.0:
+        guard_frames = self.sched.prefill_guard_frames
+        if self.sched.admission == "slots" or guard_frames <= 0 or per_token <= 0.0:
             return None
         playing = [s for s in active if s.state is SessionState.DECODING and s.playback_started is not None]
         if not playing:
             return None
         step = self.cost.predict(min(len(playing), self.sched.max_batch_size))
         slack = REALTIME_STEP_S * (1.0 - self.sched.admission_margin) - step
-        lead = min(s.playback_lead_s(now) for s in playing) - _GUARD_FRAMES * orpheus.TOKENS_PER_FRAME * step
+        lead = min(s.playback_lead_s(now) for s in playing) - guard_frames * orpheus.TOKENS_PER_FRAME * step
         return max(int((max(slack, lead) - fixed) / per_token), 0)
 
     def _typical_load(self) -> tuple[int, int, int]:
