@@ -141,7 +141,7 @@ class Admission:
         this step). None (no bound beyond `max_prefill_tokens`) while nothing plays, with
         `admission: slots` or a guard of 0, or before a prefill was timed. The scheduler still
         takes one prompt."""
-        fixed, per_token, _ = self.prefill_cost.coefficients()
+        fixed, per_token, _ = self.prefill_cost.coefficients()  # its "rows" are the prompt tokens (runner.py)
         guard_frames = self.sched.prefill_guard_frames
         if self.sched.admission == "slots" or guard_frames <= 0 or per_token <= 0.0:
             return None
