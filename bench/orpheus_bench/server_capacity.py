@@ -53,14 +53,28 @@ def scrape() -> dict[str, float]:
             if line.startswith(SCRAPED)}
 
 
-def bench(out: Path, name: str, args: list[str], limit_s: float, adapters: int) -> dict:
+def server_ttfb_ms(log_text: str) -> dict[str, dict[str, float]]:
+    """Per API method, the TTFB the server logged for each request (`request ... method=M ...
+    ttfb_ms=N`, from its session's start in the engine to its first audio): p50 / p95 / p99 and how
+    many. Set beside the client's figures, it tells a door's parsing, transport and client from the
+    engine."""
+    import numpy as np
+
+    by_method: dict[str, list[int]] = {}
+    for method, ttfb in re.findall(r" method=(\S+) .*? ttfb_ms=(\d+)", log_text):
+        by_method.setdefault(method, []).append(int(ttfb))
+    return {method: {"n": len(v), **{f"p{q}": float(np.percentile(v, q)) for q in (50, 95, 99)}}
+            for method, v in by_method.items()}
+
+
+def bench(out: Path, name: str, args: list[str], limit_s: float, adapters: int, log_path: Path) -> dict:
     """One `orpheus-tts bench` run against the server (its streams over `adapters` adapters): its
     JSON, exit code and the metrics after."""
     output = out / f"{name}.json"
     cmd = [sys.executable, "-m", "orpheus_tts.cli", "--log-level", "WARNING", "bench", "--server",
            f"localhost:{PORT}", "--http-server", f"localhost:{HTTP_PORT}", "--workload", "mixed", "--requests", "1",
            "--output", str(output), *args, "--adapters", str(adapters)]
-    t = time.monotonic()
+    t, logged = time.monotonic(), log_path.stat().st_size
     try:
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=limit_s)
         rc, tail = run.returncode, (run.stdout + run.stderr)[-2000:]
@@ -68,7 +82,8 @@ def bench(out: Path, name: str, args: list[str], limit_s: float, adapters: int) 
         rc, tail = "timeout", str(exc.stderr or "")[-2000:]
     return {"command": "orpheus-tts bench " + " ".join(cmd[cmd.index("bench") + 1:]).replace(str(out), "OUT"),
             "rc": rc, "seconds": round(time.monotonic() - t, 1), "results": f"{name}.json" if output.exists() else None,
-            "tail": tail, "metrics_after": scrape()}
+            "tail": tail, "metrics_after": scrape(),
+            "server_ttfb_ms": server_ttfb_ms(log_path.read_bytes()[logged:].decode(errors="replace"))}
 
 
 def main() -> None:
@@ -129,7 +144,7 @@ def main() -> None:
             for name, flags in runs[stage]:
                 if stage == "overload":
                     flags = [*flags, "--capacity", str(int(scrape().get("orpheus_tts_capacity_streams", 0)))]
-                result[name] = bench(out, name, flags, args.bench_limit_s, args.adapters)
+                result[name] = bench(out, name, flags, args.bench_limit_s, args.adapters, log_path)
                 print(json.dumps(result[name], indent=1)[-3000:], flush=True)
                 save()
     finally:
