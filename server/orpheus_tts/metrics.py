@@ -24,6 +24,7 @@ STEP_BUCKETS_S = (0.002, 0.004, 0.006, 0.008, 0.01, 0.0122, 0.015, 0.02, 0.03, 0
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 MAX_ADAPTER_LABELS = 64  # adapter names exported as label values; the rest are `other`
 QUEUE_BUCKETS_S = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+LOOP_LAG_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 class ServerMetrics(EngineObserver):
@@ -34,6 +35,9 @@ class ServerMetrics(EngineObserver):
         r = self.registry
         self.ttfb = Histogram(f"{PREFIX}_ttfb_seconds", "Time from a request's arrival to its first audio.",
                               buckets=TTFB_BUCKETS_S, registry=r)
+        self.loop_lag = Histogram(f"{PREFIX}_event_loop_lag_seconds", "How late the serving event loop (gRPC, "
+                                  "HTTP, WebSocket and every stream's chunks) woke a timer: what a ready callback "
+                                  "waited for the loop, sampled every 0.1 s.", buckets=LOOP_LAG_BUCKETS_S, registry=r)
         self.queue_time = Histogram(f"{PREFIX}_queue_seconds", "Time requests waited for a session slot.",
                                     buckets=QUEUE_BUCKETS_S, registry=r)
         self.active_sessions = Gauge(f"{PREFIX}_active_sessions", "Sessions holding a KV-cache slot.", registry=r)

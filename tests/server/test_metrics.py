@@ -1,5 +1,6 @@
 """Prometheus `/metrics`: the server's metrics are exposed and move with the traffic."""
 
+import time
 import urllib.request
 
 import grpc
@@ -13,6 +14,7 @@ EXPECTED = {
     "orpheus_tts_queue_seconds": "histogram",
     "orpheus_tts_step_seconds": "histogram",
     "orpheus_tts_batch_size": "histogram",
+    "orpheus_tts_event_loop_lag_seconds": "histogram",
     "orpheus_tts_active_sessions": "gauge",
     "orpheus_tts_pending_sessions": "gauge",
     "orpheus_tts_free_slots": "gauge",
@@ -68,3 +70,20 @@ def test_ttfb_buckets_are_fine_between_50_and_300_ms(grpc_server):
     inside = [b for b in bounds if 0.05 <= b <= 0.3]
     assert inside[0] == 0.05 and inside[-1] == 0.3
     assert max(b - a for a, b in zip(inside, inside[1:])) <= 0.025 + 1e-9
+
+
+def test_a_blocked_event_loop_shows_in_the_loop_lag(start_grpc_server):
+    """Every door and every chunk share the serving loop: a callback that holds it for 0.5 s makes
+    the lag sampler (asleep for up to 0.1 s of it) wake 0.4-0.5 s late, and the histogram says so."""
+    server = start_grpc_server(load=False)
+    before, _ = scrape(server.metrics_url)
+    server.loop.call_soon_threadsafe(time.sleep, 0.5)  # the serving loop's thread, held
+    time.sleep(0.8)
+    after, _ = scrape(server.metrics_url)
+
+    def count(le):
+        key = ("orpheus_tts_event_loop_lag_seconds_bucket", (("le", le),))
+        return after[key] - before.get(key, 0.0)
+
+    total = after[("orpheus_tts_event_loop_lag_seconds_count", ())]
+    assert count("0.25") < count("0.5") and total - count("0.25") >= 1

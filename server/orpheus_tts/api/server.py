@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from orpheus_tts.api.access import AccessControl
 from orpheus_tts.api.grpc_access import AccessInterceptor
 from orpheus_tts.api.http import HttpServer, HttpSettings, create_app
+from orpheus_tts.api.loop_lag import watch_loop_lag
 from orpheus_tts.api.open_streams import OpenStreams
 from orpheus_tts.api.servicer import SERVICE_NAME, TextToSpeechServicer, add_to_server
 from orpheus_tts.api.tls import GrpcTls, HttpTls
@@ -71,6 +72,7 @@ class OrpheusServer:
         self.engine: Engine | None = None
         self._grpc: grpc.aio.Server | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
+        self._loop_lag: asyncio.Task | None = None
 
     async def start(self) -> None:
         """Bind and serve; health says NOT_SERVING until `load` has warmed up the model."""
@@ -85,6 +87,7 @@ class OrpheusServer:
             server.add_insecure_port(address)
         await server.start()
         self._grpc = server
+        self._loop_lag = asyncio.create_task(watch_loop_lag(self.metrics.loop_lag), name="orpheus-loop-lag")
         if self._http is not None:
             await self._http.start()
             self.http_port = self._http.port
@@ -146,6 +149,9 @@ class OrpheusServer:
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.close()
             self._metrics_endpoint = None
+        if self._loop_lag is not None:
+            self._loop_lag.cancel()
+            self._loop_lag = None
 
     def _in_flight(self) -> int:
         stats = self.engine.stats()
