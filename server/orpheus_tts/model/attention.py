@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 # The kernel's launch shape, from `python -m orpheus_bench.attention_tune` on the H200
 # (bench/results/h200-attention-tune/): splits of 512 tokens past 32 rows (of 256 the 16-bit
 # kernel took 15% longer at 512 rows of 1,024 tokens), and blocks of 128 tokens over an FP8
-# cache (of 64 it took 19-40% longer: one block's bytes are half a 16-bit block's). Up to 32 rows
+# cache (of 64 it took 18-40% longer: one block's bytes are half a 16-bit block's). Up to 32 rows
 # the splits stay at 256, so a short batch still spreads over the GPU (not measured); the bound
 # is the FP8 matmul's (`fp8_gemm.MAX_ROWS`), so the compiled block keeps the variants it has.
 SPLIT_TOKENS, SPLIT_TOKENS_FEW_ROWS, FEW_ROWS = 512, 256, fp8_gemm.MAX_ROWS
