@@ -142,7 +142,7 @@ class Attention(nn.Module):
         super().__init__()
         self.layer_id = layer_id
         self.lora: "LoraPool | None" = None  # set by `Transformer.attach_lora`, with this layer's part of it:
-        self.lora_weights: dict[str, tuple[Tensor, Tensor]] = {}  # tensors, not an index (see attach_lora)
+        self.lora_weights: dict[str, tuple[Tensor, tuple[Tensor, ...]]] = {}  # tensors, not an index (see attach_lora)
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
         qkv_dim = (args.n_heads + 2 * args.n_kv_heads) * args.head_dim
         self.wqkv = nn.Linear(args.dim, qkv_dim, bias=False)
@@ -184,7 +184,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.layer_id = layer_id
         self.lora: "LoraPool | None" = None  # set by `Transformer.attach_lora`, as in Attention
-        self.lora_weights: dict[str, tuple[Tensor, Tensor]] = {}
+        self.lora_weights: dict[str, tuple[Tensor, tuple[Tensor, ...]]] = {}
         self.w13 = nn.Linear(args.dim, 2 * args.intermediate_size, bias=False)
         self.w2 = nn.Linear(args.intermediate_size, args.dim, bias=False)
 
