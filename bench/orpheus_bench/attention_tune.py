@@ -9,43 +9,28 @@ row at `--context` tokens: each (tokens per block, tokens per split, warps, stag
 reads per second and its error against the reference attention, for a 16-bit cache and for an FP8
 one computed in bf16 (the server's) and in fp16 (to which FP8 converts directly); per
 case the shape the server launched before (64, 256, 4), the one it launches now and the best.
-Reaches into `attention._decode_split_kernel`, `BLOCK_N`, `BLOCK_N_FP8` and `split_tokens`.
+Uses `attention.launch_splits`, `merge_splits`, `BLOCK_N`, `BLOCK_N_FP8` and `split_tokens`.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import math
 from pathlib import Path
 
 import torch
-import triton
 
 from orpheus_bench.results import command_line, header, log, write_json
-from orpheus_bench.server_parts import FP8, KVCache, decode_attention_reference, relative_difference
+from orpheus_bench.server_parts import FP8, KVCache, attention, decode_attention_reference, relative_difference
 from orpheus_bench.timing import cuda_time_ms
-from orpheus_tts.model import attention
 
 
 def launch(q, layer, slots, lengths, block: int, split: int, warps: int, stages: int | None):
-    """One launch of the server's kernel with this shape; the per-split results merged as the server does."""
-    bsz, n_heads, head_dim = q.shape
-    _, n_kv_heads, max_tokens, _ = layer.k.shape
-    n_splits = triton.cdiv(max_tokens, split)
-    partial = torch.empty(bsz, n_heads, n_splits, head_dim, device=q.device, dtype=torch.float32)
-    lse = torch.empty(bsz, n_heads, n_splits, device=q.device, dtype=torch.float32)
-    scales = (layer.k_scale, layer.v_scale) if layer.quantized else (lse, lse)
+    """One launch of the server's kernel with this shape, its splits merged as the server merges them."""
     extra = {"num_warps": warps} | ({"num_stages": stages} if stages else {})
-    attention._decode_split_kernel[(bsz, n_kv_heads, n_splits)](  # noqa: SLF001
-        q, layer.k, layer.v, *scales, slots, lengths, partial, lse,
-        q.stride(0), q.stride(1), layer.k.stride(0), layer.k.stride(1), layer.k.stride(2),
-        scales[0].stride(0), scales[0].stride(1), partial.stride(0), partial.stride(1), partial.stride(2),
-        lse.stride(0), lse.stride(1), 1.0 / math.sqrt(head_dim),
-        GROUP=n_heads // n_kv_heads, GROUP_PAD=16, HEAD_DIM=head_dim, SPLIT=split, BLOCK=block,
-        SCALED=layer.quantized, **extra)
-    weights = torch.softmax(lse, dim=-1)
-    return (partial * weights[..., None]).sum(dim=2)
+    partial, lse = attention.launch_splits(q, layer.k, layer.v, slots, lengths, layer.k_scale, layer.v_scale,
+                                           split=split, block=block, **extra)
+    return attention.merge_splits(partial, lse)
 
 
 def main() -> None:

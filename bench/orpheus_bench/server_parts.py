@@ -15,7 +15,7 @@ from orpheus_tts.engine.cuda_graphs import DecodeGraphs, PrefillGraphs, batch_bu
 from orpheus_tts.engine.kv_cache import KVCache
 from orpheus_tts.engine.runner import ModelRunner
 from orpheus_tts.engine.sampler import Sampler, SamplingBatch
-from orpheus_tts.model import fp8_gemm
+from orpheus_tts.model import attention, fp8_gemm
 from orpheus_tts.model.attention import decode_attention, decode_attention_reference
 from orpheus_tts.model.kv_layer import LayerKV
 from orpheus_tts.model.fp8 import FP8, FP8_MAX, Fp8Linear, fp8_supported, quantize_to_fp8
@@ -25,7 +25,7 @@ from orpheus_tts.model.lora import LoraPool
 
 __all__ = [
     "AudioChunk", "DecodeGraphs", "Engine", "EngineObserver", "FP8", "FP8_MAX", "Fp8Linear", "KVCache", "LayerKV",
-    "LoraPool", "ModelRunner", "Outcome", "PrefillGraphs", "Sampler", "SamplingBatch", "SnacCodec", "batch_buckets",
-    "compile_model", "compiled_block_difference", "decode_attention", "decode_attention_reference", "fp8_gemm",
+    "LoraPool", "ModelRunner", "Outcome", "PrefillGraphs", "Sampler", "SamplingBatch", "SnacCodec", "attention",
+    "batch_buckets", "compile_model", "compiled_block_difference", "decode_attention", "decode_attention_reference", "fp8_gemm",
     "fp8_supported", "load_model", "quantize_to_fp8", "relative_difference",
 ]

@@ -122,9 +122,14 @@ def decode_attention(q: Tensor, cache: LayerKV, slots: Tensor, lengths: Tensor) 
         compute = torch.bfloat16 if cache.quantized else cache.k.dtype
         partial, lse = triton_decode_attention_splits(q.to(compute).contiguous(), cache.k, cache.v, slots, lengths,
                                                       cache.k_scale, cache.v_scale)
-        weights = torch.softmax(lse, dim=-1)  # splits past the length have lse -inf: weight 0
-        return (partial * weights[..., None]).sum(dim=2).to(q.dtype)
+        return merge_splits(partial, lse).to(q.dtype)
     return decode_attention_reference(q, cache, slots, lengths)
+
+
+def merge_splits(partial: Tensor, lse: Tensor) -> Tensor:
+    """The splits' outputs [B, H, S, D] weighed by their log-sum-exps [B, H, S]: [B, H, D] fp32."""
+    weights = torch.softmax(lse, dim=-1)  # splits past the length have lse -inf: weight 0
+    return (partial * weights[..., None]).sum(dim=2)
 
 
 def decode_attention_reference(q: Tensor, cache: LayerKV, slots: Tensor, lengths: Tensor) -> Tensor:
@@ -141,15 +146,23 @@ def triton_decode_attention_splits(q: Tensor, k_cache: Tensor, v_cache: Tensor, 
     """The Triton kernel as an opaque operator: per split, the attention output [B, H, S, D] and
     its log-sum-exp [B, H, S] (fp32). q must be contiguous, in the cache's dtype (bf16 over an
     FP8 cache, whose per-vector scales [S, Hkv, T] come as `k_scale` and `v_scale`)."""
-    q = q.contiguous()  # the kernel reads head_dim with stride 1, whatever layout the compiler chose
+    return launch_splits(q.contiguous(), k_cache, v_cache, slots, lengths, k_scale, v_scale)  # head_dim at stride 1
+
+
+def launch_splits(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, lengths: Tensor,
+                  k_scale: Tensor | None = None, v_scale: Tensor | None = None, split: int | None = None,
+                  block: int | None = None, **launch) -> tuple[Tensor, Tensor]:
+    """One launch of the kernel: the server's shape (`split_tokens`, `BLOCK_N` / `BLOCK_N_FP8`)
+    unless `split`, `block` and Triton's `launch` options (num_warps, num_stages) say otherwise,
+    as `orpheus_bench.attention_tune` does to choose that shape."""
     bsz, n_heads, head_dim = q.shape
     n_slots, n_kv_heads, max_tokens, _ = k_cache.shape
     group = n_heads // n_kv_heads
-    split = split_tokens(bsz)
+    scaled = k_scale is not None
+    split = split or split_tokens(bsz)
     n_splits = triton.cdiv(max_tokens, split)
     partial = torch.empty(bsz, n_heads, n_splits, head_dim, device=q.device, dtype=torch.float32)
     lse = torch.empty(bsz, n_heads, n_splits, device=q.device, dtype=torch.float32)
-    scaled = k_scale is not None
     scales = (k_scale, v_scale) if scaled else (lse, lse)  # never read unscaled: any pointer will do
     _decode_split_kernel[(bsz, n_kv_heads, n_splits)](
         q, k_cache, v_cache, *scales, slots, lengths, partial, lse,
@@ -160,7 +173,7 @@ def triton_decode_attention_splits(q: Tensor, k_cache: Tensor, v_cache: Tensor, 
         lse.stride(0), lse.stride(1),
         1.0 / math.sqrt(head_dim),
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
-        SPLIT=split, BLOCK=BLOCK_N_FP8 if scaled else BLOCK_N, SCALED=scaled,
+        SPLIT=split, BLOCK=block or (BLOCK_N_FP8 if scaled else BLOCK_N), SCALED=scaled, **launch,
     )
     return partial, lse
 
