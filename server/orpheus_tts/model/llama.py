@@ -153,7 +153,7 @@ class Attention(nn.Module):
         q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         qkv = self.wqkv(x)
         if self.lora is not None and batch.adapters is not None:
-            qkv = qkv + self.lora.delta("wqkv", self.lora_weights["wqkv"], x, batch.adapters).to(qkv.dtype)
+            qkv = qkv + self.lora.delta(self.lora_weights["wqkv"], x, batch.adapters).to(qkv.dtype)
         q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
         q = q.view(bsz, seqlen, self.n_heads, self.head_dim).transpose(1, 2)
         k = k.view(bsz, seqlen, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -174,8 +174,7 @@ class Attention(nn.Module):
             out = out.transpose(1, 2).reshape(bsz, seqlen, q_size)
         projected = self.wo(out)
         if self.lora is not None and batch.adapters is not None:
-            delta = self.lora.delta("wo", self.lora_weights["wo"], out, batch.adapters)
-            projected = projected + delta.to(projected.dtype)
+            projected = projected + self.lora.delta(self.lora_weights["wo"], out, batch.adapters).to(projected.dtype)
         return projected
 
 
@@ -192,12 +191,12 @@ class FeedForward(nn.Module):
         lora = self.lora if adapters is not None else None
         gate_up = self.w13(x)
         if lora is not None:
-            gate_up = gate_up + lora.delta("w13", self.lora_weights["w13"], x, adapters).to(gate_up.dtype)
+            gate_up = gate_up + lora.delta(self.lora_weights["w13"], x, adapters).to(gate_up.dtype)
         gate, up = gate_up.chunk(2, dim=-1)
         hidden = F.silu(gate) * up
         out = self.w2(hidden)
         if lora is not None:
-            out = out + lora.delta("w2", self.lora_weights["w2"], hidden, adapters).to(out.dtype)
+            out = out + lora.delta(self.lora_weights["w2"], hidden, adapters).to(out.dtype)
         return out
 
 

@@ -187,9 +187,10 @@ class LoraPool:
         """Projection `fused` of `layer`: its A [S, P, R, K] and each sub-projection's B [N_s, P, R]."""
         return self.a[(layer, fused)], self.b[(layer, fused)]
 
-    def delta(self, fused: str, weights: tuple[Tensor, tuple[Tensor, ...]], x: Tensor, onehot: Tensor) -> Tensor:
-        """The update of projection `fused` (its `weights` in one layer) for tokens x [..., K];
-        `onehot` [..., P] says each token's adapter (a row of zeros: none)."""
+    @staticmethod
+    def delta(weights: tuple[Tensor, tuple[Tensor, ...]], x: Tensor, onehot: Tensor) -> Tensor:
+        """The update of one projection (its `weights` in one layer, `weights(layer, fused)`) for
+        tokens x [..., K]; `onehot` [..., P] says each token's adapter (a row of zeros: none)."""
         a, bs = weights
         subs, p, r, k = a.shape
         h = F.linear(x.to(a.dtype), a.view(subs * p * r, k)).unflatten(-1, (subs, p, r))  # [..., S, P, R]
