@@ -84,7 +84,14 @@ def bench(out: Path, name: str, args: list[str], limit_s: float, adapters: int, 
     return {"command": "orpheus-tts bench " + " ".join(cmd[cmd.index("bench") + 1:]).replace(str(out), "OUT"),
             "rc": rc, "seconds": round(time.monotonic() - t, 1), "results": f"{name}.json" if output.exists() else None,
             "tail": tail, "metrics_after": scrape(),
-            "server_ttfb_ms": server_ttfb_ms(log_path.read_bytes()[logged:].decode(errors="replace"))}
+            "server_ttfb_ms": server_ttfb_ms(_read_from(log_path, logged))}
+
+
+def _read_from(path: Path, offset: int) -> str:
+    """What was written to `path` since it was `offset` bytes long."""
+    with path.open("rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
 
 
 def main() -> None:

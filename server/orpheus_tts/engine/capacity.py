@@ -131,8 +131,10 @@ class Admission:
         if self.sched.admission == "slots":
             return self.slots
         context = self._typical_context or self.cost.tokens_per_row()
-        return realtime_capacity(lambda rows: self.cost.predict(rows, rows * context), self.slots,
-                                 self.sched.max_batch_size, self.sched.admission_margin)
+        fixed, per_row, per_token = self.cost.coefficients()  # once, not at every step of the bisection
+        per_stream = per_row + per_token * context
+        return realtime_capacity(lambda rows: fixed + per_stream * rows, self.slots, self.sched.max_batch_size,
+                                 self.sched.admission_margin)
 
     def prefill_tokens(self, active: list[Session], now: float) -> int | None:
         """The most prompt tokens this step's prefill may take without a playing stream stalling:

@@ -139,19 +139,19 @@ class Session:
         current piece's remaining budget and the budgets of the pieces queued behind it (each
         starts over from its own prompt). None while it has no text to speak."""
         current = self.piece if self.state in (SessionState.PREFILL, SessionState.DECODING) else None
-        if current is not None and not self.pieces and not self._incoming:  # the usual case, unlocked:
-            prompt = len(current.prompt)  # a piece arriving meanwhile is counted at the next step
+        # The usual case (asked once a step of every stream under overload), read unlocked: a piece
+        # arriving meanwhile counts at the next step.
+        if not self.pieces and not self._incoming:
+            if current is None:
+                return None
+            prompt = len(current.prompt)
             return prompt + self.ids_requested, current.budget - self.ids_requested, prompt + current.budget
         with self._lock:
             queued = [*self.pieces, *self._incoming]
-        if current is None and not queued:
-            return None
-        left = sum(p.budget for p in queued)
-        peak = max((len(p.prompt) + p.budget for p in queued), default=0)
-        if current is None:
-            return len(queued[0].prompt), left, peak
-        return (len(current.prompt) + self.ids_requested, left + current.budget - self.ids_requested,
-                max(peak, len(current.prompt) + current.budget))
+        done = self.ids_requested if current is not None else 0  # of the first piece below
+        pieces = [current, *queued] if current is not None else queued
+        return (len(pieces[0].prompt) + done, sum(p.budget for p in pieces) - done,
+                max(len(p.prompt) + p.budget for p in pieces))
 
     # -- engine thread only -------------------------------------------------------------
     def playback_lead_s(self, now: float) -> float:
