@@ -155,10 +155,12 @@ def ramp(max_concurrent: int) -> list[int]:
     return levels + [max_concurrent]
 
 
-async def run_level(stream: StreamFn, concurrency: int, requests: int, workload: Workload, stagger_s: float,
-                    progress: Progress, label: str) -> dict:
-    """Closed loop: `concurrency` workers, each making `requests` streams back to back."""
-    total, results = concurrency * requests, []
+async def closed_loop(stream: StreamFn, concurrency: int, requests: int, workload: Workload, stagger_s: float,
+                      progress: Progress, label: str, workers: range | None = None) -> list[StreamResult]:
+    """Closed loop: `concurrency` workers, each making `requests` streams back to back; this call
+    runs `workers` of them (all by default; `clients` deals them out to processes)."""
+    workers = range(concurrency) if workers is None else workers
+    total, results = len(workers) * requests, []
 
     async def worker(index: int) -> None:
         await asyncio.sleep(index * stagger_s / concurrency)
@@ -167,13 +169,20 @@ async def run_level(stream: StreamFn, concurrency: int, requests: int, workload:
             results.append(await stream(text, (index * 7919 + k * 104729 + concurrency) % 2**31, cancel_after_s))
             progress.update(label, len(results), total, sum(_failed(r) for r in results))
 
+    await asyncio.gather(*(worker(i) for i in workers))
+    return results
+
+
+async def run_level(stream: StreamFn, concurrency: int, requests: int, workload: Workload, stagger_s: float,
+                    progress: Progress, label: str) -> dict:
+    """One closed-loop level in this process, summarized."""
     started = time.monotonic()
-    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    results = await closed_loop(stream, concurrency, requests, workload, stagger_s, progress, label)
     return dict(concurrency=concurrency, **summarize(results, time.monotonic() - started))
 
 
-async def run_open_loop(stream: StreamFn, rate_per_s: float, duration_s: float, workload: Workload,
-                        progress: Progress, label: str, seed: int = 0) -> dict:
+async def open_loop(stream: StreamFn, rate_per_s: float, duration_s: float, workload: Workload,
+                    progress: Progress, label: str, seed: int = 0) -> list[StreamResult]:
     """Open loop: streams arrive as a Poisson process at `rate_per_s` for `duration_s`, whatever
     the server does with the ones before (what a fleet meets when traffic rises)."""
     rng, tasks, results = random.Random(seed), [], []
@@ -189,7 +198,7 @@ async def run_open_loop(stream: StreamFn, rate_per_s: float, duration_s: float, 
         tasks.append(asyncio.create_task(one(len(tasks), *workload.next())))
         at += rng.expovariate(rate_per_s)
     await asyncio.gather(*tasks)
-    return dict(arrival_rate_per_s=rate_per_s, **summarize(results, time.monotonic() - started))
+    return results
 
 
 def _failed(result: StreamResult) -> bool:
@@ -233,7 +242,7 @@ def meets(row: dict, target_ttfb_ms: float) -> bool:
     return (row["success_rate"] == 1.0 and row["realtime_share"] == 1.0
             and row["ttfb_p95_ms"] is not None and row["ttfb_p95_ms"] <= target_ttfb_ms)
 
-WARM_UP_TEXT = "Warming up."
+WARM_UP_TEXT = "Warming up."  # the stream each client sends before the levels
 
 
 def _describe(row: dict) -> str:
@@ -244,28 +253,30 @@ def _describe(row: dict) -> str:
             f"{row['tokens_per_s']:.0f} tok/s, success {row['success_rate']:.0%}, refused {row['refused']}")
 
 
-async def run_bench(target, mode: str, max_concurrent: int, requests: int, workload: Workload, stagger_s: float,
+async def run_bench(clients, mode: str, max_concurrent: int, requests: int, workload: Workload, stagger_s: float,
                     target_ttfb_ms: float, progress: Progress | None = None, capacity: int | None = None,
                     arrival_rates: tuple[float, ...] = (), duration_s: float = 30.0,
                     levels: list[int] | None = None) -> dict:
     """`mode`: scaling (the ramp to `max_concurrent`, or `levels`), tuning, all (both) or overload
-    (closed loop at 1.5x and 2x `capacity`); `arrival_rates` adds an open-loop level for each rate."""
+    (closed loop at 1.5x and 2x `capacity`); `arrival_rates` adds an open-loop level for each rate.
+    `clients` (a `clients.Clients`) runs the streams, in this process or spread over several."""
     progress = progress or Progress()
     measured: dict[int, dict] = {}
 
     async def level(n: int) -> dict:
         if n not in measured:
-            row = await run_level(target.stream, n, requests, workload, stagger_s, progress, f"concurrency {n}")
+            row = dict(concurrency=n, **await clients.closed_level(n, requests, workload, stagger_s, progress,
+                                                                  f"concurrency {n}"))
             row["meets_target"] = meets(row, target_ttfb_ms)
             measured[n] = row
             progress.finish(_describe(row))
         return measured[n]
 
     out: dict = {}
-    async with target:
+    async with clients:
         # The first request a server answers through a door pays that door's one-time costs (imports,
         # first allocations, a new connection): one stream before the levels, counted in none of them.
-        await target.stream(WARM_UP_TEXT, 0, cancel_after_s=1.0)
+        await clients.target.stream(WARM_UP_TEXT, 0, cancel_after_s=1.0)
         if mode in ("scaling", "all"):
             out["scaling"] = [await level(n) for n in (levels or ramp(max_concurrent))]
         if mode in ("tuning", "all"):
@@ -295,7 +306,8 @@ async def run_bench(target, mode: str, max_concurrent: int, requests: int, workl
         if arrival_rates:
             out["open_loop"] = []
             for rate in arrival_rates:
-                row = await run_open_loop(target.stream, rate, duration_s, workload, progress, f"{rate:g}/s")
+                row = dict(arrival_rate_per_s=rate,
+                           **await clients.open_level(rate, duration_s, workload, progress, f"{rate:g}/s"))
                 progress.finish(f"open loop {rate:g} streams/s: refused {row['refused']}, "
                                 f"admitted real-time {row['admitted_realtime_share']}")
                 out["open_loop"].append(row)

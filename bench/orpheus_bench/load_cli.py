@@ -8,11 +8,13 @@ and PNG (with matplotlib).
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from pathlib import Path
 
 from orpheus_bench import plots
+from orpheus_bench.clients import Clients, auto_processes
 from orpheus_bench.load import run_bench
 from orpheus_bench.targets import EngineTarget, GrpcTarget, HttpTarget, WebSocketTarget
 from orpheus_bench.workload import DEFAULT_TEXT, Workload
@@ -30,6 +32,7 @@ def parse_levels(text: str) -> list[int]:
     return levels
 
 
+STREAM_S = 10.0  # about how long a stream of either workload lasts at real time (open-loop sizing)
 REMOTE_TARGETS = {"grpc": GrpcTarget, "http": HttpTarget, "websocket": WebSocketTarget}
 
 
@@ -68,10 +71,11 @@ def main(args, config, command: str) -> int:
         targets = {api: REMOTE_TARGETS[api](args.server if api == "grpc" else http, args.timeout, ignore_eos,
                                              args.adapters, getattr(args, "api_key", None)) for api in apis}
         where = args.server
+    processes = client_processes(args, levels)
     started = time.time()
     runs = {}
     for api, target in targets.items():  # each door gets the same texts, cancels and seeds
-        runs[api] = asyncio.run(run_bench(target, args.mode, args.concurrent, args.requests,
+        runs[api] = asyncio.run(run_bench(Clients(target, processes), args.mode, args.concurrent, args.requests,
                                           Workload(args.workload, text), args.stagger_s, target_ttfb_ms,
                                           capacity=args.capacity, arrival_rates=tuple(args.arrival_rate),
                                           duration_s=args.duration_s, levels=levels))
@@ -79,6 +83,7 @@ def main(args, config, command: str) -> int:
     results = dict(command=command, git_commit=git_commit(), target=where, mode=args.mode,
                    workload=dict(**workload.describe(), concurrent=args.concurrent, levels=levels,
                                  requests_per_stream=args.requests, stagger_s=args.stagger_s,
+                                 client_processes=processes,
                                  end_of_speech_suppressed=ignore_eos, adapters=args.adapters,
                                  arrival_rates_per_s=args.arrival_rate, open_loop_duration_s=args.duration_s),
                    profile=config.profile, target_ttfb_ms=target_ttfb_ms,
@@ -101,6 +106,25 @@ def main(args, config, command: str) -> int:
         print("note: matplotlib is not installed (pip install 'orpheus-tts[bench]'); no PNG written")
     rows = [row for out in runs.values() for row in out["levels"] + out.get("open_loop", [])]
     return 0 if all(row["success_rate"] > 0 for row in rows) else 1
+
+
+def client_processes(args, levels: list[int] | None) -> int:
+    """`--client-processes`: as given; 0 (the default) is one per 64 streams of the largest level the
+    run can reach (`clients.auto_processes`); always 1 in-process, where the engine is in this one."""
+    asked = getattr(args, "client_processes", 0) or 0
+    if asked < 0:
+        raise ValueError(f"--client-processes must be 0 (automatic) or more, got {asked}")
+    if args.in_process:
+        if asked > 1:
+            raise ValueError("--client-processes needs --server: in-process streams share the engine's process")
+        return 1
+    if asked:
+        return asked
+    largest = max(levels or [args.concurrent])
+    if args.mode == "overload" and args.capacity:
+        largest = max(largest, 2 * args.capacity)
+    rates = [round(rate * STREAM_S) for rate in args.arrival_rate]  # about the streams in flight at once
+    return auto_processes(max([largest, *rates]), os.cpu_count() or 1)
 
 
 def _http_address(grpc_address: str) -> str:

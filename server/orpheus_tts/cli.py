@@ -261,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--stagger-s", type=float, default=1.0, help="sessions start spread over this many seconds")
     bench.add_argument("--target-ttfb-ms", type=float,
                        help="TTFB p95 target for tuning (default: the active profile's target_ttfb_ms)")
+    bench.add_argument("--client-processes", type=int, default=0, metavar="N",
+                       help="with --server: spread the streams over N client processes, each with its own event loop "
+                            "and connections, so the client is not what is measured (default 0: one per 64 streams, "
+                            "at most half the CPUs)")
     bench.add_argument("--timeout", type=float, default=300.0, help="with --server: seconds per stream before giving up")
     bench.add_argument("--output", default="results.json", help="results JSON (a PNG is written beside it)")
     _add_config_flags(bench)

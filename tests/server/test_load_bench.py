@@ -196,3 +196,31 @@ def test_bench_overload_and_open_loop_count_refusals_and_cancels_apart(tmp_path)
     # Four clients on two slots, each request waiting at most 0.3 s: some are refused.
     assert results["overload"][1]["refused"] > 0
     assert all(row["admitted_realtime_share"] is None or 0 <= row["admitted_realtime_share"] <= 1 for row in rows)
+
+
+def test_bench_spreads_each_level_over_client_processes(tmp_path, start_http_server):
+    """Two client processes through every door: every stream of each level ran and was counted once,
+    and each row says how many processes ran it and how late their loops were."""
+    server = start_http_server()
+    out = tmp_path / "spread.json"
+    code = cli.main(["--log-level", "WARNING", "bench", "--server", server.address, "--api", "grpc,http,websocket",
+                     "--http-server", server.url.removeprefix("http://"), "--mode", "scaling", "--levels", "3",
+                     "--requests", "1", "--client-processes", "2", *SHORT, "--output", str(out)])
+    assert code == 0
+    results = json.loads(out.read_text())
+    assert results["workload"]["client_processes"] == 2
+    for row in results["levels"]:
+        assert (row["streams"], row["failed"], row["client_processes"]) == (3, 0, 2)
+        assert row["client_lag_p99_ms"] is not None and 0 <= row["client_lag_p99_ms"] <= row["client_lag_max_ms"]
+
+
+def test_client_processes_default_to_one_per_64_streams_within_half_the_cpus():
+    from orpheus_bench.clients import auto_processes
+
+    assert [auto_processes(n, 16) for n in (1, 64, 65, 256, 450, 2000)] == [1, 1, 2, 4, 8, 8]
+    assert auto_processes(256, 2) == 1
+
+
+def test_bench_in_process_refuses_client_processes(capsys):
+    assert cli.main(["bench", "--in-process", "--client-processes", "2"]) != 0
+    assert "--client-processes needs --server" in capsys.readouterr().err
