@@ -16,8 +16,10 @@
    - `apis`: the same mixed workload through gRPC, HTTP and WebSocket, one bench run each
      (`--api-levels ...`), the HTTP issue's comparison.
 The server's metrics (capacity, saturation, refusals, queue wait, its own TTFB) are scraped after
-each bench run.
-Each stage's result is written as it ends: a later one may run out of time.
+each bench run, and how late its event loop ran during the run (`loop_lag`, from the histogram's
+change). With `--adapters 0,8,32` the server is started once per count (N random rank-64 LoRA
+adapters, the streams spread over them) and the stages run against each: the LoRA issue's cost per
+step through the server. Each stage's result is written as it ends: a later one may run out of time.
 """
 
 from __future__ import annotations
@@ -68,22 +70,37 @@ def server_ttfb_ms(log_text: str) -> dict[str, dict[str, float]]:
             for method, v in by_method.items()}
 
 
+def loop_lag(before: dict[str, float], after: dict[str, float]) -> dict:
+    """The server's event-loop lag samples taken between two scrapes: how many, and the share that
+    ran later than each bucket's bound."""
+    name = "orpheus_tts_event_loop_lag_seconds_bucket"
+    buckets = {key: after[key] - before.get(key, 0.0) for key in after if key.startswith(name)}
+    total = buckets.pop(f'{name}{{le="+Inf"}}', 0.0)
+    over = {f"over_{_bound_ms(key):g}_ms": (total - n) / total if total else None for key, n in buckets.items()}
+    return {"samples": total, **over}
+
+
+def _bound_ms(bucket: str) -> float:
+    return float(re.search(r'le="([^"]+)"', bucket)[1]) * 1e3
+
+
 def bench(out: Path, name: str, args: list[str], limit_s: float, adapters: int, log_path: Path) -> dict:
     """One `orpheus-tts bench` run against the server (its streams over `adapters` adapters): its
-    JSON, exit code and the metrics after."""
+    JSON, exit code, the metrics after and the loop's lag meanwhile."""
     output = out / f"{name}.json"
     cmd = [sys.executable, "-m", "orpheus_tts.cli", "--log-level", "WARNING", "bench", "--server",
            f"localhost:{PORT}", "--http-server", f"localhost:{HTTP_PORT}", "--workload", "mixed", "--requests", "1",
            "--output", str(output), *args, "--adapters", str(adapters)]
-    t, logged = time.monotonic(), log_path.stat().st_size
+    t, logged, before = time.monotonic(), log_path.stat().st_size, scrape()
     try:
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=limit_s)
         rc, tail = run.returncode, (run.stdout + run.stderr)[-2000:]
     except subprocess.TimeoutExpired as exc:
         rc, tail = "timeout", str(exc.stderr or "")[-2000:]
+    after = scrape()
     return {"command": "orpheus-tts bench " + " ".join(cmd[cmd.index("bench") + 1:]).replace(str(out), "OUT"),
             "rc": rc, "seconds": round(time.monotonic() - t, 1), "results": f"{name}.json" if output.exists() else None,
-            "tail": tail, "metrics_after": scrape(),
+            "tail": tail, "metrics_after": after, "loop_lag": loop_lag(before, after),
             "server_ttfb_ms": server_ttfb_ms(_read_from(log_path, logged))}
 
 
@@ -104,8 +121,9 @@ def main() -> None:
     p.add_argument("--api-levels", default="1,64,200,256", help="apis: the levels each door is loaded at")
     p.add_argument("--engine-dir", help="build the engine here, or serve the one already built here")
     p.add_argument("--bench-limit-s", type=float, default=240, help="seconds each bench run may take")
-    p.add_argument("--adapters", type=int, default=0, metavar="N",
-                   help="serve N random rank-64 LoRA adapters (adapters.max_resident=N) and spread the streams over them")
+    p.add_argument("--adapters", default="0", metavar="N,N,...",
+                   help="serve N random rank-64 LoRA adapters (adapters.max_resident=N) and spread the streams over "
+                        "them; several counts start the server once for each")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more engine settings")
     args = p.parse_args()
     out = Path(args.out)
@@ -117,10 +135,6 @@ def main() -> None:
                 *args.set]
     arch = "sm_{}{}".format(*torch.cuda.get_device_capability(0))
     work = Path(tempfile.mkdtemp())
-    serve_settings = list(settings)
-    if args.adapters:  # served beside the engine; the build knows nothing of them
-        write_adapters(work / "adapters", ModelArgs.from_name("orpheus-3b"), args.adapters, rank=64)
-        serve_settings += [f"adapters.dir={work / 'adapters'}", f"adapters.max_resident={args.adapters}"]
     result = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
               "commit": os.environ.get("GIT_COMMIT", ""), "settings": settings,
               "command": "python -m orpheus_bench.server_capacity " + " ".join(sys.argv[1:]).replace(str(out), "OUT")}
@@ -134,13 +148,29 @@ def main() -> None:
     save()
     if result["build"]["rc"] != 0:
         return
-    proc, result["serving_s"], log_path = start_server(engine, work, serve_settings, PORT, METRICS_PORT, HTTP_PORT)
-    print(f"SERVING after {result['serving_s']} s", flush=True)
-    result["startup_breakdown"] = re.findall(r"start-up [^\n]*", log_path.read_text())
+    counts = [int(n) for n in args.adapters.split(",")]
+    for adapters in counts:
+        # One count: the results at the top level, as before; several: one section per count.
+        section = result if len(counts) == 1 else result.setdefault(f"adapters-{adapters}", {})
+        serve_settings = list(settings)
+        if adapters:  # served beside the engine; the build knows nothing of them
+            folder = work / f"adapters-{adapters}"
+            write_adapters(folder, ModelArgs.from_name("orpheus-3b"), adapters, rank=64)
+            serve_settings += [f"adapters.dir={folder}", f"adapters.max_resident={adapters}"]
+        prefix = "" if len(counts) == 1 else f"adapters-{adapters}-"
+        serve_stages(section, out, work, engine, serve_settings, args, adapters, prefix, save)
+
+
+def serve_stages(section: dict, out: Path, work: Path, engine: Path, settings: list[str], args, adapters: int,
+                 prefix: str, save) -> None:
+    """Start the server from `engine`, time it to SERVING, run the stages asked for, stop it."""
+    proc, section["serving_s"], log_path = start_server(engine, work, settings, PORT, METRICS_PORT, HTTP_PORT)
+    print(f"SERVING after {section['serving_s']} s", flush=True)
+    section["startup_breakdown"] = re.findall(r"start-up [^\n]*", log_path.read_text())
     save()
     stages = args.stages.split(",")
     try:
-        if result["serving_s"] is None:
+        if section["serving_s"] is None:
             return
         runs = {"scaling": [("scaling", ["--mode", "scaling", "--levels", args.levels])],
                 "overload": [("overload", ["--mode", "overload"])],  # against the capacity the server reports then
@@ -152,15 +182,14 @@ def main() -> None:
             for name, flags in runs[stage]:
                 if stage == "overload":
                     flags = [*flags, "--capacity", str(int(scrape().get("orpheus_tts_capacity_streams", 0)))]
-                result[name] = bench(out, name, flags, args.bench_limit_s, args.adapters, log_path)
-                print(json.dumps(result[name], indent=1)[-3000:], flush=True)
+                section[name] = bench(out, prefix + name, flags, args.bench_limit_s, adapters, log_path)
+                print(json.dumps(section[name], indent=1)[-3000:], flush=True)
                 save()
     finally:
         proc.terminate()
         proc.wait(60)
-        result["server_log_tail"] = log_path.read_text()[-4000:]
+        section["server_log_tail"] = log_path.read_text()[-4000:]
         save()
-
 
 if __name__ == "__main__":
     main()

@@ -34,6 +34,17 @@ async def test_the_seeds_example_gets_audio_then_done_with_ttfb(http_server):
     assert len(audio) == messages[-1]["metrics"]["frames"] * FRAME_BYTES > 0
 
 
+async def test_audio_frames_go_uncompressed_even_to_a_client_that_offers_deflate(http_server):
+    """PCM barely compresses and deflating it costs the event loop ~0.4 ms a chunk: the server
+    declines permessage-deflate, which the websockets client offers by default."""
+    async with websockets.connect(http_server.ws_url) as ws:
+        assert "permessage-deflate" in ws.request.headers["Sec-WebSocket-Extensions"]
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers and ws.protocol.extensions == []
+        await ws.send(json.dumps({"text": "Hello!"}))
+        audio, messages = await receive_all(ws)
+    assert messages[-1]["done"] and len(audio) == messages[-1]["metrics"]["frames"] * FRAME_BYTES
+
+
 async def test_text_in_pieces_is_spoken_before_the_end_message(http_server):
     async with websockets.connect(http_server.ws_url) as ws:
         await ws.send(json.dumps({"voice": "leo", "streaming_text": True, "seed": 4}))
