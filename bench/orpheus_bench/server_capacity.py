@@ -5,7 +5,8 @@
         [--engine-dir DIR] [--set KEY=VALUE ...]
 
 1. `python -m engine_jobs.build` (random Orpheus-3B + SNAC weights, FP8) for the slots given, unless
-   `--engine-dir` already holds a finished engine (its manifest decides whether it fits).
+   `--engine-dir` already holds a finished engine (its manifest decides whether it fits); with
+   adapters, one engine per count (`DIR-lora-N`: the pool's places are compiled in).
 2. `orpheus-tts serve --engine` (empty compile caches), timed to SERVING.
 3. The stages, in order:
    - `scaling`: `orpheus-tts bench --mode scaling --workload mixed --levels ...` over gRPC, the capacity
@@ -139,26 +140,27 @@ def main() -> None:
               "commit": os.environ.get("GIT_COMMIT", ""), "settings": settings,
               "command": "python -m orpheus_bench.server_capacity " + " ".join(sys.argv[1:]).replace(str(out), "OUT")}
     save = lambda: (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")  # noqa: E731
-    engine = Path(args.engine_dir) if args.engine_dir else work / "engine"
-    if (engine / COMPLETE).exists():  # written last, by the rename that publishes it
-        result["build"] = {"reused": str(engine).replace(str(out), "OUT"), "rc": 0}
-    else:
-        result["build"] = build_engine(engine, settings, arch)
-    print(json.dumps(result["build"], indent=1), flush=True)
-    save()
-    if result["build"]["rc"] != 0:
-        return
+    base = Path(args.engine_dir) if args.engine_dir else work / "engine"
     counts = [int(n) for n in args.adapters.split(",")]
     for adapters in counts:
         # One count: the results at the top level, as before; several: one section per count.
         section = result if len(counts) == 1 else result.setdefault(f"adapters-{adapters}", {})
-        serve_settings = list(settings)
-        if adapters:  # served beside the engine; the build knows nothing of them
+        with_pool = list(settings)
+        if adapters:  # the pool's places are compiled into the engine; the adapters are served beside it
             folder = work / f"adapters-{adapters}"
             write_adapters(folder, ModelArgs.from_name("orpheus-3b"), adapters, rank=64)
-            serve_settings += [f"adapters.dir={folder}", f"adapters.max_resident={adapters}"]
+            with_pool += [f"adapters.dir={folder}", f"adapters.max_resident={adapters}"]
+        engine = base.with_name(f"{base.name}-lora-{adapters}") if adapters else base
+        if (engine / COMPLETE).exists():  # written last, by the rename that publishes it
+            section["build"] = {"reused": str(engine).replace(str(out), "OUT"), "rc": 0}
+        else:
+            section["build"] = build_engine(engine, with_pool, arch)
+        print(json.dumps(section["build"], indent=1), flush=True)
+        save()
+        if section["build"]["rc"] != 0:
+            continue
         prefix = "" if len(counts) == 1 else f"adapters-{adapters}-"
-        serve_stages(section, out, work, engine, serve_settings, args, adapters, prefix, save)
+        serve_stages(section, out, work, engine, with_pool, args, adapters, prefix, save)
 
 
 def serve_stages(section: dict, out: Path, work: Path, engine: Path, settings: list[str], args, adapters: int,

@@ -186,3 +186,22 @@ def test_orpheus_tts_build_engine_is_the_same_builder(tmp_path):
     plan = json.loads(result.stdout)
     assert plan["gpuArch"] == "sm_90" and plan["model"]["kind"] == "demo"
     assert not (tmp_path / "engine").exists()
+
+
+def test_the_manifest_records_the_lora_pool_the_graphs_are_captured_with(tmp_path):
+    """The pool's places and rank are inside the captured decode graphs: an engine built for adapters
+    says so, and a server with another pool (or none) differs in those fields, not silently."""
+    from orpheus_tts.engine.engine_dir import compiled_settings
+
+    plain, pooled = tmp_path / "plain", tmp_path / "pooled"
+    assert build(*demo_args(plain)).returncode == 0
+    result = build(*demo_args(pooled, "--set", f"adapters.dir={tmp_path / 'not-mounted-at-build'}",
+                              "--set", "adapters.max_resident=4", "--set", "adapters.max_rank=16"))
+    assert result.returncode == 0, result.stderr
+    built = {name: json.loads((path / MANIFEST).read_text())["settings"] for name, path in
+             (("plain", plain), ("pooled", pooled))}
+    assert (built["plain"]["adapters.places"], built["plain"]["adapters.max_rank"]) == (0, 0)
+    assert (built["pooled"]["adapters.places"], built["pooled"]["adapters.max_rank"]) == (4, 16)
+    serving = load_config(environ={}, overrides={"adapters.dir": str(tmp_path), "adapters.max_resident": 8})
+    assert compiled_settings(serving)["adapters.places"] == 8 and compiled_settings(load_config(
+        environ={}))["adapters.places"] == 0

@@ -54,6 +54,10 @@ COMPILED_KEYS = (
     "codec.dtype", "codec.compile", "codec.noise", "codec.window_frames", "codec.graph_max_batch",
     "sampling.constrained",
 )
+# The LoRA pool is captured inside the decode graphs: its places and their rank are compiled in
+# too (0 and 0 without `adapters.dir`, when no pool is attached). The adapters themselves are not:
+# they are copied into the places while serving.
+LORA_PLACES, LORA_RANK = "adapters.places", "adapters.max_rank"
 
 
 class EngineError(ValueError):
@@ -72,7 +76,9 @@ class Mismatch:
 
 def compiled_settings(config: ServerConfig) -> dict:
     values = {s.key: s.default for s in settings(config)}
-    return {key: values[key] for key in COMPILED_KEYS}
+    pool = bool(config.adapters.dir)
+    return {**{key: values[key] for key in COMPILED_KEYS},
+            LORA_PLACES: config.adapters.max_resident if pool else 0, LORA_RANK: config.adapters.max_rank if pool else 0}
 
 
 def buckets(config: ServerConfig) -> dict:
