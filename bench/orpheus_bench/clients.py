@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-from orpheus_bench.load import WARM_UP_TEXT, Progress, StreamResult, closed_loop, open_loop
+from orpheus_bench.load import WARM_UP_TEXT, Progress, StreamResult, closed_loop, open_loop, summarize
 from orpheus_bench.workload import Workload
 
 LAG_INTERVAL_S = 0.01
@@ -113,8 +113,7 @@ class Clients:
                 proc = spawn.Process(target=_client_main, args=(theirs, self._blob), daemon=True)
                 proc.start()
                 self._pipes.append((proc, mine))
-            for _ in await asyncio.gather(*(asyncio.to_thread(_reply, conn) for _, conn in self._pipes)):
-                pass
+            await asyncio.gather(*(asyncio.to_thread(_reply, conn) for _, conn in self._pipes))  # each "ready"
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -172,8 +171,6 @@ def _workload(workload: Workload, level: int, process: int) -> tuple:
 
 
 def _summary(shares: list[Share], processes: int) -> dict:
-    from orpheus_bench.load import summarize
-
     results = [r for share in shares for r in share.results]
     wall = max(s.ended for s in shares) - min(s.started for s in shares)
     lags = np.array([lag for share in shares for lag in share.lags_ms])

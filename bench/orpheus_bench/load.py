@@ -18,8 +18,8 @@ finished playing), the worst playback stall of each stream (p50 and max over str
 its latest chunk was; negative is the margin it kept), tokens/s (from each stream's final
 metrics, over the level's wall time) and the success rate. `tuning` finds the largest
 concurrency whose TTFB p95 meets the target with every stream real time; `all` runs the
-scaling ramp and then the tuning search. The doors streams go through are `targets`; writing the
-results is `load_cli`'s job.
+scaling ramp and then the tuning search. The doors streams go through are `targets`, the processes
+they run in `clients`; writing the results is `load_cli`'s job.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ weights for one precision and compiled kernels and CUDA graphs for one GPU archi
 set of buckets, so the hash covers the checkpoint (model and codec sources), precision, backend,
 GPU architecture, the builder version and the server settings the Job passes
 (`server_settings.engine_settings`: sessions per pod, max batch size, context tokens,
-quantization, profile). Two voices with different slot budgets therefore get two engines, each
-compiled for its own buckets. What leaves the engine as it is (voice name, default voice,
-replicas, autoscaling, LoRA adapters and their pool, ...) stays out. So do the image references, the server's (`spec.image`)
+quantization, profile, the LoRA adapter pool's places and rank). Two voices with different slot
+budgets therefore get two engines, each compiled for its own buckets. What leaves the engine as it
+is (voice name, default voice, replicas, autoscaling, the LoRA adapters themselves, ...) stays out. So do the image references, the server's (`spec.image`)
 and the builder's (`spec.builderImage`) alike: what the builder writes is versioned by
 `builderVersion`, and the engine's manifest records the torch, CUDA, Triton and orpheus-tts
 versions it was compiled with, which the server checks against its own at start.

@@ -14,11 +14,14 @@ again every couple of seconds. Each adapter of a voice becomes one such director
   need the hub (the builder does anyway); without it the init container stops with the
   builder's message ("could not download repo@revision: ...") and the pod waits in Init.
 
-Neither enters the engine hash: the engine holds the base model only, so adding, removing or
-changing an adapter rolls the pods and never rebuilds. The pool the server keeps on the GPU
-(`adapterSlots`: places x the rank each is sized for) counts in the slot budget (profiles.py).
-A place more than the voice has adapters could never be used (the directory holds only these),
-so the server gets `min(maxResident, adapters)` places.
+The adapters never enter the engine hash: adding, removing or changing one rolls the pods. The
+pool the server keeps on the GPU does (`adapterSlots`: places x the rank each is sized for): it is
+captured inside the decode graphs, so the engine is built for it (`pool_settings`), and it counts
+in the slot budget (profiles.py). A place more than the voice has adapters could never be used
+(the directory holds only these), but every place costs its share of each decode step, so the
+voice gets the adapters' count rounded up to a power of two, at most `maxResident`: 1, 2, 4, 8 ...
+An engine is rebuilt only when the count crosses one of those (the third adapter, the fifth ...),
+not for every adapter added.
 
 The schema fragments live here too (crd.py puts them in the CRD), beside the values that read them.
 """
@@ -87,7 +90,8 @@ def adapters_schema() -> dict:
         "x-kubernetes-list-type": "map",
         "x-kubernetes-list-map-keys": ["name"],
         "description": "Fine-tuned voices: LoRA adapters mounted (pvc) or fetched (hub) into every pod at "
-        f"{ADAPTERS_MOUNT}/<name>. Changing them rolls the pods; the engine is not rebuilt.",
+        f"{ADAPTERS_MOUNT}/<name>. Changing them rolls the pods; the engine is rebuilt only when the adapter "
+        "places change (their count rounded up to a power of two, at most adapterSlots.maxResident).",
     }
 
 
@@ -100,9 +104,9 @@ def adapter_slots_schema() -> dict:
         "each key the voice sets replaces the default's.",
         "properties": {
             "maxResident": {"type": "integer", "minimum": 1, "maximum": 256,
-                            "description": "Adapters on the GPU at once (never more than the voice has); "
-                            "others are loaded when a request needs them, the least recently used idle one "
-                            "making room."},
+                            "description": "Adapters on the GPU at once: the voice's count rounded up to a "
+                            "power of two, at most this (the engine is compiled for them); others are loaded "
+                            "when a request needs them, the least recently used idle one making room."},
             "maxRank": {"type": "integer", "minimum": 1, "maximum": 1024,
                         "description": "The largest LoRA rank an adapter may have; every place is sized for it "
                         f"(Orpheus-3B: {ORPHEUS_3B.lora_place_bytes(1) / 1e6:.1f} MB per rank unit, "
@@ -162,8 +166,11 @@ class LoraAdapters:
 
     @property
     def places(self) -> int:
-        """Places the server keeps on the GPU: 0 without adapters (no pool, no memory)."""
-        return min(self.max_resident, len(self.adapters))
+        """Places the server keeps on the GPU: 0 without adapters (no pool, no memory); else the
+        count rounded up to a power of two, at most `max_resident` (see the module's docstring)."""
+        if not self.adapters:
+            return 0
+        return min(self.max_resident, 1 << (len(self.adapters) - 1).bit_length())
 
     @property
     def hub(self) -> tuple[Adapter, ...]:
@@ -185,12 +192,18 @@ class LoraAdapters:
                 return f"adapters: {adapter.name}'s pvc path {path!r} leaves its claim (..)"
         return None
 
-    def server_settings(self) -> dict[str, str]:
-        """`--set` keys of the server's `adapters` section; none without adapters."""
+    def pool_settings(self) -> dict[str, str]:
+        """The pool the engine is compiled for, as `--set` keys (the builder's and the server's); none
+        without adapters. `adapters.dir` is what switches the pool on: the Job has no adapters mounted
+        there, and needs none."""
         if not self.adapters:
             return {}
-        out = {"adapters.dir": ADAPTERS_MOUNT, "adapters.max_resident": str(self.places),
-               "adapters.max_rank": str(self.max_rank)}
+        return {"adapters.dir": ADAPTERS_MOUNT, "adapters.max_resident": str(self.places),
+                "adapters.max_rank": str(self.max_rank)}
+
+    def server_settings(self) -> dict[str, str]:
+        """`--set` keys of the server's `adapters` section: the pool, and the voices that select an adapter."""
+        out = self.pool_settings()
         voices = [f"{voice}:{a.name}" for a in self.adapters for voice in a.voices]
         if voices:
             out["adapters.voices"] = json.dumps(voices)  # a YAML flow list

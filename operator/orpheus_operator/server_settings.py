@@ -23,13 +23,14 @@ def engine_settings(voice: Voice) -> dict[str, str]:
         # The budget assumed this precision: never let the server pick another.
         "model.quantization": "fp8" if voice.precision == "fp8" else "none",
         "profile": voice.profile,
+        # The LoRA pool is captured inside the decode graphs (its places and rank; not the adapters).
+        **voice.adapters.pool_settings(),
     }
 
 
 def serving_settings(voice: Voice) -> dict[str, str]:
     """What the pods get: the engine's settings plus those that leave the engine as it is (the
-    default voice, who may call: keys, TLS, per-key limits, and the LoRA adapters with their pool,
-    which the server keeps beside the engine's weights)."""
+    default voice, who may call: keys, TLS, per-key limits, and the voices mapped to LoRA adapters)."""
     return {**engine_settings(voice), "default_voice": voice.default_voice, **voice.security.server_settings(),
             **voice.adapters.server_settings()}
 

@@ -1,5 +1,5 @@
 """A voice's LoRA adapters: their memory in the slot budget, PVC adapters mounted and hub adapters
-fetched into the pods, the server's settings, status, and nothing of it in the engine."""
+fetched into the pods, the server's settings, status, and of it only the pool in the engine."""
 
 from __future__ import annotations
 
@@ -153,11 +153,22 @@ def test_server_accepts_the_adapter_settings_the_operator_passes():
     assert loaded.voices == ["warm:tara-warm", "bob:bob.v2", "robert:bob.v2"]
 
 
-def test_adapters_roll_the_pods_but_never_rebuild_the_engine():
-    plain, custom = voice(), voice(adapters=[WARM, BOB], adapterSlots={"maxResident": 1, "maxRank": 128})
-    assert engine_hash(plain) == engine_hash(custom)
-    assert build_args(plain, engine_hash(plain)) == build_args(custom, engine_hash(custom))
-    assert pod(plain) != pod(custom)
+def test_the_engine_is_built_for_the_adapter_pool_not_for_the_adapters():
+    """The pool (places, rank) is captured in the decode graphs: an engine of its own, built with it.
+    The adapters are not: another adapter within the same places rolls the pods on the same engine."""
+    plain = voice()
+    two = voice(adapters=[WARM, BOB], adapterSlots={"maxRank": 128})
+    two_others = voice(adapters=[WARM, ALICE], adapterSlots={"maxRank": 128})
+    three = voice(adapters=[WARM, BOB, ALICE], adapterSlots={"maxRank": 128})
+    four = voice(adapters=[WARM, BOB, ALICE, {**ALICE, "name": "dan"}], adapterSlots={"maxRank": 128})
+    assert [v.adapters.places for v in (plain, two, three, four)] == [0, 2, 4, 4]
+    assert len({engine_hash(plain), engine_hash(two), engine_hash(three)}) == 3
+    assert engine_hash(two) == engine_hash(two_others) and engine_hash(three) == engine_hash(four)
+    assert pod(three) != pod(four)
+    job = " ".join(build_args(three, engine_hash(three)))
+    assert f"adapters.dir={ADAPTERS_MOUNT}" in job and "adapters.max_resident=4" in job
+    assert "adapters.max_rank=128" in job and "adapters.voices" not in job
+    assert voice(adapters=[WARM, BOB, ALICE], adapterSlots={"maxResident": 3}).adapters.places == 3
 
 
 def test_adapter_slots_come_from_the_operator_under_the_voice_key_by_key():
