@@ -42,7 +42,7 @@ from engine_jobs.sources import BuildError, parse_source
 
 # Bump when this builder changes what it writes, so every engine is built again: the operator
 # hashes it into the Job name (its copy, orpheus_operator/model_facts.py, is generated from this).
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "3"  # 3: the manifest records the LoRA pool (adapters.places, adapters.max_rank)
 EXIT_INVALID, EXIT_NOT_IMPLEMENTED, EXIT_UNWRITABLE, EXIT_COMPILE = 2, 3, 4, 5
 ROWWISE_MIN_COMPUTE_CAPABILITY = (9, 0)  # the FP8 scaling chosen when building without the GPU
 

@@ -8,8 +8,9 @@ GPU architecture, the builder version and the server settings the Job passes
 (`server_settings.engine_settings`: sessions per pod, max batch size, context tokens,
 quantization, profile, the LoRA adapter pool's places and rank). Two voices with different slot
 budgets therefore get two engines, each compiled for its own buckets. What leaves the engine as it
-is (voice name, default voice, replicas, autoscaling, the LoRA adapters themselves, ...) stays out. So do the image references, the server's (`spec.image`)
-and the builder's (`spec.builderImage`) alike: what the builder writes is versioned by
+is (voice name, default voice, replicas, autoscaling, the LoRA adapters themselves, ...) stays
+out. So do the image references, the server's (`spec.image`) and the builder's
+(`spec.builderImage`) alike: what the builder writes is versioned by
 `builderVersion`, and the engine's manifest records the torch, CUDA, Triton and orpheus-tts
 versions it was compiled with, which the server checks against its own at start.
 """

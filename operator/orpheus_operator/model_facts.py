@@ -30,4 +30,4 @@ ADAPTER_MAX_RESIDENT = 8
 ADAPTER_MAX_RANK = 64
 
 # engine_jobs.build.BUILDER_VERSION: hashed into every engine build's name
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "3"
