@@ -47,7 +47,8 @@ SCRAPED = ("orpheus_tts_capacity_streams", "orpheus_tts_ttfb_seconds_sum", "orph
            "orpheus_tts_event_loop_lag_seconds", "orpheus_tts_saturation", "orpheus_tts_refused_requests_total",
            "orpheus_tts_queue_seconds_sum", "orpheus_tts_queue_seconds_count", "orpheus_tts_requests_total",
            "orpheus_tts_sessions_total", "orpheus_tts_step_seconds_sum", "orpheus_tts_step_seconds_count",
-           "orpheus_tts_batch_size_sum", "orpheus_tts_batch_size_count", "orpheus_tts_adapter_sessions_total")
+           "orpheus_tts_batch_size_sum", "orpheus_tts_batch_size_count", "orpheus_tts_adapter_sessions_total",
+           "orpheus_tts_step_cost_seconds", "orpheus_tts_stream_context_tokens")
 
 
 def scrape() -> dict[str, float]:

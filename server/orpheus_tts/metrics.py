@@ -54,6 +54,12 @@ class ServerMetrics(EngineObserver):
         self.ready = Gauge(f"{PREFIX}_ready", "1 once the model is loaded and warmed up.", registry=r)
         self.capacity = Gauge(f"{PREFIX}_capacity_streams", "Streams this server can keep in real time now, from the "
                               "step time it measures (the session slots with scheduler.admission=slots).", registry=r)
+        self.step_cost = Gauge(f"{PREFIX}_step_cost_seconds", "The decode step's cost as the engine fits it while it "
+                               "runs, by part: fixed, per_row, per_context_token. capacity_streams follows from it "
+                               "and stream_context_tokens.", ["part"], registry=r)
+        self.stream_context = Gauge(f"{PREFIX}_stream_context_tokens", "The context an admitted stream holds on "
+                                    "average over its life (prompt and audio tokens), lately: what capacity_streams "
+                                    "assumes of each stream.", registry=r)
         self.saturation = Gauge(f"{PREFIX}_saturation", "Demand over capacity: (admitted + queued sessions) / "
                                 "capacity_streams. Above 1, requests queue and then are refused: scale out before.",
                                 registry=r)
@@ -139,6 +145,9 @@ class ServerMetrics(EngineObserver):
         if new > 0:
             self.tokens.inc(new)
         self.capacity.set(stats.capacity)
+        for part, seconds in zip(("fixed", "per_row", "per_context_token"), stats.step_cost):
+            self.step_cost.labels(part).set(seconds)
+        self.stream_context.set(stats.stream_context)
         self.saturation.set((stats.active_sessions + stats.pending_sessions) / max(stats.capacity, 1))
         for reason, total in (("queue_full", stats.rejected_sessions), ("at_capacity", stats.refused_sessions)):
             new, self._refusals_seen[reason] = total - self._refusals_seen[reason], total

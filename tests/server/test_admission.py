@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 
 import grpc
@@ -276,6 +277,12 @@ async def test_a_request_that_waited_the_bound_is_refused_by_every_door(one_slot
         assert 'orpheus_tts_refused_requests_total{reason="at_capacity"} 3.0' in metrics
         assert 'orpheus_tts_refused_requests_total{reason="queue_full"} 0.0' in metrics
         assert "orpheus_tts_capacity_streams 1.0" in metrics
+        # What the figure is made of: the step cost as fitted (a step was run: it costs something) and
+        # the context a stream holds over its life.
+        fitted = {part: float(value) for part, value in
+                  re.findall(r'orpheus_tts_step_cost_seconds\{part="(\w+)"\} (\S+)', metrics)}
+        assert set(fitted) == {"fixed", "per_row", "per_context_token"} and sum(fitted.values()) > 0
+        assert float(re.search(r"^orpheus_tts_stream_context_tokens (\S+)", metrics, re.M)[1]) > 0
         holder.cancel()
         for _ in range(100):  # the slot frees, and the next request is served
             if (await stub.GetStats(tts_pb2.GetStatsRequest())).free_slots == 1:

@@ -136,6 +136,13 @@ class Admission:
         return realtime_capacity(lambda rows: fixed + per_stream * rows, self.slots, self.sched.max_batch_size,
                                  self.sched.admission_margin)
 
+    def figures(self) -> dict:
+        """What the metrics show of admission, once per step: the `capacity` figure and what it is
+        made of, the step-cost fit (`step_cost`: fixed, per row, per context token, seconds) and the
+        context it takes a stream to hold on average over its life (`stream_context`, tokens)."""
+        context = self._typical_context or self.cost.tokens_per_row()
+        return dict(capacity=self.capacity(), step_cost=self.cost.coefficients(), stream_context=context)
+
     def prefill_tokens(self, active: list[Session], now: float) -> int | None:
         """The most prompt tokens this step's prefill may take without a playing stream stalling:
         what fits in the larger of the decode step's real-time slack and the thinnest lead among

@@ -193,7 +193,7 @@ class Engine:
                            rejected_sessions=c.rejected_sessions, active_sessions=len(self.scheduler.active),
                            pending_sessions=self.scheduler.pending_count, max_concurrent=alloc.n_slots,
                            used_slots=alloc.used_count, free_slots=alloc.free_count, total_tokens=c.total_tokens,
-                           total_batches=c.total_batches, refused_sessions=c.refused_sessions, capacity=self.admission.capacity())
+                           total_batches=c.total_batches, refused_sessions=c.refused_sessions, **self.admission.figures())
 
     # -- the loop (engine thread) ---------------------------------------------------------
     def _loop(self) -> None:

@@ -26,6 +26,8 @@ class EngineStats:
     total_batches: int
     refused_sessions: int = 0  # refused after waiting scheduler.max_queue_wait_s in the queue
     capacity: int = 0  # streams the engine can keep in real time now (engine/capacity.py)
+    step_cost: tuple[float, float, float] = (0.0, 0.0, 0.0)  # the fit behind it: fixed, per row, per context token (s)
+    stream_context: float = 0.0  # the context (tokens) it takes an admitted stream to hold over its life
 
 
 @dataclass
