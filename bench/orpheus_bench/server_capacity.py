@@ -59,17 +59,22 @@ def scrape() -> dict[str, float]:
 
 
 def server_ttfb_ms(log_text: str) -> dict[str, dict[str, float]]:
-    """Per API method, the TTFB the server logged for each request (`request ... method=M ...
-    ttfb_ms=N`, from its session's start in the engine to its first audio): p50 / p95 / p99 and how
-    many. Set beside the client's figures, it tells a door's parsing, transport and client from the
-    engine."""
+    """Per API method, the two first-audio times the server logged for each request (`request ...
+    method=M ... ttfb_ms=N sent_ms=S`): the engine's, from the session's start to its first audio,
+    and the door's, from the request reaching its handler to that audio handed to the transport
+    (`sent_`); p50 / p95 / p99 and how many. Set beside the client's figures, they tell the engine,
+    the door, and the network with the client apart."""
     import numpy as np
 
-    by_method: dict[str, list[int]] = {}
-    for method, ttfb in re.findall(r" method=(\S+) .*? ttfb_ms=(\d+)", log_text):
-        by_method.setdefault(method, []).append(int(ttfb))
-    return {method: {"n": len(v), **{f"p{q}": float(np.percentile(v, q)) for q in (50, 95, 99)}}
-            for method, v in by_method.items()}
+    by_method: dict[str, list[tuple[int, int | None]]] = {}
+    for method, ttfb, sent in re.findall(r" method=(\S+) .*? ttfb_ms=(\d+)(?: sent_ms=(\d+))?", log_text):
+        by_method.setdefault(method, []).append((int(ttfb), int(sent) if sent else None))
+    out = {}
+    for method, rows in by_method.items():
+        ttfb, sent = [t for t, _ in rows], [s for _, s in rows if s is not None]
+        out[method] = {"n": len(rows), **{f"p{q}": float(np.percentile(ttfb, q)) for q in (50, 95, 99)},
+                       **({f"sent_p{q}": float(np.percentile(sent, q)) for q in (50, 95, 99)} if sent else {})}
+    return out
 
 
 def loop_lag(before: dict[str, float], after: dict[str, float]) -> dict:

@@ -188,3 +188,35 @@ async def test_stats_voices_and_metrics_endpoints(http_server):
     names = {f.name for f in text_string_to_metric_families(metrics.text)}
     assert {"orpheus_tts_ttfb_seconds", "orpheus_tts_requests"} <= names  # the same registry as the metrics port
     assert names == {f.name for f in text_string_to_metric_families(port_metrics)}
+
+
+async def test_every_door_logs_the_engines_and_its_own_first_audio_time(http_server, caplog):
+    """`ttfb_ms` (the session's start to its first audio, in the engine) and `sent_ms` (the request
+    reaching the door's handler to that audio handed to the transport): what lies between them is
+    the door's own share, for telling a slow door from a slow engine."""
+    import re
+
+    import grpc
+    import websockets
+
+    from orpheus_tts.api.gen import tts_pb2, tts_pb2_grpc
+
+    caplog.set_level("INFO", logger="orpheus_tts.api")
+    async with grpc.aio.insecure_channel(http_server.address) as channel:
+        responses = [r async for r in tts_pb2_grpc.TextToSpeechStub(channel).Synthesize(
+            tts_pb2.SynthesizeRequest(text="Hi there."))]
+        assert responses[-1].HasField("metrics")
+    async with httpx.AsyncClient(base_url=http_server.url, timeout=60) as client:
+        assert (await client.post("/v1/audio/speech", json={"input": "Hi there.", "response_format": "pcm"})).content
+    async with websockets.connect(http_server.ws_url) as ws:
+        await ws.send(json.dumps({"text": "Hi there."}))
+        assert [m async for m in ws]
+    logged = {}
+    for _ in range(50):  # a door logs once its response has ended, which may trail the client's end
+        logged = {method: (int(ttfb), int(sent)) for method, ttfb, sent in
+                  re.findall(r"method=(\S+) .*? ttfb_ms=(\d+) sent_ms=(\d+)", caplog.text)}
+        if len(logged) == 3:
+            break
+        await asyncio.sleep(0.05)
+    assert set(logged) == {"Synthesize", "http_speech", "websocket_stream"}
+    assert all(0 <= ttfb <= sent for ttfb, sent in logged.values()), logged

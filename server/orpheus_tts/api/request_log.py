@@ -24,14 +24,21 @@ def request_id(sent: str | None) -> str:
 
 
 def log_request(level: int, fields: dict, metrics: SessionMetrics | None, started: float,
-                detail: str | None = None, **after_metrics) -> None:
+                detail: str | None = None, first_sent: float | None = None, **after_metrics) -> None:
     """Write `request k=v ...`: the door's fields, the session's metrics, `after_metrics`, the
-    elapsed time and the detail of a failure."""
+    elapsed time and the detail of a failure.
+
+    Two first-audio times: `ttfb_ms`, the engine's (from the session's start to its first audio),
+    and `sent_ms`, the door's (from the request reaching its handler to the first audio handed to
+    the transport, `first_sent`). What lies between them is the door's own share (parsing,
+    validation, the hand-off from the engine thread); what a client sees beyond `sent_ms` is the
+    network, the connection and the client."""
     m = metrics or SessionMetrics()
     line = {
         **fields,
         **({"adapter": m.adapter} if m.adapter else {}),
         "ttfb_ms": "-" if m.ttfb_s is None else f"{m.ttfb_s * 1000:.0f}",
+        "sent_ms": "-" if first_sent is None else f"{(first_sent - started) * 1000:.0f}",
         "audio_s": f"{m.audio_s:.2f}",
         "rtf": "-" if m.real_time_factor is None else f"{m.real_time_factor:.2f}",
         "tokens": m.tokens,

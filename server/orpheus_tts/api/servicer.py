@@ -72,6 +72,7 @@ class RequestRecord:
         self.chars = 0
         self.session: SessionMetrics | None = None
         self.started = time.monotonic()
+        self.first_sent: float | None = None  # when the first audio went to the transport
 
     async def __aenter__(self) -> "RequestRecord":
         self.context.set_trailing_metadata(((REQUEST_ID_KEY, self.id),))
@@ -108,7 +109,7 @@ class RequestRecord:
         self.metrics.request_done(self.method, outcome)
         fields = {"id": self.id, "method": self.method, "key": current_key.get(), "voice": self.voice,
                   "chars": self.chars, "outcome": outcome}
-        log_request(self.log_level, fields, self.session, self.started, detail)
+        log_request(self.log_level, fields, self.session, self.started, detail, self.first_sent)
 
 
 _HANDLER_KINDS = {  # (client streaming, server streaming): how grpc wraps the method
@@ -228,7 +229,9 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
         yield response_type(format=messages.audio_format(speech, record.id))
         async for event in stream.events():
             if isinstance(event, AudioChunk):
-                yield response_type(audio=encoder.encode(event))
+                response = response_type(audio=encoder.encode(event))
+                record.first_sent = record.first_sent or time.monotonic()
+                yield response
                 continue
             record.session = event.metrics
             if event.outcome is Outcome.CANCELLED and self.streams.ending:

@@ -86,6 +86,7 @@ class RequestRecord:
         self.format = "-"
         self.session: SessionMetrics | None = None
         self.started = time.monotonic()
+        self.first_sent: float | None = None  # when the first audio went to the transport
         self.outcome: str | None = None
 
     def done(self, outcome: str, detail: str | None = None) -> None:
@@ -97,7 +98,7 @@ class RequestRecord:
                   "format": self.format,
                   "chars": self.chars, "outcome": outcome}
         pieces = self.session.pieces if self.session else 0
-        log_request(logging.INFO, fields, self.session, self.started, detail, pieces=pieces)
+        log_request(logging.INFO, fields, self.session, self.started, detail, self.first_sent, pieces=pieces)
 
 
 def metrics_json(request_id: str, m: SessionMetrics) -> dict:

@@ -15,6 +15,7 @@ import asyncio
 import base64
 import json
 import math
+import time
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import AsyncIterator
@@ -213,6 +214,7 @@ async def encoded_audio(stream: SpeechStream, request: SpeechRequest, record: Re
             if isinstance(event, AudioChunk):
                 data = await _encode(encoder.encode, smoother.smooth(event.samples, event.piece))
                 if data:
+                    record.first_sent = record.first_sent or time.monotonic()
                     yield data
                 continue
             record.session = event.metrics
