@@ -11,7 +11,9 @@ import logging
 import time
 import uuid
 
+from orpheus_tts.api.access import current_key
 from orpheus_tts.engine import SessionMetrics
+from orpheus_tts.metrics import ServerMetrics
 
 log = logging.getLogger("orpheus_tts.api")
 
@@ -21,6 +23,39 @@ MAX_REQUEST_ID_CHARS = 64
 def request_id(sent: str | None) -> str:
     """The client's own request id when it is printable (cut to 64 characters), else a new one."""
     return sent[:MAX_REQUEST_ID_CHARS] if sent and sent.isprintable() else uuid.uuid4().hex[:16]
+
+
+class RequestRecord:
+    """One request, whatever its door: its id, what it asked for, its session's metrics and when
+    its first audio went out; counted in the metrics and logged as one line, once (`done`)."""
+
+    def __init__(self, method: str, metrics: ServerMetrics, sent_id: str | None = None,
+                 log_level: int = logging.INFO):
+        self.method = method
+        self.metrics = metrics
+        self.log_level = log_level
+        self.id = request_id(sent_id)
+        self.voice = "-"
+        self.chars = 0
+        self.format = "-"
+        self.session: SessionMetrics | None = None
+        self.started = time.monotonic()
+        self.first_sent: float | None = None  # when the first audio went to the transport
+        self.outcome: str | None = None
+
+    def audio_sent(self) -> None:
+        """Note the first audio handed to the transport (later calls change nothing)."""
+        self.first_sent = self.first_sent or time.monotonic()
+
+    def done(self, outcome: str, detail: str | None = None) -> None:
+        if self.outcome is not None:
+            return
+        self.outcome = outcome
+        self.metrics.request_done(self.method, outcome)
+        fields = {"id": self.id, "method": self.method, "key": current_key.get(), "voice": self.voice,
+                  "format": self.format, "chars": self.chars, "outcome": outcome}
+        pieces = self.session.pieces if self.session else 0
+        log_request(self.log_level, fields, self.session, self.started, detail, self.first_sent, pieces=pieces)
 
 
 def log_request(level: int, fields: dict, metrics: SessionMetrics | None, started: float,

@@ -1,7 +1,7 @@
 """The `orpheus.tts.v1.TextToSpeech` service: RPCs in, engine streams out, status codes that mean what they say.
 
-Every RPC runs inside a `RequestRecord`, which turns our exceptions into gRPC status codes,
-counts the outcome, and writes one log line when the request ends:
+Every RPC runs inside an `RpcRecord` (a `request_log.RequestRecord`), which turns our exceptions
+into gRPC status codes, counts the outcome, and writes one log line when the request ends:
 
     INVALID_ARGUMENT    a field is invalid; the message starts with the field's name
     UNAUTHENTICATED     no known API key (the interceptor in grpc_access.py, before any method)
@@ -18,18 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import AsyncIterator
 
 import grpc
 
 from orpheus_tts import orpheus
 from orpheus_tts.api import messages
-from orpheus_tts.api.access import current_key
 from orpheus_tts.api.open_streams import OpenStreams
 from orpheus_tts.api.gen import tts_pb2, tts_pb2_grpc
-from orpheus_tts.api.request_log import log_request, request_id
-from orpheus_tts.engine import AudioChunk, Engine, Outcome, SessionMetrics, SpeechStream
+from orpheus_tts.api.request_log import RequestRecord
+from orpheus_tts.engine import AudioChunk, Engine, Outcome, SpeechStream
 from orpheus_tts.errors import BusyError, RequestError
 from orpheus_tts.metrics import ServerMetrics
 from orpheus_tts.requests import ENGLISH_VOICES, SpeechRequest
@@ -58,36 +56,29 @@ class RpcFailure(Exception):
         self.metadata = metadata
 
 
-class RequestRecord:
-    """One request's id, outcome and log line; maps exceptions raised inside it to statuses."""
+class RpcRecord(RequestRecord):
+    """A gRPC call's `RequestRecord`, as a context manager that turns the exceptions raised inside it
+    into gRPC statuses (and logs the call once, with its outcome)."""
 
     def __init__(self, method: str, context: grpc.aio.ServicerContext, metrics: ServerMetrics,
                  log_level: int = logging.INFO):
-        self.method = method
-        self.log_level = log_level
+        super().__init__(method, metrics, dict(context.invocation_metadata() or ()).get(REQUEST_ID_KEY), log_level)
         self.context = context
-        self.metrics = metrics
-        self.id = request_id(dict(context.invocation_metadata() or ()).get(REQUEST_ID_KEY))
-        self.voice = "-"
-        self.chars = 0
-        self.session: SessionMetrics | None = None
-        self.started = time.monotonic()
-        self.first_sent: float | None = None  # when the first audio went to the transport
 
-    async def __aenter__(self) -> "RequestRecord":
+    async def __aenter__(self) -> "RpcRecord":
         self.context.set_trailing_metadata(((REQUEST_ID_KEY, self.id),))
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> bool:
         if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):  # the client went away
             remaining = self.context.time_remaining()
-            self._done("deadline_exceeded" if remaining is not None and remaining <= 0 else "cancelled")
+            self.done("deadline_exceeded" if remaining is not None and remaining <= 0 else "cancelled")
             return False
         failure = self._failure(exc)
         if failure is None:
-            self._done("ok")
+            self.done("ok")
             return False
-        self._done(failure.code.name.lower(), failure.message)
+        self.done(failure.code.name.lower(), failure.message)
         await self.context.abort(failure.code, failure.message,
                                  trailing_metadata=((REQUEST_ID_KEY, self.id), *failure.metadata))
         return False  # abort raised
@@ -104,12 +95,6 @@ class RequestRecord:
                               (("retry-after", str(exc.retry_after_s)),))
         log.error("request %s failed", self.id, exc_info=exc)
         return RpcFailure(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__} (request {self.id})")
-
-    def _done(self, outcome: str, detail: str | None = None) -> None:
-        self.metrics.request_done(self.method, outcome)
-        fields = {"id": self.id, "method": self.method, "key": current_key.get(), "voice": self.voice,
-                  "chars": self.chars, "outcome": outcome}
-        log_request(self.log_level, fields, self.session, self.started, detail, self.first_sent)
 
 
 _HANDLER_KINDS = {  # (client streaming, server streaming): how grpc wraps the method
@@ -147,12 +132,12 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
         self.draining = False  # set by the server at shutdown: new requests are refused
 
     async def Synthesize(self, request: tts_pb2.SynthesizeRequest, context) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
-        async with RequestRecord("Synthesize", context, self.metrics) as record:
+        async with RpcRecord("Synthesize", context, self.metrics) as record:
             request = messages.well_formed(request)
             engine = self._ready_engine()
             record.voice, record.chars = request.voice or self.default_voice, len(request.text)
             speech = messages.speech_request(engine, request, request.text)
-            record.voice = speech.voice
+            record.voice, record.format = speech.voice, speech.format
             stream = self.streams.open(engine, speech)
             try:
                 async for response in self._respond(stream, speech, record, tts_pb2.SynthesizeResponse):
@@ -161,7 +146,7 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
                 stream.cancel()  # a no-op for a finished session
 
     async def StreamingSynthesize(self, request_iterator, context) -> AsyncIterator[tts_pb2.StreamingSynthesizeResponse]:
-        async with RequestRecord("StreamingSynthesize", context, self.metrics) as record:
+        async with RpcRecord("StreamingSynthesize", context, self.metrics) as record:
             engine = self._ready_engine()
             requests = aiter(request_iterator)
             first = messages.well_formed(await anext(requests, None))
@@ -169,7 +154,7 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
                 tts_pb2.StreamingSynthesisConfig()
             record.voice = config.voice or self.default_voice
             speech = messages.speech_request(engine, config, "", allow_empty_text=True)
-            record.voice = speech.voice
+            record.voice, record.format = speech.voice, speech.format
             # No session (no slot, no share of the capacity) until the client has sent some text.
             early = [first] if first is not None and first.HasField("input") else []
             while first is not None and not early:
@@ -194,7 +179,7 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
                     reader.exception()  # retrieved: a bad piece after the audio ended changes nothing
 
     async def ListVoices(self, request, context) -> tts_pb2.ListVoicesResponse:
-        async with RequestRecord("ListVoices", context, self.metrics, logging.DEBUG):
+        async with RpcRecord("ListVoices", context, self.metrics, logging.DEBUG):
             messages.well_formed(request)
             return tts_pb2.ListVoicesResponse(voices=[tts_pb2.Voice(name=v.name, language=v.language,
                                                                     adapter=v.adapter or "")
@@ -202,7 +187,7 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
                                               default_voice=self.default_voice, emotion_tags=orpheus.EMOTION_TAGS)
 
     async def GetStats(self, request, context) -> tts_pb2.GetStatsResponse:
-        async with RequestRecord("GetStats", context, self.metrics, logging.DEBUG):
+        async with RpcRecord("GetStats", context, self.metrics, logging.DEBUG):
             messages.well_formed(request)
             if self.engine is None:
                 return tts_pb2.GetStatsResponse(ready=False)
@@ -223,14 +208,14 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
             raise RpcFailure(grpc.StatusCode.UNAVAILABLE, "the model is still loading; retry shortly")
         return self.engine
 
-    async def _respond(self, stream: SpeechStream, speech: SpeechRequest, record: RequestRecord, response_type):
+    async def _respond(self, stream: SpeechStream, speech: SpeechRequest, record: RpcRecord, response_type):
         """The format, the audio as the engine makes it, then the metrics (or an RpcFailure)."""
         encoder = messages.AudioEncoder(speech)
         yield response_type(format=messages.audio_format(speech, record.id))
         async for event in stream.events():
             if isinstance(event, AudioChunk):
                 response = response_type(audio=encoder.encode(event))
-                record.first_sent = record.first_sent or time.monotonic()
+                record.audio_sent()
                 yield response
                 continue
             record.session = event.metrics
@@ -244,7 +229,7 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
             yield response_type(metrics=messages.synthesis_metrics(record.id, event.metrics))
 
     async def _read_text(self, early: list, requests, text: messages.StreamedText, stream: SpeechStream,
-                         record: RequestRecord) -> None:
+                         record: RpcRecord) -> None:
         """Feed the client's text to the stream; on a bad piece or a client silent for the idle
         timeout while text is due, cancel the session and keep the error."""
         try:

@@ -21,7 +21,8 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from orpheus_tts.api.access import AccessControl, bearer_token, current_key
-from orpheus_tts.api.http.errors import ApiError, RequestRecord
+from orpheus_tts.api.http.errors import ApiError
+from orpheus_tts.api.request_log import RequestRecord
 
 log = logging.getLogger("orpheus_tts.api")
 

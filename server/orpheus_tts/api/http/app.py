@@ -28,7 +28,8 @@ from orpheus_tts import orpheus
 from orpheus_tts.api.access import AccessControl
 from orpheus_tts.api.http import speech
 from orpheus_tts.api.http.access import AccessMiddleware
-from orpheus_tts.api.http.errors import ApiError, RequestRecord, internal, unavailable
+from orpheus_tts.api.http.errors import ApiError, internal, unavailable
+from orpheus_tts.api.request_log import RequestRecord
 from orpheus_tts.api.http.serving import QuietShutdownCuts
 from orpheus_tts.api.http.websocket import serve_stream
 from orpheus_tts.api.open_streams import OpenStreams

@@ -1,4 +1,4 @@
-"""Errors in OpenAI's shape, and one request's outcome, metrics and log line.
+"""Errors in OpenAI's shape, and the metrics a finished session's end message carries.
 
 Every failure the HTTP and WebSocket doors report is an `ApiError`; its body is OpenAI's
 `{"error": {"message", "type", "param", "code"}}`, so the official SDKs raise their usual
@@ -9,13 +9,9 @@ the gRPC names (ok, invalid_argument, resource_exhausted...) so one dashboard co
 from __future__ import annotations
 
 import logging
-import time
 
-from orpheus_tts.api.access import current_key
-from orpheus_tts.api.request_log import log_request, request_id
 from orpheus_tts.engine import SessionMetrics
 from orpheus_tts.errors import BusyError, RequestError, UnauthenticatedError
-from orpheus_tts.metrics import ServerMetrics
 
 log = logging.getLogger("orpheus_tts.api")
 
@@ -72,33 +68,6 @@ def unavailable(message: str) -> ApiError:
 
 def internal(message: str, outcome: str = "internal") -> ApiError:
     return ApiError(500, message, type="server_error", code=outcome, outcome=outcome)
-
-
-class RequestRecord:
-    """One request's id and outcome: counted in metrics and logged as one logfmt line, once."""
-
-    def __init__(self, method: str, metrics: ServerMetrics, sent_id: str | None = None):
-        self.method = method
-        self.metrics = metrics
-        self.id = request_id(sent_id)
-        self.voice = "-"
-        self.chars = 0
-        self.format = "-"
-        self.session: SessionMetrics | None = None
-        self.started = time.monotonic()
-        self.first_sent: float | None = None  # when the first audio went to the transport
-        self.outcome: str | None = None
-
-    def done(self, outcome: str, detail: str | None = None) -> None:
-        if self.outcome is not None:
-            return
-        self.outcome = outcome
-        self.metrics.request_done(self.method, outcome)
-        fields = {"id": self.id, "method": self.method, "key": current_key.get(), "voice": self.voice,
-                  "format": self.format,
-                  "chars": self.chars, "outcome": outcome}
-        pieces = self.session.pieces if self.session else 0
-        log_request(logging.INFO, fields, self.session, self.started, detail, self.first_sent, pieces=pieces)
 
 
 def metrics_json(request_id: str, m: SessionMetrics) -> dict:

@@ -15,7 +15,6 @@ import asyncio
 import base64
 import json
 import math
-import time
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import AsyncIterator
@@ -23,7 +22,8 @@ from typing import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from orpheus_tts.api.http.errors import ApiError, RequestRecord, internal, metrics_json
+from orpheus_tts.api.http.errors import ApiError, internal, metrics_json
+from orpheus_tts.api.request_log import RequestRecord
 from orpheus_tts.api.open_streams import OpenStreams, ShutdownCut
 from orpheus_tts.audio import MEDIA_TYPES, stream_encoder
 from orpheus_tts.engine import AudioChunk, Engine, JoinSmoother, Outcome, SessionEnd, SpeechStream
@@ -214,7 +214,7 @@ async def encoded_audio(stream: SpeechStream, request: SpeechRequest, record: Re
             if isinstance(event, AudioChunk):
                 data = await _encode(encoder.encode, smoother.smooth(event.samples, event.piece))
                 if data:
-                    record.first_sent = record.first_sent or time.monotonic()
+                    record.audio_sent()
                     yield data
                 continue
             record.session = event.metrics

@@ -21,7 +21,8 @@ from contextlib import aclosing
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from orpheus_tts.api.http.access import WS_SUBPROTOCOL
-from orpheus_tts.api.http.errors import ApiError, RequestRecord, metrics_json
+from orpheus_tts.api.http.errors import ApiError, metrics_json
+from orpheus_tts.api.request_log import RequestRecord
 from orpheus_tts.api.open_streams import OpenStreams
 from orpheus_tts.api.http.speech import (SPEECH_FIELDS, SessionFailed, check_fields, encoded_audio,
                                          parse_json_object, speech_request)
