@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE",
                         help="load: run it again with this override too (repeatable), e.g. "
                              "scheduler.overlap_steps=false (live settings reuse the running engine)")
+    parser.add_argument("--load-adapters", type=int, default=0, metavar="N",
+                        help="load: N random rank-64 LoRA adapters resident, the streams spread over them")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument("--load-quantization", default="auto")
     return parser.parse_args(argv)
@@ -82,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         "snac": lambda: snac_bench(results),
         "baseline": lambda: transformers_baseline(results, [1, 16, 64]),
         "load": lambda: load_runs(results, [int(x) for x in opts.levels.split(",")], opts.max_batch,
-                                  opts.load_quantization, opts.requests, opts.variant, overrides),
+                                  opts.load_quantization, opts.requests, opts.variant, overrides,
+                                  opts.load_adapters),
     }
     for name in opts.sections.split(","):
         if name in skip:

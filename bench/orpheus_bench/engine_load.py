@@ -82,6 +82,24 @@ class GcPauses:
                     oldest_generation_objects=sum(oldest.values()), oldest_generation_types=dict(oldest.most_common(12)))
 
 
+def split_steps(steps: np.ndarray) -> dict:
+    """The steps of a level (rows of seconds, decode rows, prefill rows) with a prefill in them
+    apart from those without, and a line in the rows fitted to the decode-only ones. A step waits
+    for the ids of the one before (`scheduler.overlap_steps`), so a prefill's time shows in its
+    own step and the next: both count as prefill steps. Against the engine's own fit (`step_fit`,
+    every step), this says how much prefills lift the slope that capacity admission projects."""
+    prefill = steps[:, 2] > 0
+    prefill = prefill | np.concatenate(([False], prefill[:-1]))
+    decode = steps[~prefill & (steps[:, 1] > 0)]
+    out = dict(prefill_steps=int(prefill.sum()), decode_only_steps=int(len(decode)),
+               prefill_step_ms_mean=float(steps[prefill, 0].mean() * 1e3) if prefill.any() else None,
+               decode_step_ms_mean=float(decode[:, 0].mean() * 1e3) if len(decode) else None)
+    if len(decode) > 1 and decode[:, 1].std() >= 1.0:
+        per_row, fixed = np.polyfit(decode[:, 1], decode[:, 0], 1)
+        out.update(decode_only_fixed_ms=float(fixed * 1e3), decode_only_per_row_us=float(per_row * 1e6))
+    return out
+
+
 async def measure_level(engine, target, observer, n, requests, label, text) -> dict:
     """One closed-loop level (`load.run_level`) and the engine's side of it."""
     observer.steps = []
@@ -106,6 +124,7 @@ async def measure_level(engine, target, observer, n, requests, label, text) -> d
         python_gc=pauses.summary(),
         step_fit=dict(zip(("fixed_ms", "per_row_us", "per_context_token_ns"),  # the engine's step-time plane now
                           (np.array(engine.step_cost.coefficients()) * (1e3, 1e6, 1e9)).tolist())),
+        step_split=split_steps(steps),
     )
     gc.callbacks.remove(pauses)
     share = row["time_share"]

@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from orpheus_bench.engine_load import bench_config, measure_level, start_engine
+from orpheus_bench.lora_adapters import write_adapters
 from orpheus_bench.targets import EngineTarget
 from orpheus_bench.workload import DEFAULT_TEXT
 from orpheus_bench.results import log
 from orpheus_bench.server_parts import AudioChunk
 from orpheus_tts.config import LIVE_KEYS, load_config
+from orpheus_tts.model.llama import ModelArgs
 
 
 def _setting(config, key: str):
@@ -43,18 +47,23 @@ def _apply_live(config, values: dict) -> None:
         setattr(getattr(config, section), name, value)
 
 
-async def engine_load(levels, max_batch, quantization, requests, overrides, live_variants=()) -> dict:
+async def engine_load(levels, max_batch, quantization, requests, overrides, live_variants=(), adapters=0) -> dict:
     """The load benchmark's standard workload (`orpheus-tts bench --in-process`), plus where the
     engine thread's time went at each level and the GPU memory in use. Each live variant runs
     every level right after the configured engine on the same engine, so the A/B shares one
-    start-up and the GPU's state."""
+    start-up and the GPU's state. With `adapters` N, N random rank-64 LoRA adapters are resident
+    and the streams spread over them by seed."""
+    if adapters:
+        folder = Path(tempfile.mkdtemp()) / "adapters"
+        write_adapters(folder, ModelArgs.from_name("orpheus-3b"), adapters, rank=64)
+        overrides = {**overrides, "adapters.dir": str(folder), "adapters.max_resident": str(adapters)}
     config = bench_config(levels, max_batch, quantization, overrides)
-    run = dict(load_config_overrides=overrides)
+    run = dict(load_config_overrides=overrides, adapters=adapters)
     settings = [{}] + [_typed_values(variant) for variant in live_variants]
     base_values = {key: _setting(config, key)
                    for key in {"scheduler.adaptive_chunks", *(k for variant in settings for k in variant)}}
     engine, observer, run["engine_start_s"] = await start_engine(config)
-    target = EngineTarget(config)
+    target = EngineTarget(config, adapters=adapters)
     target.engine = engine
     if len(settings) > 1:
         run["same_seed_stream_vs_configured"] = await _same_seed_streams(engine, settings, base_values, DEFAULT_TEXT)
@@ -93,13 +102,13 @@ async def _same_seed_streams(engine, settings, base_values, text) -> list[dict]:
     return rows
 
 
-def load_runs(results, levels, max_batch, quantization, requests, variant_flags, overrides):
+def load_runs(results, levels, max_batch, quantization, requests, variant_flags, overrides, adapters=0):
     """The load section: the engine as configured, then per `--variant` (an A/B in one call, on
     the same GPU): live settings on the same engine, level by level; others on a new engine."""
     variants = [dict([variant.split("=", 1)]) for variant in variant_flags]
     live = [v for v in variants if set(v) <= set(LIVE_KEYS)]
     run = lambda extra, live_variants=(): asyncio.run(engine_load(  # noqa: E731
-        levels, max_batch, quantization, requests, {**overrides, **extra}, live_variants))
+        levels, max_batch, quantization, requests, {**overrides, **extra}, live_variants, adapters))
     results.update(run({}, live))
     results["engine_load_variants"] = results.pop("live_variants")
     for variant in variants:
